@@ -1,0 +1,1 @@
+"""aleacc-gateway: a signing reverse proxy for the Aleacc Web API."""

@@ -1,0 +1,46 @@
+"""The admin application: /healthz, /readyz, /metrics. Served on its own listener only."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .app import LIFECYCLE, METRICS, SECRETS, Lifecycle
+from .metrics import Metrics
+from .secret import SecretStore
+
+
+def create_admin_app(
+    *, secrets: SecretStore, metrics: Metrics, lifecycle: Lifecycle
+) -> web.Application:
+    """Build the admin application."""
+    app = web.Application()
+    app[SECRETS] = secrets
+    app[METRICS] = metrics
+    app[LIFECYCLE] = lifecycle
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    reasons = []
+    secrets = request.app[SECRETS]
+    if secrets.current is None:
+        # The problem names the source (file or variable), never the value.
+        reasons.append(f"no API secret loaded: {secrets.problem}")
+    if request.app[LIFECYCLE].draining:
+        reasons.append("draining")
+    if reasons:
+        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,154 @@
+"""The proxy application: app keys, one ClientSession per app, middlewares, the catch-all."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from .config import Settings
+from .errors import GatewayError, error_response
+from .logs import session_tag
+from .metrics import Metrics, method_label
+from .proxy import EXCHANGE, Clock, Exchange, Proxy
+from .secret import SecretStore
+
+SECRET_POLL_S = 1.0
+
+access_log = structlog.get_logger("aleacc_gateway.access")
+log = structlog.get_logger("aleacc_gateway")
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Process-wide state the admin endpoints report on."""
+
+    draining: bool = False
+
+
+CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", Metrics)
+SECRETS = web.AppKey("secrets", SecretStore)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    secrets: SecretStore,
+    metrics: Metrics,
+    lifecycle: Lifecycle,
+    clock: Clock = time.time,
+) -> web.Application:
+    """Build the proxy application; nothing listens until a runner starts it."""
+    app = web.Application(middlewares=[_observe, _answer_errors])
+    app[METRICS] = metrics
+    app[SECRETS] = secrets
+    app[LIFECYCLE] = lifecycle
+    proxy = Proxy(settings, secrets, metrics, session=lambda: app[CLIENT_SESSION], clock=clock)
+    # One route for every method and path: the gateway has no endpoints of its own here,
+    # so nothing a frontend sends can collide with an admin path.
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.cleanup_ctx.append(_client_session(settings))
+    if secrets.watches_file:
+        app.cleanup_ctx.append(_secret_watch)
+    return app
+
+
+def _client_session(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    upstream = settings.upstream
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=upstream.max_connections)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            # Callers' bodies pass through compressed, cookies are per player, not ours,
+            # and nothing is added to the headers that were signed.
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=upstream.timeout_s,  # waiting for a pooled connection included
+                sock_connect=upstream.connect_timeout_s,
+                sock_read=upstream.timeout_s,
+            ),
+        )
+        # aiohttp re-sends an idempotent request once on a stale keep-alive connection
+        # with the *same* bytes; Aleacc would see a replayed request_id. Our own retry
+        # signs every attempt afresh (SPEC §2), so the library's must stay off.
+        session._retry_connection = False
+        app[CLIENT_SESSION] = session
+        yield
+        await session.close()
+
+    return context
+
+
+async def _secret_watch(app: web.Application) -> AsyncIterator[None]:
+    secrets = app[SECRETS]
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(SECRET_POLL_S)
+            secrets.refresh()
+
+    task = asyncio.create_task(poll(), name="secret-watch")
+    yield
+    task.cancel()
+
+
+@web.middleware
+async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place a GatewayError becomes an HTTP answer."""
+    exchange = request[EXCHANGE]
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        exchange.error = exc.code
+        return error_response(exc, exchange.request_id)
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count, time and log every request exactly once."""
+    metrics = request.app[METRICS]
+    exchange = Exchange()
+    request[EXCHANGE] = exchange
+    started = time.perf_counter()
+    status = 500
+    metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        # The caller went away (aiohttp cancels the handler): nginx's 499 says so.
+        status, exchange.error = 499, exchange.error or "client_disconnected"
+        raise
+    finally:
+        duration = time.perf_counter() - started
+        metrics.in_flight.dec()
+        metrics.requests.labels(method_label(request.method), str(status)).inc()
+        metrics.request_duration.observe(duration)
+        access_log.info(
+            "request",
+            request_id=exchange.request_id,
+            method=request.method,
+            path=request.raw_path.partition("?")[0],  # the query may carry player data
+            status=status,
+            upstream_status=exchange.upstream_status,
+            duration_ms=round(duration * 1000, 3),
+            client_ip=exchange.client_ip,
+            bytes_in=exchange.bytes_in,
+            bytes_out=exchange.bytes_out,
+            error=exchange.error,
+            session=session_tag(request.headers.get("X-Player-Session-Id")),
+        )

@@ -1,0 +1,266 @@
+"""argv -> settings -> logging -> run, for each subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from . import signing
+from .config import (
+    ConfigError,
+    ListenAddress,
+    Settings,
+    SigningSettings,
+    load_settings,
+    parse_listen,
+)
+from .logs import configure_logging
+from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
+from .secret import SecretUnavailable, read_secret
+from .server import GatewayServer, bind
+
+log = structlog.get_logger("aleacc_gateway")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``aleacc-gateway`` command."""
+    args = _parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aleacc-gateway", description="Signing reverse proxy for the Aleacc Web API."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    logging_opts = argparse.ArgumentParser(add_help=False)
+    logging_opts.add_argument(
+        "--log-format", choices=("json", "console"), default="json", help="default: json"
+    )
+
+    serve = commands.add_parser("serve", parents=[logging_opts], help="run the gateway")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check-config", help="report every problem in a config file")
+    check.add_argument("--config", type=Path, required=True)
+    check.set_defaults(run=_check_config)
+
+    mock = commands.add_parser(
+        "mock-upstream", parents=[logging_opts], help="run the Aleacc stand-in"
+    )
+    mock.add_argument("--listen", default="127.0.0.1:8081", help="default: 127.0.0.1:8081")
+    mock.add_argument(
+        "--config", type=Path, help="take api_id, secret and fields from this gateway config"
+    )
+    mock.add_argument("--base-path", default="", help="serve the API under this path, e.g. /api")
+    mock.add_argument(
+        "--faults", action="store_true", help="obey X-Mock-Fault: delay=S,status=N,cut,reset"
+    )
+    mock.add_argument(
+        "--clock-offset", type=float, default=0.0, help="seconds to shift the stand-in's clock"
+    )
+    mock.set_defaults(run=_mock_upstream)
+
+    demo = commands.add_parser("demo", help="walk a player through the gateway and exit")
+    demo.set_defaults(run=_demo)
+
+    sign = commands.add_parser("sign", help="sign one request offline and print the header")
+    sign.add_argument("method")
+    sign.add_argument("url", help="the upstream URL, e.g. https://aleacc.example.com/api/x?a=1")
+    sign.add_argument("--config", type=Path, help="take api_id, secret and fields from here")
+    sign.add_argument("--api-id", help="instead of --config")
+    source = sign.add_mutually_exclusive_group()
+    source.add_argument("--secret-file", type=Path, help="instead of --config")
+    source.add_argument("--secret-env", help="instead of --config: variable holding the secret")
+    sign.add_argument("--fields", help="comma-separated field list (default: SPEC default)")
+    body = sign.add_mutually_exclusive_group()
+    body.add_argument("--body-file", type=Path)
+    body.add_argument("--data", help="the body as text")
+    sign.add_argument(
+        "-H", "--header", action="append", default=[], help="'Name: value', repeatable"
+    )
+    sign.add_argument("--request-id", help="default: a fresh random one")
+    sign.add_argument("--timestamp", type=int, help="default: now")
+    sign.add_argument("--explain", action="store_true", help="also print the string to sign")
+    sign.set_defaults(run=_sign)
+    return parser
+
+
+def _load(path: Path) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    try:
+        read_secret(settings.signing)
+    except SecretUnavailable as exc:
+        # Not a config error: in Kubernetes the secret is mounted only where it runs.
+        print(f"{args.config}: ok (warning: {exc})")
+        return 0
+    print(f"{args.config}: ok")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    configure_logging(args.log_format)
+    return asyncio.run(_run_gateway(settings))
+
+
+async def _run_gateway(settings: Settings) -> int:
+    server = GatewayServer(settings)
+    bound = await server.start()
+    log.info("started", proxy=_addr(bound.proxy), admin=_addr(bound.admin), **_summary(settings))
+    await _until_signalled()
+    log.info("stopping")
+    await server.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _summary(settings: Settings) -> dict[str, object]:
+    """What the gateway runs with, for the start-up line: never the secret itself."""
+    sign = settings.signing
+    return {
+        "upstream": str(settings.upstream.url),
+        "api_id": sign.api_id,
+        "secret_source": f"file:{sign.secret_file}"
+        if sign.secret_file
+        else f"env:{sign.secret_env}",
+        "fields": list(sign.fields),
+        "trusted_proxies": [str(n) for n in settings.client_ip.trusted_proxies],
+        "allowed_clients": [str(n) for n in settings.access.allowed_clients],
+        "max_body_bytes": settings.limits.max_body_bytes,
+    }
+
+
+def _addr(address: tuple[str, int]) -> str:
+    return str(ListenAddress(*address))
+
+
+def _mock_upstream(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format)
+    try:
+        listen = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"--listen: {exc}", file=sys.stderr)
+        return 2
+    api_id, secret, fields = DEMO_API_ID, DEMO_SECRET, signing.DEFAULT_FIELDS
+    if args.config is not None:
+        settings = _load(args.config)
+        if settings is None:
+            return 1
+        try:
+            secret = read_secret(settings.signing)
+        except SecretUnavailable as exc:
+            print(f"{args.config}: {exc}", file=sys.stderr)
+            return 1
+        api_id, fields = settings.signing.api_id, settings.signing.fields
+    mock = MockSettings(
+        api_id=api_id,
+        secret=secret,
+        fields=fields,
+        faults=args.faults,
+        clock_offset_s=args.clock_offset,
+        base_path=args.base_path.rstrip("/"),
+    )
+    app = create_mock_app(mock)
+    sock = bind(listen)
+    log.info("mock_upstream_started", listen=_addr(sock.getsockname()[:2]), faults=args.faults)
+    web.run_app(app, sock=sock, print=None, access_log=None)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo  # the demo's client code is needed by no other command
+
+    configure_logging("console", level="warning", stream=sys.stderr)
+    return asyncio.run(run_demo())
+
+
+def _sign(args: argparse.Namespace) -> int:
+    try:
+        api_id, secret, fields = _signing_inputs(args)
+        url = URL(args.url, encoded=True)
+        if url.scheme not in ("http", "https") or not url.raw_host:
+            raise ValueError(f"{args.url!r} is not an absolute http(s) URL")
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in args.header:
+            name, sep, value = line.partition(":")
+            if not sep or not name.strip():
+                raise ValueError(f"-H {line!r}: expected 'Name: value'")
+            headers.add(name.strip(), value.strip())
+        body = args.body_file.read_bytes() if args.body_file else (args.data or "").encode()
+    except ConfigError as exc:
+        print(f"sign: {args.config}: " + "; ".join(exc.problems), file=sys.stderr)
+        return 2
+    except (ValueError, OSError, SecretUnavailable) as exc:
+        print(f"sign: {exc}", file=sys.stderr)
+        return 2
+    host = url.raw_authority
+    query = url.raw_query_string
+    parts = signing.RequestParts(
+        method=args.method.upper(),
+        scheme=url.scheme,
+        host=host,
+        path_and_query=(url.raw_path or "/") + (f"?{query}" if query else ""),
+        headers=headers,
+        body=body,
+    )
+    request_id = args.request_id or signing.new_request_id()
+    timestamp = args.timestamp if args.timestamp is not None else int(time.time())
+    signed = signing.sign(fields, parts, signing.Credentials(api_id, secret), request_id, timestamp)
+    if args.explain:
+        print("string to sign, one field per line (escaped):")
+        for line in signing.explain(fields, parts, api_id, request_id, timestamp):
+            print(f"  {line}")
+        print(f"  ({len(signed.string_to_sign)} bytes, fields joined by \\n)")
+    print(f"Authorization: {signed.authorization}")
+    return 0
+
+
+def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, tuple[str, ...]]:
+    if args.config is not None:
+        sign = load_settings(args.config).signing
+    elif args.api_id and (args.secret_file or args.secret_env):
+        sign = SigningSettings(args.api_id, args.secret_file, args.secret_env)
+    else:
+        raise ValueError("give --config, or --api-id with --secret-file or --secret-env")
+    api_id, fields, secret = sign.api_id, sign.fields, read_secret(sign)
+    if args.fields:
+        fields = tuple(f.strip() for f in args.fields.split(","))
+        problems = [p for p in map(signing.field_problem, fields) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+    return api_id, secret, fields

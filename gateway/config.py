@@ -1,0 +1,356 @@
+"""Settings: frozen typed data, named defaults, one loader that reports every problem.
+
+No I/O beyond reading the TOML file: the secret itself is loaded by ``secret.py``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from yarl import URL
+
+from . import signing
+from .client_ip import Network, parse_network
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRIES = 1
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_LOOPBACK = ("127.0.0.0/8", "::1/128")
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+MAX_RETRIES = 5
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """The configuration has problems; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """A host and port to bind."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: ListenAddress
+    admin_listen: ListenAddress
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    url: URL
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    forward_proxy_headers: bool = False
+
+    @property
+    def host_header(self) -> str:
+        """The Host header sent upstream (and signed as ``host``)."""
+        host = self.url.raw_host or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return host if self.url.is_default_port() else f"{host}:{self.url.port}"
+
+    @property
+    def base_path(self) -> str:
+        """The URL's raw path without a trailing ``/`` ("" for the root)."""
+        return self.url.raw_path.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSettings:
+    api_id: str
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    fields: tuple[str, ...] = signing.DEFAULT_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIpSettings:
+    trusted_proxies: tuple[Network, ...] = field(
+        default_factory=lambda: tuple(parse_network(n) for n in DEFAULT_LOOPBACK)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    allowed_clients: tuple[Network, ...] = field(
+        default_factory=lambda: tuple(parse_network(n) for n in DEFAULT_LOOPBACK)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway needs, validated."""
+
+    server: ServerSettings
+    upstream: UpstreamSettings
+    signing: SigningSettings
+    client_ip: ClientIpSettings = field(default_factory=ClientIpSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a TOML file; raise ConfigError listing every problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    return parse_settings(data)
+
+
+def parse_settings(data: Mapping[str, Any]) -> Settings:
+    """Validate parsed TOML; raise ConfigError listing every problem."""
+    r = _Reader(data)
+    server = ServerSettings(
+        listen=r.get("server", "listen", parse_listen, parse_listen(DEFAULT_LISTEN)),
+        admin_listen=r.get(
+            "server", "admin_listen", parse_listen, parse_listen(DEFAULT_ADMIN_LISTEN)
+        ),
+    )
+    url = r.get("upstream", "url", _upstream_url, None)
+    upstream = UpstreamSettings(
+        url=url or URL("http://invalid"),
+        connect_timeout_s=r.get(
+            "upstream", "connect_timeout_s", _seconds, DEFAULT_CONNECT_TIMEOUT_S
+        ),
+        timeout_s=r.get("upstream", "timeout_s", _seconds, DEFAULT_TIMEOUT_S),
+        retries=r.get("upstream", "retries", _int_range(0, MAX_RETRIES), DEFAULT_RETRIES),
+        max_connections=r.get(
+            "upstream", "max_connections", _int_range(1, 65535), DEFAULT_MAX_CONNECTIONS
+        ),
+        forward_proxy_headers=r.get("upstream", "forward_proxy_headers", _bool, False),
+    )
+    secret_file = r.get("signing", "secret_file", _path, None)
+    secret_env = r.get("signing", "secret_env", _env_name, None)
+    if (
+        (secret_file is None) == (secret_env is None)
+        and r.valid("signing", "secret_file")
+        and r.valid("signing", "secret_env")
+    ):
+        r.problem("signing: set exactly one of secret_file and secret_env")
+    sign = SigningSettings(
+        api_id=r.get("signing", "api_id", _api_id, None) or "",
+        secret_file=secret_file,
+        secret_env=secret_env,
+        fields=r.get("signing", "fields", _fields, signing.DEFAULT_FIELDS),
+    )
+    client_ip = ClientIpSettings(
+        trusted_proxies=r.get(
+            "client_ip", "trusted_proxies", _networks, ClientIpSettings().trusted_proxies
+        )
+    )
+    access = AccessSettings(
+        allowed_clients=r.get(
+            "access", "allowed_clients", _networks, AccessSettings().allowed_clients
+        )
+    )
+    limits = LimitsSettings(
+        max_body_bytes=r.get(
+            "limits", "max_body_bytes", _int_range(0, 1 << 30), DEFAULT_MAX_BODY_BYTES
+        )
+    )
+    r.check_required("upstream", "url")
+    r.check_required("signing", "api_id")
+    r.check_unknown()
+    if r.problems:
+        raise ConfigError(r.problems)
+    return Settings(server, upstream, sign, client_ip, access, limits)
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads ``table.key`` values through converters, collecting every problem."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+        self.problems: list[str] = []
+        self.seen: dict[str, set[str]] = {}
+        self.invalid: set[tuple[str, str]] = set()
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def _table(self, table: str) -> Mapping[str, Any]:
+        value = self.data.get(table, {})
+        if not isinstance(value, Mapping):
+            if table not in self.seen:
+                self.problem(f"[{table}]: must be a table")
+            self.seen.setdefault(table, set())
+            return {}
+        self.seen.setdefault(table, set())
+        return value
+
+    def get(self, table: str, key: str, convert: Callable[[Any], T], default: T) -> T:
+        section = self._table(table)
+        self.seen[table].add(key)
+        if key not in section:
+            return default
+        try:
+            return convert(section[key])
+        except ValueError as exc:
+            self.invalid.add((table, key))
+            self.problem(f"{table}.{key}: {exc}")
+            return default
+
+    def valid(self, table: str, key: str) -> bool:
+        return (table, key) not in self.invalid
+
+    def check_required(self, table: str, key: str) -> None:
+        if key not in self._table(table) and self.valid(table, key):
+            self.problem(f"{table}.{key}: required")
+
+    def check_unknown(self) -> None:
+        for table, value in self.data.items():
+            if table not in self.seen:
+                self.problem(f"[{table}]: unknown table")
+                continue
+            if isinstance(value, Mapping):
+                for key in value:
+                    if key not in self.seen[table]:
+                        self.problem(f"{table}.{key}: unknown key")
+
+
+def parse_listen(value: Any) -> ListenAddress:
+    """Parse ``host:port`` or ``[v6]:port``; raise ValueError naming what is wrong."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string like '127.0.0.1:8080' or '[::1]:8080'")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} needs a port from 1 to 65535, like '127.0.0.1:8080'")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{value!r}: host must be an IP address or 'localhost'") from None
+    return ListenAddress(host, int(port))
+
+
+def _upstream_url(value: Any) -> URL:
+    if not isinstance(value, str):
+        raise ValueError("must be a string like 'https://aleacc.example.com/api'")
+    try:
+        url = URL(value, encoded=True)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ValueError(f"{value!r} must be an absolute http:// or https:// URL")
+    if url.raw_user or url.raw_password:
+        raise ValueError("must not carry credentials")
+    if url.raw_query_string or url.raw_fragment or "?" in value or "#" in value:
+        raise ValueError("must not carry a query or fragment")
+    try:
+        url.port  # noqa: B018 - an out-of-range port raises here
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    return url
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number of seconds")
+    if not math.isfinite(value) or not 0 < value <= 3600:
+        raise ValueError(f"{value} must be more than 0 and at most 3600")
+    return float(value)
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a whole number")
+        if not low <= value <= high:
+            raise ValueError(f"{value} must be from {low} to {high}")
+        return value
+
+    return convert
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty path")
+    return Path(value)
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.match(value):
+        raise ValueError("must be an environment variable name like 'ALEACC_API_SECRET'")
+    return value
+
+
+def _api_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    if not value.isascii() or not value.isprintable() or ":" in value or " " in value:
+        raise ValueError("must be printable ASCII without ':' or spaces")
+    return value
+
+
+def _fields(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a non-empty list of field names")
+    problems = [p for p in map(signing.field_problem, value) if p]
+    duplicates = sorted({v for v in value if value.count(v) > 1})
+    if duplicates:
+        problems.append(f"duplicate field(s) {', '.join(duplicates)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(value)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of CIDR strings like '10.0.0.0/8'")
+    networks, bad = [], []
+    for text in value:
+        try:
+            networks.append(parse_network(text))
+        except ValueError:
+            bad.append(repr(text))
+    if bad:
+        raise ValueError(f"invalid CIDR {', '.join(bad)}")
+    return tuple(networks)

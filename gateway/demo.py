@@ -1,0 +1,149 @@
+"""``aleacc-gateway demo``: the stand-in and the gateway on loopback, one player's walk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from .client_ip import parse_network
+from .config import (
+    ClientIpSettings,
+    ListenAddress,
+    ServerSettings,
+    Settings,
+    SigningSettings,
+    UpstreamSettings,
+)
+from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, Seen, create_mock_app, journal
+from .server import GatewayServer, bind
+
+LOOPBACK_ANY_PORT = ListenAddress("127.0.0.1", 0)
+SECRET_ENV = "ALEACC_DEMO_SECRET"  # noqa: S105 - the variable's name, not a secret
+PLAYER_IP = "203.0.113.7"
+# The player's address, then the in-cluster ingress that added it: the gateway trusts
+# 10.0.0.0/8 and loopback, so walking from the right it skips both hops and finds the player.
+FORWARDED_FOR = f"{PLAYER_IP}, 10.0.0.5"
+PLAYER = {"username": "demo-player", "password": "correct horse battery staple"}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One request of the walk and what it must answer."""
+
+    label: str
+    method: str
+    path: str
+    expect: int
+    body: dict[str, str] | None = None
+    with_session: bool = True
+
+
+def demo_settings(upstream: URL) -> Settings:
+    """Gateway settings for the demo: everything on loopback, the secret from a variable."""
+    return Settings(
+        server=ServerSettings(listen=LOOPBACK_ANY_PORT, admin_listen=LOOPBACK_ANY_PORT),
+        upstream=UpstreamSettings(url=upstream, connect_timeout_s=2, timeout_s=5),
+        signing=SigningSettings(api_id=DEMO_API_ID, secret_env=SECRET_ENV),
+        client_ip=ClientIpSettings(
+            trusted_proxies=tuple(map(parse_network, ("127.0.0.0/8", "::1/128", "10.0.0.0/8")))
+        ),
+    )
+
+
+async def run_demo(out: Callable[[str], None] = print) -> int:
+    """Run the walk; 0 when every step answered as expected."""
+    mock_app = create_mock_app(MockSettings(base_path="/api"))
+    mock_runner = web.AppRunner(mock_app, access_log=None)
+    await mock_runner.setup()
+    mock_sock = bind(LOOPBACK_ANY_PORT)
+    await web.SockSite(mock_runner, mock_sock).start()
+    upstream = URL(f"http://127.0.0.1:{mock_sock.getsockname()[1]}/api")
+    gateway = GatewayServer(demo_settings(upstream), environ={SECRET_ENV: DEMO_SECRET.decode()})
+    bound = await gateway.start()
+    base = URL(f"http://127.0.0.1:{bound.proxy[1]}")
+    out(f"Aleacc stand-in  {upstream}")
+    out(f"gateway          {base}   (admin http://127.0.0.1:{bound.admin[1]})")
+    out(f"frontend sends   X-Forwarded-For: {FORWARDED_FOR}   (unsigned)")
+    out("")
+    failures = 0
+    try:
+        async with aiohttp.ClientSession(base) as client:
+            walk = [
+                Step("sign up", "POST", "/player/signup", 201, PLAYER, with_session=False),
+                Step("sign in", "POST", "/player/signin", 200, PLAYER, with_session=False),
+                Step("balance (session method)", "GET", "/player/balance", 200),
+                Step("sign out", "POST", "/player/signout", 200),
+            ]
+            session_id = ""
+            for number, step in enumerate(walk, 1):
+                status, data = await _call(client, step, session_id)
+                session_id = str(data.get("session_id", session_id))
+                failures += _report(out, number, step, status, journal(mock_app)[-1])
+            out("")
+            out("Two deliberate failures, so both kinds are seen:")
+            no_session = Step("balance without X-Player-Session-Id", "GET", "/player/balance", 401)
+            status, _ = await _call(client, no_session, "")
+            failures += _report(out, 5, no_session, status, journal(mock_app)[-1])
+            failures += await _replay(out, upstream, journal(mock_app)[2])
+    finally:
+        await gateway.stop()
+        await mock_runner.cleanup()
+    out("")
+    out("demo ok" if not failures else f"demo FAILED: {failures} step(s) answered unexpectedly")
+    return 0 if not failures else 1
+
+
+async def _call(
+    client: aiohttp.ClientSession, step: Step, session_id: str
+) -> tuple[int, dict[str, object]]:
+    headers = {"X-Forwarded-For": FORWARDED_FOR}
+    if step.with_session and session_id:
+        headers["X-Player-Session-Id"] = session_id
+    body = json.dumps(step.body).encode() if step.body is not None else None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    async with client.request(step.method, step.path, data=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def _replay(out: Callable[[str], None], upstream: URL, original: Seen) -> int:
+    """Send a captured signed request straight to Aleacc again: it must refuse it."""
+    headers = {
+        "Authorization": original.authorization or "",
+        "X-Client-Ip": original.client_ip or "",
+        "X-Player-Session-Id": original.session_id or "",
+    }
+    step = Step("replay of step 3, sent straight to Aleacc", "GET", "/player/balance", 403)
+    async with (
+        aiohttp.ClientSession() as direct,
+        direct.get(upstream.with_path(upstream.path + step.path), headers=headers) as response,
+    ):
+        status = response.status
+        error = (await response.json()).get("error")
+    mark = "ok" if status == step.expect else f"UNEXPECTED (wanted {step.expect})"
+    out(f" 6. {step.method:4} {step.path:<18} {step.label}")
+    out(f"    -> {status} {error}   {mark}")
+    return 0 if status == step.expect else 1
+
+
+def _report(out: Callable[[str], None], number: int, step: Step, status: int, seen: Seen) -> int:
+    mark = "ok" if status == step.expect else f"UNEXPECTED (wanted {step.expect})"
+    out(f"{number:2}. {step.method:4} {step.path:<18} {step.label}")
+    detail = f"    -> {status} {seen.error or ''}".rstrip()
+    out(f"{detail}   upstream saw X-Client-Ip {seen.client_ip}   {mark}")
+    out(f"       Authorization: {_shorten(seen.authorization)}")
+    return 0 if status == step.expect else 1
+
+
+def _shorten(header: str | None) -> str:
+    """``amx id:signature:request_id:ts`` with the signature and id cut short."""
+    if not header:
+        return "(none)"
+    scheme, _, value = header.partition(" ")
+    api_id, sig, request_id, ts = value.split(":")
+    return f"{scheme} {api_id}:{sig[:6]}...:{request_id[:8]}...:{ts}"

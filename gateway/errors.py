@@ -1,0 +1,70 @@
+"""One exception root for every answer the gateway makes itself, and its one translation."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+
+class GatewayError(Exception):
+    """An error answered locally. ``message`` is ours: never exception text or request bytes."""
+
+    status = 500
+    code = "internal_error"
+    message = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+        if message is not None:
+            self.message = message
+
+
+class BadRequest(GatewayError):
+    status, code, message = 400, "bad_request", "malformed request"
+
+
+class ClientNotAllowed(GatewayError):
+    status, code, message = 403, "client_not_allowed", "this client may not use the gateway"
+
+
+class BodyTooLarge(GatewayError):
+    status, code, message = 413, "body_too_large", "request body exceeds the configured limit"
+
+
+class SigningFailed(GatewayError):
+    status, code, message = 500, "signing_failed", "the request could not be signed"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UpstreamError(GatewayError):
+    """A failure talking to the upstream; ``kind`` is a metric label."""
+
+    def __init__(self, kind: str, message: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class UpstreamUnavailable(UpstreamError):
+    status, code, message = 502, "upstream_unavailable", "the upstream could not be reached"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code, message = 504, "upstream_timeout", "the upstream did not answer in time"
+
+
+class Draining(GatewayError):
+    status, code, message = 503, "draining", "the gateway is shutting down"
+
+
+def error_response(error: GatewayError, request_id: str | None) -> web.Response:
+    """The SPEC §6 JSON answer for ``error``."""
+    body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})
+    response = web.Response(status=error.status, text=body, content_type="application/json")
+    if error.status in (400, 413):
+        # The rest of the request may still be on the wire, unread: don't reuse the stream.
+        response.force_close()
+    return response

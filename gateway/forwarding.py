@@ -1,0 +1,115 @@
+"""Pure rules for what crosses the gateway: which targets are accepted, which headers pass.
+
+Nothing here does I/O; the proxy applies these to each request and response.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes
+
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
+
+from .errors import BadRequest
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies still meet.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+    }
+)
+
+# Set by the gateway itself, or framing it computes from what it really sends.
+# Expect is dropped because the body is already read in full before forwarding.
+_REPLACED = frozenset({"authorization", "host", "content-length", "expect", "x-client-ip"})
+
+# Internal topology stays inside unless the operator opts in (upstream.forward_proxy_headers).
+PROXY_TOPOLOGY = frozenset(
+    {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"}
+)
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Visible ASCII only; '#' never belongs in a request target (RFC 9112 §3.2).
+_TARGET_CHARS = re.compile(r"^[\x21-\x22\x24-\x7e]*$")
+
+
+def check_target(method: str, raw_target: str) -> None:
+    """Raise BadRequest unless ``raw_target`` is a safe origin-form target."""
+    if method == "CONNECT":
+        raise BadRequest("CONNECT is not supported")
+    if not raw_target.startswith("/") or raw_target.startswith("//"):
+        # absolute-form, authority-form, asterisk-form and scheme-relative "//host"
+        raise BadRequest("the request target must be an origin-form path")
+    if not _TARGET_CHARS.match(raw_target):
+        raise BadRequest("the request target contains characters outside visible ASCII")
+    if _BAD_PERCENT.search(raw_target):
+        raise BadRequest("the request target has an invalid percent-encoding")
+    path = decoded_path(raw_target)
+    if any(segment in (b".", b"..") for segment in re.split(rb"[/\\]", path)):
+        raise BadRequest("the request path has dot segments")
+    if any(byte in path for byte in b"\x00\r\n"):
+        raise BadRequest("the request path encodes control characters")
+
+
+def decoded_path(raw_target: str) -> bytes:
+    """The path part of a target, percent-decoded, as a server behind us would see it."""
+    return unquote_to_bytes(raw_target.partition("?")[0])
+
+
+def upstream_path_and_query(base_path: str, raw_target: str) -> str:
+    """Join the upstream base path with the incoming target, byte for byte.
+
+    An empty query (a bare trailing ``?``) is dropped, as the signed field defines it.
+    """
+    path, _, query = raw_target.partition("?")
+    joined = base_path + path
+    return f"{joined}?{query}" if query else joined
+
+
+def connection_tokens(headers: MultiMapping[str]) -> set[str]:
+    """Header names listed in every ``Connection`` field line, lower-cased."""
+    return {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+        if token.strip()
+    }
+
+
+def upstream_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    host: str,
+    client_ip: str,
+    forward_proxy_headers: bool,
+) -> CIMultiDict[str]:
+    """The headers to send upstream: end-to-end ones as received, ours set last."""
+    drop = HOP_BY_HOP | _REPLACED | connection_tokens(incoming)
+    if not forward_proxy_headers:
+        drop |= PROXY_TOPOLOGY
+    headers: CIMultiDict[str] = CIMultiDict(Host=host)
+    headers.extend(_kept(incoming.items(), drop))
+    headers["X-Client-Ip"] = client_ip
+    return headers
+
+
+def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The upstream response's headers for the caller: hop-by-hop removed, our id added."""
+    drop = HOP_BY_HOP | connection_tokens(upstream) | {"x-request-id"}
+    headers: CIMultiDict[str] = CIMultiDict(_kept(upstream.items(), drop))
+    headers["X-Request-Id"] = request_id
+    return headers
+
+
+def _kept(
+    items: Iterable[tuple[str, str]], drop: set[str] | frozenset[str]
+) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in items if name.lower() not in drop]

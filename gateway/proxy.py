@@ -1,0 +1,230 @@
+"""The catch-all handler: read, check, sign, forward, stream the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from . import signing
+from .client_ip import TrustedNetworks, derive_client_ip, parse_address
+from .config import Settings
+from .errors import (
+    BodyTooLarge,
+    ClientNotAllowed,
+    SigningFailed,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .forwarding import check_target, downstream_headers, upstream_headers, upstream_path_and_query
+from .metrics import Metrics
+from .secret import SecretStore
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did, filled in as it goes; read by the access line and metrics."""
+
+    request_id: str | None = None
+    client_ip: str | None = None
+    upstream_status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    error: str | None = None
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)
+
+
+class Proxy:
+    """Forwards every request to the one configured upstream, signed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: SecretStore,
+        metrics: Metrics,
+        session: Callable[[], aiohttp.ClientSession],
+        clock: Clock = time.time,
+    ) -> None:
+        upstream = settings.upstream
+        self._secrets = secrets
+        self._metrics = metrics
+        self._session = session
+        self._clock = clock
+        self._api_id = settings.signing.api_id
+        self._fields = settings.signing.fields
+        self._scheme = upstream.url.scheme
+        self._host = upstream.host_header
+        self._origin = f"{upstream.url.scheme}://{upstream.url.raw_authority}"
+        self._base_path = upstream.base_path
+        self._forward_proxy_headers = upstream.forward_proxy_headers
+        self._attempts = 1 + upstream.retries
+        self._allowed = TrustedNetworks(settings.access.allowed_clients)
+        self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
+        self._max_body = settings.limits.max_body_bytes
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Proxy one request; raise GatewayError for anything answered locally."""
+        exchange = request[EXCHANGE]
+        check_target(request.method, request.raw_path)
+        peer = parse_address(request.remote or "")
+        if peer is None or peer not in self._allowed:
+            raise ClientNotAllowed()
+        body = await read_body(request, self._max_body)
+        exchange.bytes_in = len(body)
+
+        client_ip = derive_client_ip(
+            request.remote, request.headers.getall("X-Forwarded-For", ()), self._trusted
+        )
+        exchange.client_ip = client_ip.address
+        self._metrics.client_ip.labels(client_ip.source).inc()
+
+        headers = upstream_headers(
+            request.headers,
+            host=self._host,
+            client_ip=client_ip.address,
+            forward_proxy_headers=self._forward_proxy_headers,
+        )
+        parts = signing.RequestParts(
+            method=request.method,
+            scheme=self._scheme,
+            host=self._host,
+            path_and_query=upstream_path_and_query(self._base_path, request.raw_path),
+            headers=headers,
+            body=body,
+        )
+        url = URL(self._origin + parts.path_and_query, encoded=True)
+        upstream = await self._send(parts, headers, url, exchange)
+        try:
+            return await self._relay(request, upstream, exchange)
+        finally:
+            upstream.release()
+
+    def _sign(self, parts: signing.RequestParts) -> signing.Signed:
+        secret = self._secrets.current
+        if secret is None:
+            self._metrics.signing_failures.labels("secret_unavailable").inc()
+            raise SigningFailed("secret_unavailable")
+        credentials = signing.Credentials(self._api_id, secret)
+        try:
+            return signing.sign(
+                self._fields, parts, credentials, signing.new_request_id(), int(self._clock())
+            )
+        except UnicodeEncodeError:
+            # A header value that is not valid text cannot be put into the signed string.
+            self._metrics.signing_failures.labels("invalid_request").inc()
+            raise SigningFailed("invalid_request") from None
+
+    async def _send(
+        self,
+        parts: signing.RequestParts,
+        headers: CIMultiDict[str],
+        url: URL,
+        exchange: Exchange,
+    ) -> aiohttp.ClientResponse:
+        """Send with a fresh signature per attempt; retry only what provably never left."""
+        for attempt in range(1, self._attempts + 1):
+            signed = self._sign(parts)
+            exchange.request_id = signed.request_id
+            headers["Authorization"] = signed.authorization
+            started = time.perf_counter()
+            try:
+                response = await self._session().request(
+                    parts.method,
+                    url,
+                    headers=headers,
+                    data=parts.body or None,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Nothing was written to the upstream: safe to try again, signed afresh.
+                error = _upstream_error(exc)
+                self._metrics.upstream_errors.labels(error.kind).inc()
+                if attempt == self._attempts:
+                    raise error from None
+                continue
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                error = _upstream_error(exc)
+                self._metrics.upstream_errors.labels(error.kind).inc()
+                raise error from None
+            self._metrics.upstream_duration.observe(time.perf_counter() - started)
+            self._metrics.upstream_responses.labels(str(response.status)).inc()
+            exchange.upstream_status = response.status
+            return response
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange
+    ) -> web.StreamResponse:
+        """Stream the upstream's answer to the caller chunk by chunk, as it arrives."""
+        assert exchange.request_id is not None  # noqa: S101 - set by _send
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=downstream_headers(upstream.headers, exchange.request_id),
+        )
+        await response.prepare(request)
+        while True:
+            try:
+                chunk = await upstream.content.readany()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # Headers are gone already: the only honest signal left is to cut the
+                # caller's connection, so a truncated body is never framed as complete.
+                kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "cut"
+                self._metrics.upstream_errors.labels(kind).inc()
+                exchange.error = f"upstream_{kind}"
+                _abort(request)
+                return response
+            if not chunk:
+                break
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                exchange.error = "client_disconnected"
+                return response
+            exchange.bytes_out += len(chunk)
+        await response.write_eof()
+        return response
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read the whole body, refusing it as soon as it exceeds ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge()
+    if not request.body_exists:
+        return b""
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge()
+    return bytes(body)
+
+
+def _upstream_error(exc: BaseException) -> UpstreamError:
+    """Name a failure before the response headers; the message is ours, never exc's text."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout("connect_timeout")
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout("timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnavailable("connect")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return UpstreamUnavailable("reset")
+    return UpstreamUnavailable("protocol")
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

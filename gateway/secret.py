@@ -1,0 +1,112 @@
+"""The API secret: loaded from a file or the environment, re-read when the file changes.
+
+A reload that finds an empty or unreadable file keeps the last good secret, so a
+half-finished rotation never takes the gateway down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .config import SigningSettings
+
+ReloadResult = Literal["loaded", "unchanged", "error"]
+
+
+class SecretUnavailable(Exception):
+    """No secret could be read; the message names the source, never the value."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FileStamp:
+    inode: int
+    device: int
+    size: int
+    mtime_ns: int
+
+
+def read_secret(settings: SigningSettings, environ: Mapping[str, str] = os.environ) -> bytes:
+    """Read the configured secret once; raise SecretUnavailable when it cannot be had."""
+    if settings.secret_env is not None:
+        value = environ.get(settings.secret_env, "").strip()
+        if not value:
+            raise SecretUnavailable(f"environment variable {settings.secret_env} is unset or empty")
+        return value.encode("utf-8")
+    assert settings.secret_file is not None  # noqa: S101 - guaranteed by config validation
+    return _read_file(settings.secret_file)
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        # A trailing newline is an artefact of `echo` and editors, never part of the key.
+        value = path.read_bytes().strip()
+    except OSError as exc:
+        raise SecretUnavailable(f"secret file {path}: {exc.strerror or 'unreadable'}") from None
+    if not value:
+        raise SecretUnavailable(f"secret file {path} is empty")
+    return value
+
+
+def _stamp(path: Path) -> _FileStamp | None:
+    # stat() follows symlinks, so a Kubernetes "..data" symlink swap shows as a new inode.
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _FileStamp(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+
+class SecretStore:
+    """Holds the current secret; ``refresh`` re-reads the file when it has changed."""
+
+    def __init__(
+        self,
+        settings: SigningSettings,
+        environ: Mapping[str, str] = os.environ,
+        on_reload: Callable[[ReloadResult, str | None], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._environ = environ
+        self._on_reload = on_reload
+        self._secret: bytes | None = None
+        self._stamp: _FileStamp | None = None
+        self.problem: str | None = None
+        self.refresh(force=True)
+
+    @property
+    def current(self) -> bytes | None:
+        """The last good secret, or None if none was ever loaded."""
+        return self._secret
+
+    @property
+    def watches_file(self) -> bool:
+        """Whether the secret comes from a file that can change under us."""
+        return self._settings.secret_file is not None
+
+    def refresh(self, force: bool = False) -> ReloadResult:
+        """Re-read the secret if its file changed (or ``force``); keep the old one on error."""
+        path = self._settings.secret_file
+        stamp = _stamp(path) if path is not None else None
+        if not force and path is not None and stamp == self._stamp and self._secret is not None:
+            return "unchanged"
+        try:
+            value = read_secret(self._settings, self._environ)
+        except SecretUnavailable as exc:
+            # Keep the stamp unchanged so a file fixed in place is retried next poll.
+            self.problem = str(exc)
+            return self._report("error", str(exc))
+        self._stamp = stamp
+        self.problem = None
+        if value == self._secret:
+            return "unchanged"
+        self._secret = value
+        return self._report("loaded", None)
+
+    def _report(self, result: ReloadResult, problem: str | None) -> ReloadResult:
+        if self._on_reload is not None:
+            self._on_reload(result, problem)
+        return result

@@ -1,0 +1,95 @@
+"""Binding and running the proxy and admin listeners."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .admin import create_admin_app
+from .app import Lifecycle, create_app
+from .config import ListenAddress, Settings
+from .metrics import Metrics
+from .proxy import Clock
+from .secret import ReloadResult, SecretStore
+
+log = structlog.get_logger("aleacc_gateway")
+
+
+def bind(address: ListenAddress) -> socket.socket:
+    """A listening TCP socket on ``address`` (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    return socket.create_server((address.host, address.port), family=family, backlog=1024)
+
+
+@dataclass(slots=True)
+class Bound:
+    """The addresses actually listened on."""
+
+    proxy: tuple[str, int]
+    admin: tuple[str, int]
+
+
+class GatewayServer:
+    """The gateway's two listeners over one set of secrets, metrics and lifecycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        environ: Mapping[str, str] = os.environ,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.lifecycle = Lifecycle()
+        self.secrets = SecretStore(
+            settings.signing, environ=environ, on_reload=self._secret_reloaded
+        )
+        self.app = create_app(
+            settings,
+            secrets=self.secrets,
+            metrics=self.metrics,
+            lifecycle=self.lifecycle,
+            clock=clock,
+        )
+        self.admin_app = create_admin_app(
+            secrets=self.secrets, metrics=self.metrics, lifecycle=self.lifecycle
+        )
+        self._runners: list[web.AppRunner] = []
+
+    def _secret_reloaded(self, result: ReloadResult, problem: str | None) -> None:
+        if result == "error":
+            log.error("secret_reload_failed", problem=problem)
+        else:
+            log.info("secret_loaded")
+        self.metrics.secret_reloads.labels(result).inc()
+
+    async def start(self) -> Bound:
+        """Bind both listeners and start serving."""
+        bound = []
+        for app, address in (
+            (self.app, self.settings.server.listen),
+            (self.admin_app, self.settings.server.admin_listen),
+        ):
+            # handler_cancellation: a caller who hangs up cancels its upstream call.
+            runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+            await runner.setup()
+            self._runners.append(runner)
+            sock = bind(address)
+            await web.SockSite(runner, sock).start()
+            bound.append(sock.getsockname()[:2])
+        return Bound(proxy=bound[0], admin=bound[1])
+
+    async def stop(self) -> None:
+        """Stop listening and release everything."""
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
