@@ -48,14 +48,20 @@ def create_app(
     clock: Clock = time.time,
 ) -> web.Application:
     """Build the proxy application; nothing listens until a runner starts it."""
-    app = web.Application(middlewares=[_observe, _answer_errors])
+    proxy = Proxy(settings, secrets, metrics, session=lambda: app[CLIENT_SESSION], clock=clock)
+
+    @web.middleware
+    async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # The proxy app has no routes: aiohttp's router cannot express "*", CONNECT's
+        # authority-form or a path that decodes to a newline, and every one of those must
+        # reach the proxy to be refused properly. So the proxy is the innermost middleware
+        # and the router's (always 404) handler is never called.
+        return await proxy.handle(request)
+
+    app = web.Application(middlewares=[_observe, _answer_errors, forward])
     app[METRICS] = metrics
     app[SECRETS] = secrets
     app[LIFECYCLE] = lifecycle
-    proxy = Proxy(settings, secrets, metrics, session=lambda: app[CLIENT_SESSION], clock=clock)
-    # One route for every method and path: the gateway has no endpoints of its own here,
-    # so nothing a frontend sends can collide with an admin path.
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_client_session(settings))
     if secrets.watches_file:
         app.cleanup_ctx.append(_secret_watch)

@@ -69,7 +69,7 @@ class UpstreamSettings:
     @property
     def host_header(self) -> str:
         """The Host header sent upstream (and signed as ``host``)."""
-        host = self.url.raw_host or ""
+        host = (self.url.raw_host or "").lower()
         if ":" in host:
             host = f"[{host}]"
         return host if self.url.is_default_port() else f"{host}:{self.url.port}"
@@ -253,8 +253,9 @@ def parse_listen(value: Any) -> ListenAddress:
     if not isinstance(value, str):
         raise ValueError("must be a string like '127.0.0.1:8080' or '[::1]:8080'")
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} needs a port from 1 to 65535, like '127.0.0.1:8080'")
+    # Port 0 lets the OS pick a free port; the "started" log line reports the real one.
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{value!r} needs a port from 0 to 65535, like '127.0.0.1:8080'")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:

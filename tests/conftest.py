@@ -1,0 +1,3 @@
+"""Fixtures live in tests/support.py beside the helpers they use."""
+
+pytest_plugins = ["tests.support"]

@@ -1,0 +1,212 @@
+"""Real servers on loopback: the stand-in, the gateway, and raw upstreams that record bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from gateway.client_ip import parse_network
+from gateway.config import (
+    AccessSettings,
+    ClientIpSettings,
+    LimitsSettings,
+    ListenAddress,
+    ServerSettings,
+    Settings,
+    SigningSettings,
+    UpstreamSettings,
+)
+from gateway.mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
+from gateway.server import Bound, GatewayServer, bind
+
+ANY_PORT = ListenAddress("127.0.0.1", 0)
+SECRET_ENV = "TEST_ALEACC_SECRET"
+ENVIRON = {SECRET_ENV: DEMO_SECRET.decode()}
+SESSION_ID = "f00dfacecafebeef0123456789abcdef"  # a player session: must never be logged
+
+
+def settings_for(upstream_url: URL | str, /, **sections: Any) -> Settings:
+    """Gateway settings pointing at ``upstream``; keyword arguments override sections' fields."""
+    base = Settings(
+        server=ServerSettings(listen=ANY_PORT, admin_listen=ANY_PORT),
+        upstream=UpstreamSettings(url=URL(str(upstream_url), encoded=True)),
+        signing=SigningSettings(api_id=DEMO_API_ID, secret_env=SECRET_ENV),
+        # As in config/sidecar.toml: loopback and the cluster's ingress range are trusted.
+        client_ip=ClientIpSettings(networks("127.0.0.0/8", "::1/128", "10.0.0.0/8")),
+        access=AccessSettings(),
+        limits=LimitsSettings(),
+    )
+    replaced = {
+        name: dataclasses.replace(getattr(base, name), **values)
+        for name, values in sections.items()
+    }
+    return dataclasses.replace(base, **replaced)
+
+
+def networks(*cidrs: str) -> tuple[Any, ...]:
+    return tuple(map(parse_network, cidrs))
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, URL]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = bind(ANY_PORT)
+    await web.SockSite(runner, sock).start()
+    return runner, URL(f"http://127.0.0.1:{sock.getsockname()[1]}")
+
+
+@dataclass
+class Gateway:
+    """A running gateway and how to reach it."""
+
+    server: GatewayServer
+    bound: Bound
+    registry: CollectorRegistry
+
+    @property
+    def url(self) -> URL:
+        return URL(f"http://127.0.0.1:{self.bound.proxy[1]}")
+
+    @property
+    def admin_url(self) -> URL:
+        return URL(f"http://127.0.0.1:{self.bound.admin[1]}")
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[StartGateway]:
+    """Start gateways for ``settings``; all are stopped after the test."""
+    started: list[GatewayServer] = []
+
+    async def start(settings: Settings, environ: dict[str, str] | None = None) -> Gateway:
+        registry = CollectorRegistry()
+        server = GatewayServer(
+            settings, registry=registry, environ=ENVIRON if environ is None else environ
+        )
+        started.append(server)
+        return Gateway(server, await server.start(), registry)
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@dataclass
+class Mock:
+    app: web.Application
+    url: URL
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[Mock]:
+    """The Aleacc stand-in under /api, faults enabled."""
+    app = create_mock_app(MockSettings(faults=True, base_path="/api"))
+    runner, url = await serve_app(app)
+    yield Mock(app, url / "api")
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(mock: Mock, start_gateway: StartGateway) -> Gateway:
+    """A gateway in front of the stand-in, with default settings."""
+    return await start_gateway(settings_for(mock.url))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A caller that sees bytes as sent: no decompression, no cookies kept."""
+    async with aiohttp.ClientSession(
+        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
+        yield session
+
+
+@dataclass
+class Recorded:
+    """One request as it arrived on the wire."""
+
+    head: bytes
+    body: bytes
+
+    @property
+    def request_line(self) -> bytes:
+        return self.head.split(b"\r\n", 1)[0]
+
+    @property
+    def target(self) -> str:
+        return self.request_line.split(b" ")[1].decode("ascii")
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        lines = self.head.split(b"\r\n")[1:]
+        return [
+            (name.decode(), value.strip().decode("utf-8", "surrogateescape"))
+            for name, _, value in (line.partition(b":") for line in lines if line)
+        ]
+
+    def header(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+@dataclass
+class RawUpstream:
+    """A TCP upstream that records each request's bytes and answers with ``response``."""
+
+    response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    requests: list[Recorded] = field(default_factory=list)
+    connections: int = 0
+    answer: bool = True
+    received: asyncio.Event = field(default_factory=asyncio.Event)
+    url: URL = field(default_factory=URL)
+    open_writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open_writers.add(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = await reader.readexactly(length)
+            self.requests.append(Recorded(head[:-4], body))
+            self.received.set()
+            if self.answer:
+                writer.write(self.response)
+                await writer.drain()
+            else:
+                await reader.read()  # hold the connection open, never answer
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open_writers.discard(writer)
+            writer.close()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    upstream = RawUpstream()
+    server = await asyncio.start_server(upstream._handle, "127.0.0.1", 0)
+    upstream.url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    yield upstream
+    server.close()
+    for writer in list(upstream.open_writers):  # a held connection ends its handler
+        writer.close()
+    await server.wait_closed()

@@ -1,0 +1,141 @@
+"""The command line, run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from gateway.mock.upstream import DEMO_SECRET
+
+CONFIG_DIR = Path(__file__).parent.parent / "config"
+KAT = {
+    "secret": "kat-secret",
+    "request_id": "0123456789abcdef0123456789abcdef",
+    "signature": "YWdqaqzWssqNTeClyw8kjk9cHovAGkOFuDVUKwQBMJs=",  # openssl, see test_signing
+}
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_check_config_accepts_the_examples() -> None:
+    code, out, _ = await run("check-config", "--config", str(CONFIG_DIR / "sidecar.toml"))
+    assert code == 0
+    assert "ok (warning: secret file /run/secrets/aleacc/api-secret" in out
+
+
+async def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[server]\nlisten = "nope"\n[upstream]\nurl = "ftp://x"\ntimout_s = 3\n'
+        '[signing]\napi_id = "a"\nsecret_env = "A"\nsecret_file = "/b"\nfields = ["bogus"]\n'
+    )
+    code, _, err = await run("check-config", "--config", str(config))
+    assert code == 1
+    assert "5 problem(s)" in err
+    for key in ("server.listen", "upstream.url", "upstream.timout_s: unknown key",
+                "signing.fields", "signing: set exactly one"):  # fmt: skip
+        assert f"  - {key}" in err
+
+
+async def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[upstream]\n")
+    code, _, err = await run("serve", "--config", str(config))
+    assert code == 1
+    assert "upstream.url: required" in err
+    assert "signing.api_id: required" in err
+
+
+async def test_sign_prints_the_known_answer_and_explains_without_the_secret() -> None:
+    code, out, _ = await run(
+        "sign", "POST", "https://aleacc.example.com/api/player/signin",
+        "--api-id", "12345678901234567890123456789012", "--secret-env", "KAT_SECRET",
+        "--request-id", KAT["request_id"], "--timestamp", "1433313039",
+        "-H", "Content-Type: application/json", "--data", '{"username":"ann","password":"pw"}',
+        "--explain",
+        env={"KAT_SECRET": KAT["secret"]},
+    )  # fmt: skip
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "Authorization: amx 12345678901234567890123456789012:"
+        f"{KAT['signature']}:{KAT['request_id']}:1433313039"
+    )
+    assert "  path_and_query: /api/player/signin" in out
+    assert KAT["secret"] not in out
+
+
+async def test_sign_without_credentials_is_a_clear_error() -> None:
+    code, out, err = await run("sign", "GET", "https://h/x")
+    assert code == 2
+    assert out == ""
+    assert "give --config, or --api-id with --secret-file or --secret-env" in err
+
+
+async def test_demo_walks_a_player_and_exits_0() -> None:
+    code, out, _ = await run("demo")
+    assert code == 0, out
+    assert "upstream saw X-Client-Ip 203.0.113.7" in out
+    assert "-> 401 missing_session_id" in out
+    assert "-> 403 replayed_request_id" in out
+    assert out.rstrip().endswith("demo ok")
+    assert DEMO_SECRET.decode() not in out
+
+
+async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
+    mock = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "mock-upstream", "--listen", "127.0.0.1:0",
+        "--base-path", "/api", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert mock.stdout is not None
+    started = json.loads(await mock.stdout.readline())
+    assert started["event"] == "mock_upstream_started"
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(DEMO_SECRET + b"\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        f'[upstream]\nurl = "http://{started["listen"]}/api"\n'
+        f'[signing]\napi_id = "12345678901234567890123456789012"\nsecret_file = "{secret_file}"\n'
+    )
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert gateway.stdout is not None
+    try:
+        lines = [json.loads(await gateway.stdout.readline()) for _ in range(2)]
+        assert [line["event"] for line in lines] == ["secret_loaded", "started"]
+        assert str(secret_file) in lines[1]["secret_source"]
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(f"http://{lines[1]['proxy']}/echo", data=b"hello") as r,
+        ):
+            assert r.status == 200
+            assert (await r.json())["body_bytes"] == 5
+        access = json.loads(await gateway.stdout.readline())
+        assert (access["event"], access["status"], access["path"]) == ("request", 200, "/echo")
+        gateway.send_signal(signal.SIGTERM)
+        assert await gateway.wait() == 0
+        rest = (await gateway.stdout.read()).decode()
+        assert '"event": "stopped"' in rest
+        assert DEMO_SECRET.decode() not in rest
+    finally:
+        for process in (gateway, mock):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()

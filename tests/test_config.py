@@ -1,0 +1,145 @@
+"""Settings validation: every problem reported at once, each naming its key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_settings, parse_settings
+
+CONFIG_DIR = Path(__file__).parent.parent / "config"
+MINIMAL = {
+    "upstream": {"url": "https://aleacc.example.com/api"},
+    "signing": {"api_id": "abc", "secret_env": "S"},
+}
+
+
+def merged(**tables: dict[str, object]) -> dict[str, object]:
+    data: dict[str, dict[str, object]] = {k: dict(v) for k, v in MINIMAL.items()}
+    for table, values in tables.items():
+        data.setdefault(table, {}).update(values)
+    return data  # type: ignore[return-value]
+
+
+def problems(data: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_examples_are_valid(path: Path) -> None:
+    load_settings(path)
+
+
+def test_defaults() -> None:
+    s = parse_settings(MINIMAL)
+    assert str(s.server.listen) == "127.0.0.1:8080"
+    assert str(s.server.admin_listen) == "127.0.0.1:9090"
+    assert (s.upstream.connect_timeout_s, s.upstream.timeout_s, s.upstream.retries) == (5, 30, 1)
+    assert s.upstream.base_path == "/api"
+    assert s.upstream.host_header == "aleacc.example.com"
+    assert s.signing.fields[0] == "api_id"
+    assert s.limits.max_body_bytes == 1048576
+    assert [str(n) for n in s.access.allowed_clients] == ["127.0.0.0/8", "::1/128"]
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "base"),
+    [
+        ("https://h/api/", "h", "/api"),
+        ("https://h", "h", ""),
+        ("https://h:443/x", "h", "/x"),
+        ("http://h:8081/", "h:8081", ""),
+        ("http://[::1]:8081/api", "[::1]:8081", "/api"),
+        ("https://H.Example.COM/a%20b", "h.example.com", "/a%20b"),
+    ],
+)
+def test_upstream_host_and_base_path(url: str, host: str, base: str) -> None:
+    s = parse_settings(merged(upstream={"url": url}))
+    assert (s.upstream.host_header, s.upstream.base_path) == (host, base)
+
+
+@pytest.mark.parametrize(
+    ("tables", "expected"),
+    [
+        ({"server": {"listen": "8080"}}, "server.listen:"),
+        ({"server": {"listen": "example.com:80"}}, "server.listen:"),
+        ({"server": {"admin_listen": "127.0.0.1:70000"}}, "server.admin_listen:"),
+        ({"server": {"listen": "127.0.0.1:-1"}}, "server.listen:"),
+        ({"upstream": {"url": "ftp://h/"}}, "upstream.url:"),
+        ({"upstream": {"url": "https://u:p@h/"}}, "upstream.url: must not carry credentials"),
+        ({"upstream": {"url": "https://h/?a=1"}}, "upstream.url: must not carry a query"),
+        ({"upstream": {"url": "/relative"}}, "upstream.url:"),
+        ({"upstream": {"timeout_s": 0}}, "upstream.timeout_s:"),
+        ({"upstream": {"connect_timeout_s": "5"}}, "upstream.connect_timeout_s:"),
+        ({"upstream": {"retries": 9}}, "upstream.retries:"),
+        ({"upstream": {"forward_proxy_headers": "yes"}}, "upstream.forward_proxy_headers:"),
+        ({"signing": {"api_id": "a:b"}}, "signing.api_id:"),
+        ({"signing": {"fields": ["api_id", "bodyy"]}}, "signing.fields: unknown field 'bodyy'"),
+        ({"signing": {"fields": []}}, "signing.fields:"),
+        ({"signing": {"fields": ["body", "body"]}}, "signing.fields: duplicate field(s) body"),
+        (
+            {"signing": {"secret_file": "/x"}},
+            "signing: set exactly one of secret_file and secret_env",
+        ),
+        ({"signing": {"secret_env": "1BAD"}}, "signing.secret_env:"),
+        (
+            {"client_ip": {"trusted_proxies": ["10.0.0.0/33"]}},
+            "client_ip.trusted_proxies: invalid CIDR '10.0.0.0/33'",
+        ),
+        ({"access": {"allowed_clients": "10.0.0.0/8"}}, "access.allowed_clients:"),
+        ({"limits": {"max_body_bytes": -1}}, "limits.max_body_bytes:"),
+        ({"limits": {"max_bodybytes": 1}}, "limits.max_bodybytes: unknown key"),
+        ({"extra": {"a": 1}}, "[extra]: unknown table"),
+    ],
+)
+def test_each_problem_names_its_key(tables: dict[str, dict[str, object]], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems(merged(**tables))), problems(
+        merged(**tables)
+    )
+
+
+def test_neither_secret_source_is_a_problem() -> None:
+    data = merged()
+    del data["signing"]["secret_env"]  # type: ignore[attr-defined]
+    assert problems(data) == ["signing: set exactly one of secret_file and secret_env"]
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    data = {
+        "server": {"listen": "nope", "colour": "blue"},
+        "upstream": {"timeout_s": -1},
+        "signing": {"fields": ["x"]},
+        "client_ip": {"trusted_proxies": ["bad", "10.0.0.0/8", "worse"]},
+    }
+    found = problems(data)
+    for key in (
+        "server.listen:",
+        "server.colour: unknown key",
+        "upstream.timeout_s:",
+        "upstream.url: required",
+        "signing.api_id: required",
+        "signing.fields:",
+        "signing: set exactly one",
+        "client_ip.trusted_proxies: invalid CIDR 'bad', 'worse'",
+    ):
+        assert any(p.startswith(key) for p in found), (key, found)
+    assert len(found) == 8
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_settings(bad)
+
+
+def test_readme_config_block_matches_the_sidecar_example() -> None:
+    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    parse_settings(tomllib.loads(block))
