@@ -31,9 +31,15 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     reasons = []
     secrets = request.app[SECRETS]
+    # Problems name the source (file or variable), never the value.
     if secrets.current is None:
-        # The problem names the source (file or variable), never the value.
         reasons.append(f"no API secret loaded: {secrets.problem}")
+    elif secrets.problem is not None:
+        # Still signing with the last good secret, but the source is broken: take this
+        # instance out of rotation so the broken mount is noticed before it matters.
+        reasons.append(
+            f"secret source broken, signing with the last good secret: {secrets.problem}"
+        )
     if request.app[LIFECYCLE].draining:
         reasons.append("draining")
     if reasons:

@@ -18,8 +18,6 @@ from .metrics import Metrics, method_label
 from .proxy import EXCHANGE, Clock, Exchange, Proxy
 from .secret import SecretStore
 
-SECRET_POLL_S = 1.0
-
 access_log = structlog.get_logger("aleacc_gateway.access")
 log = structlog.get_logger("aleacc_gateway")
 
@@ -64,7 +62,7 @@ def create_app(
     app[LIFECYCLE] = lifecycle
     app.cleanup_ctx.append(_client_session(settings))
     if secrets.watches_file:
-        app.cleanup_ctx.append(_secret_watch)
+        app.cleanup_ctx.append(_secret_watch(settings.signing.secret_poll_s))
     return app
 
 
@@ -98,17 +96,20 @@ def _client_session(settings: Settings) -> Callable[[web.Application], AsyncIter
     return context
 
 
-async def _secret_watch(app: web.Application) -> AsyncIterator[None]:
-    secrets = app[SECRETS]
+def _secret_watch(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        secrets = app[SECRETS]
 
-    async def poll() -> None:
-        while True:
-            await asyncio.sleep(SECRET_POLL_S)
-            secrets.refresh()
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                secrets.refresh()
 
-    task = asyncio.create_task(poll(), name="secret-watch")
-    yield
-    task.cancel()
+        task = asyncio.create_task(poll(), name="secret-watch")
+        yield
+        task.cancel()
+
+    return context
 
 
 @web.middleware
@@ -120,6 +121,15 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except GatewayError as exc:
         exchange.error = exc.code
         return error_response(exc, exchange.request_id)
+    except Exception:
+        log.exception("unhandled_error", request_id=exchange.request_id)
+        exchange.error = GatewayError.code
+        if exchange.streaming:
+            # Part of the answer is on the wire: a second one would corrupt the stream.
+            if request.transport is not None:
+                request.transport.abort()
+            raise
+        return error_response(GatewayError(), exchange.request_id)
 
 
 @web.middleware

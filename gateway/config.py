@@ -25,6 +25,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 1
 DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_CLOCK_SKEW_WARNING_S = 30.0
+DEFAULT_SECRET_POLL_S = 1.0
 DEFAULT_LOOPBACK = ("127.0.0.0/8", "::1/128")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 MAX_RETRIES = 5
@@ -65,6 +67,7 @@ class UpstreamSettings:
     retries: int = DEFAULT_RETRIES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     forward_proxy_headers: bool = False
+    clock_skew_warning_s: float = DEFAULT_CLOCK_SKEW_WARNING_S
 
     @property
     def host_header(self) -> str:
@@ -86,6 +89,7 @@ class SigningSettings:
     secret_file: Path | None = None
     secret_env: str | None = None
     fields: tuple[str, ...] = signing.DEFAULT_FIELDS
+    secret_poll_s: float = DEFAULT_SECRET_POLL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,9 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
             "upstream", "max_connections", _int_range(1, 65535), DEFAULT_MAX_CONNECTIONS
         ),
         forward_proxy_headers=r.get("upstream", "forward_proxy_headers", _bool, False),
+        clock_skew_warning_s=r.get(
+            "upstream", "clock_skew_warning_s", _seconds, DEFAULT_CLOCK_SKEW_WARNING_S
+        ),
     )
     secret_file = r.get("signing", "secret_file", _path, None)
     secret_env = r.get("signing", "secret_env", _env_name, None)
@@ -169,6 +176,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         secret_file=secret_file,
         secret_env=secret_env,
         fields=r.get("signing", "fields", _fields, signing.DEFAULT_FIELDS),
+        secret_poll_s=r.get("signing", "secret_poll_s", _seconds, DEFAULT_SECRET_POLL_S),
     )
     client_ip = ClientIpSettings(
         trusted_proxies=r.get(

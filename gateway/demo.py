@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from .client_ip import parse_network
@@ -63,7 +64,8 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
     mock_sock = bind(LOOPBACK_ANY_PORT)
     await web.SockSite(mock_runner, mock_sock).start()
     upstream = URL(f"http://127.0.0.1:{mock_sock.getsockname()[1]}/api")
-    gateway = GatewayServer(demo_settings(upstream), environ={SECRET_ENV: DEMO_SECRET.decode()})
+    environ = {SECRET_ENV: DEMO_SECRET.decode()}
+    gateway = GatewayServer(demo_settings(upstream), environ=environ)
     bound = await gateway.start()
     base = URL(f"http://127.0.0.1:{bound.proxy[1]}")
     out(f"Aleacc stand-in  {upstream}")
@@ -85,11 +87,25 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
                 session_id = str(data.get("session_id", session_id))
                 failures += _report(out, number, step, status, journal(mock_app)[-1])
             out("")
-            out("Two deliberate failures, so both kinds are seen:")
+            out("Deliberate failures, so each kind is seen:")
             no_session = Step("balance without X-Player-Session-Id", "GET", "/player/balance", 401)
             status, _ = await _call(client, no_session, "")
             failures += _report(out, 5, no_session, status, journal(mock_app)[-1])
             failures += await _replay(out, upstream, journal(mock_app)[2])
+            # A rotation that put the wrong secret in place: Aleacc answers 403.
+            environ[SECRET_ENV] = "not-the-secret"
+            gateway.secrets.refresh(force=True)
+            wrong = Step(
+                "balance, after a wrong secret was rotated in", "GET", "/player/balance", 403
+            )
+            status, _ = await _call(client, wrong, "")
+            failures += _report(out, 7, wrong, status, journal(mock_app)[-1])
+            out("")
+            out("From the gateway's own /metrics:")
+            metrics_url = URL(f"http://127.0.0.1:{bound.admin[1]}/metrics")
+            async with client.get(metrics_url) as response:
+                for line in metrics_summary(await response.text()):
+                    out(f"  {line}")
     finally:
         await gateway.stop()
         await mock_runner.cleanup()
@@ -138,6 +154,28 @@ def _report(out: Callable[[str], None], number: int, step: Step, status: int, se
     out(f"{detail}   upstream saw X-Client-Ip {seen.client_ip}   {mark}")
     out(f"       Authorization: {_shorten(seen.authorization)}")
     return 0 if status == step.expect else 1
+
+
+def metrics_summary(exposition: str) -> list[str]:
+    """A few lines drawn from Prometheus text: answers, upstream 401/403, signing failures."""
+    answers: dict[str, float] = {}
+    upstream: dict[str, float] = {}
+    signing_failures = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "aleacc_gateway_requests_total":
+                status = sample.labels["status"]
+                answers[status] = answers.get(status, 0) + sample.value
+            elif sample.name == "aleacc_gateway_upstream_responses_total":
+                upstream[sample.labels["status"]] = sample.value
+            elif sample.name == "aleacc_gateway_signing_failures_total":
+                signing_failures += sample.value
+    by_status = ", ".join(f"{status}: {n:.0f}" for status, n in sorted(answers.items()))
+    return [
+        f"requests answered {sum(answers.values()):.0f} ({by_status})",
+        f"upstream 401s {upstream.get('401', 0):.0f}, upstream 403s {upstream.get('403', 0):.0f}",
+        f"signing failures {signing_failures:.0f}",
+    ]
 
 
 def _shorten(header: str | None) -> str:

@@ -19,7 +19,10 @@ _SHARED: list[structlog.types.Processor] = [
 
 
 def configure_logging(
-    fmt: LogFormat = "json", level: str = "info", stream: TextIO | None = None
+    fmt: LogFormat = "json",
+    level: str = "info",
+    stream: TextIO | None = None,
+    cache: bool = True,
 ) -> None:
     """Route structlog and stdlib logging (aiohttp's own) to one stream in one format."""
     renderer: structlog.types.Processor = (
@@ -35,7 +38,8 @@ def configure_logging(
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        cache_logger_on_first_use=True,
+        # Caching is right for a process configured once; tests re-configure per test.
+        cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(

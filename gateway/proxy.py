@@ -26,6 +26,7 @@ from .errors import (
 from .forwarding import check_target, downstream_headers, upstream_headers, upstream_path_and_query
 from .metrics import Metrics
 from .secret import SecretStore
+from .skew import SkewWatch
 
 Clock = Callable[[], float]
 
@@ -40,6 +41,7 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
+    streaming: bool = False
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)
@@ -72,6 +74,7 @@ class Proxy:
         self._allowed = TrustedNetworks(settings.access.allowed_clients)
         self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
         self._max_body = settings.limits.max_body_bytes
+        self._skew = SkewWatch(metrics.clock_skew, upstream.clock_skew_warning_s, clock)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxy one request; raise GatewayError for anything answered locally."""
@@ -159,6 +162,7 @@ class Proxy:
                 raise error from None
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
             self._metrics.upstream_responses.labels(str(response.status)).inc()
+            self._skew.observe(response.headers.get("Date"))
             exchange.upstream_status = response.status
             return response
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
@@ -174,6 +178,7 @@ class Proxy:
             headers=downstream_headers(upstream.headers, exchange.request_id),
         )
         await response.prepare(request)
+        exchange.streaming = True
         while True:
             try:
                 chunk = await upstream.content.readany()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import io
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +27,48 @@ from gateway.config import (
     SigningSettings,
     UpstreamSettings,
 )
-from gateway.mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
+from gateway.logs import configure_logging
+from gateway.mock.upstream import (
+    DEMO_API_ID,
+    DEMO_SECRET,
+    MockSettings,
+    create_mock_app,
+    journal,
+)
 from gateway.server import Bound, GatewayServer, bind
 
 ANY_PORT = ListenAddress("127.0.0.1", 0)
 SECRET_ENV = "TEST_ALEACC_SECRET"
 ENVIRON = {SECRET_ENV: DEMO_SECRET.decode()}
 SESSION_ID = "f00dfacecafebeef0123456789abcdef"  # a player session: must never be logged
+SIGNATURE = re.compile(r"[A-Za-z0-9+/]{43}=")
+
+# Values this test put on the wire that must never show up in a log line: filled in by
+# the upstream fixtures from what they received, checked by `logs` after every test.
+SENSITIVE: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[io.StringIO]:
+    """Every test's log output, checked afterwards for secrets, sessions and signatures."""
+    buffer = io.StringIO()
+    configure_logging("json", stream=buffer, cache=False)
+    SENSITIVE.clear()
+    SENSITIVE.update({DEMO_SECRET.decode(), SESSION_ID})
+    yield buffer
+    text = buffer.getvalue()
+    leaked = sorted(value for value in SENSITIVE if value and value in text)
+    assert not leaked, f"sensitive values in the logs: {leaked}\n{text}"
+    assert not SIGNATURE.search(text), "a signature in the logs"
+
+
+def remember_sensitive(authorization: str | None, session_id: str | None) -> None:
+    """Record a signature and a session id that were sent upstream."""
+    if authorization:
+        SENSITIVE.add(authorization)
+        SENSITIVE.update(authorization.split(":")[1:2])
+    if session_id:
+        SENSITIVE.add(session_id)
 
 
 def settings_for(upstream_url: URL | str, /, **sections: Any) -> Settings:
@@ -119,6 +156,8 @@ async def mock() -> AsyncIterator[Mock]:
     runner, url = await serve_app(app)
     yield Mock(app, url / "api")
     await runner.cleanup()
+    for seen in journal(app):
+        remember_sensitive(seen.authorization, seen.session_id)
 
 
 @pytest.fixture
@@ -210,3 +249,6 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
     for writer in list(upstream.open_writers):  # a held connection ends its handler
         writer.close()
     await server.wait_closed()
+    for recorded in upstream.requests:
+        for value in recorded.header("Authorization"):
+            remember_sensitive(value, None)
