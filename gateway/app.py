@@ -60,10 +60,20 @@ def create_app(
     app[METRICS] = metrics
     app[SECRETS] = secrets
     app[LIFECYCLE] = lifecycle
+    app.on_response_prepare.append(_close_while_draining)
     app.cleanup_ctx.append(_client_session(settings))
     if secrets.watches_file:
         app.cleanup_ctx.append(_secret_watch(settings.signing.secret_poll_s))
     return app
+
+
+async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+    # While draining, each answer closes its connection so keep-alive callers reconnect,
+    # through the Service, to an instance that is staying.
+    # aiohttp runs this hook after choosing the Connection header, so set it as well.
+    if request.app[LIFECYCLE].draining:
+        response.force_close()
+        response.headers["Connection"] = "close"
 
 
 def _client_session(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:

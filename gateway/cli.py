@@ -134,19 +134,36 @@ async def _run_gateway(settings: Settings) -> int:
     server = GatewayServer(settings)
     bound = await server.start()
     log.info("started", proxy=_addr(bound.proxy), admin=_addr(bound.admin), **_summary(settings))
-    await _until_signalled()
-    log.info("stopping")
-    await server.stop()
+    signals = _Signals(server)
+    await signals.stop.wait()
+    log.info("stopping", signal=signals.received)
+    await server.drain(hurry=signals.hurry)
     log.info("stopped")
     return 0
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+class _Signals:
+    """SIGTERM/SIGINT start the drain (a second one hurries it); SIGHUP re-reads the secret."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()
+        self.received: str | None = None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload, server)
+
+    def _stop(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            self.hurry.set()
+        self.received = sig.name
+        self.stop.set()
+
+    @staticmethod
+    def _reload(server: GatewayServer) -> None:
+        log.info("secret_reload_requested", signal="SIGHUP")
+        server.secrets.refresh(force=True)
 
 
 def _summary(settings: Settings) -> dict[str, object]:
@@ -189,7 +206,7 @@ def _mock_upstream(args: argparse.Namespace) -> int:
         api_id, fields = settings.signing.api_id, settings.signing.fields
     mock = MockSettings(
         api_id=api_id,
-        secret=secret,
+        secrets=(secret,),
         fields=fields,
         faults=args.faults,
         clock_offset_s=args.clock_offset,

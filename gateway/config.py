@@ -21,6 +21,9 @@ from .client_ip import Network, parse_network
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
+# Delay + timeout must fit in the pod's terminationGracePeriodSeconds (30 s by default).
+DEFAULT_DRAIN_DELAY_S = 5.0
+DEFAULT_DRAIN_TIMEOUT_S = 20.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 1
@@ -57,6 +60,8 @@ class ListenAddress:
 class ServerSettings:
     listen: ListenAddress
     admin_listen: ListenAddress
+    drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         admin_listen=r.get(
             "server", "admin_listen", parse_listen, parse_listen(DEFAULT_ADMIN_LISTEN)
         ),
+        drain_delay_s=r.get("server", "drain_delay_s", _seconds_or_zero, DEFAULT_DRAIN_DELAY_S),
+        drain_timeout_s=r.get("server", "drain_timeout_s", _seconds, DEFAULT_DRAIN_TIMEOUT_S),
     )
     url = r.get("upstream", "url", _upstream_url, None)
     upstream = UpstreamSettings(
@@ -300,6 +307,10 @@ def _seconds(value: Any) -> float:
     if not math.isfinite(value) or not 0 < value <= 3600:
         raise ValueError(f"{value} must be more than 0 and at most 3600")
     return float(value)
+
+
+def _seconds_or_zero(value: Any) -> float:
+    return 0.0 if value == 0 and not isinstance(value, bool) else _seconds(value)
 
 
 def _int_range(low: int, high: int) -> Callable[[Any], int]:

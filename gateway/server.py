@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -80,7 +82,13 @@ class GatewayServer:
             (self.admin_app, self.settings.server.admin_listen),
         ):
             # handler_cancellation: a caller who hangs up cancels its upstream call.
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+            # shutdown_timeout: how long stop() lets in-flight requests finish.
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                handler_cancellation=True,
+                shutdown_timeout=self.settings.server.drain_timeout_s,
+            )
             await runner.setup()
             self._runners.append(runner)
             sock = bind(address)
@@ -88,8 +96,25 @@ class GatewayServer:
             bound.append(sock.getsockname()[:2])
         return Bound(proxy=bound[0], admin=bound[1])
 
+    async def drain(self, hurry: asyncio.Event) -> None:
+        """Leave gracefully: unready at once, serve on for the drain delay, then stop.
+
+        The delay gives Kubernetes time to take this pod out of the Service's endpoints
+        (readiness turns 503 now); ``hurry`` (a second signal) cuts it short.
+        """
+        server = self.settings.server
+        self.lifecycle.draining = True
+        log.info("draining", delay_s=server.drain_delay_s, timeout_s=server.drain_timeout_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), server.drain_delay_s)
+        await self.stop()
+
     async def stop(self) -> None:
-        """Stop listening and release everything."""
-        for runner in reversed(self._runners):
+        """Stop listening, let in-flight requests finish (up to drain_timeout_s), release.
+
+        The proxy goes first and the admin listener last, so /readyz keeps answering 503
+        and /metrics stays scrapeable until the last request is done.
+        """
+        for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

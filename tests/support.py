@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import json
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -252,3 +255,103 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
     for recorded in upstream.requests:
         for value in recorded.header("Authorization"):
             remember_sensitive(value, None)
+
+
+class GatewayProcess:
+    """``aleacc-gateway serve`` as a real process, its JSON log lines collected as they come."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[dict[str, Any]] = []
+        self._new_line = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+        self.proxy = URL()
+        self.admin = URL()
+
+    @classmethod
+    async def start(cls, config: Path) -> GatewayProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--config", str(config),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        gateway = cls(process)
+        started = await gateway.wait_for("started")
+        gateway.proxy = URL(f"http://{started['proxy']}")
+        gateway.admin = URL(f"http://{started['admin']}")
+        return gateway
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            async with self._new_line:
+                self.lines.append(json.loads(raw))
+                self._new_line.notify_all()
+        async with self._new_line:
+            self._new_line.notify_all()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    async def wait_for(self, name: str, count: int = 1) -> dict[str, Any]:
+        """The ``count``-th log line with event ``name``, waiting for it if need be."""
+        async with self._new_line:
+            await self._new_line.wait_for(
+                lambda: len(self.events(name)) >= count or self._reader.done()
+            )
+        found = self.events(name)
+        assert len(found) >= count, f"the gateway exited before logging {name!r}"
+        return found[count - 1]
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    async def exit_code(self) -> int:
+        code = await self.process.wait()
+        await self._reader
+        return code
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        await self._reader
+
+
+@pytest.fixture
+async def gateway_process() -> AsyncIterator[Callable[[Path], Awaitable[GatewayProcess]]]:
+    """Start ``serve`` processes; each is killed after the test if still running."""
+    started: list[GatewayProcess] = []
+
+    async def start(config: Path) -> GatewayProcess:
+        process = await GatewayProcess.start(config)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        await process.kill()
+        text = json.dumps(process.lines)
+        leaked = sorted(value for value in SENSITIVE if value and value in text)
+        assert not leaked, f"sensitive values in a gateway's log: {leaked}"
+
+
+def config_file(
+    path: Path,
+    upstream: URL,
+    secret_file: Path,
+    server: dict[str, float] | None = None,
+    signing: dict[str, float] | None = None,
+) -> Path:
+    """A gateway config on free loopback ports pointing at ``upstream``."""
+
+    def lines(values: dict[str, float] | None) -> str:
+        return "".join(f"{key} = {value}\n" for key, value in (values or {}).items())
+
+    path.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        + lines(server)
+        + f'[upstream]\nurl = "{upstream}"\n'
+        + f'[signing]\napi_id = "{DEMO_API_ID}"\nsecret_file = "{secret_file}"\n'
+        + lines(signing)
+    )
+    return path

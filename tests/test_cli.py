@@ -108,7 +108,7 @@ async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
     secret_file.write_bytes(DEMO_SECRET + b"\n")
     config = tmp_path / "gateway.toml"
     config.write_text(
-        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\ndrain_delay_s = 0\n'
         f'[upstream]\nurl = "http://{started["listen"]}/api"\n'
         f'[signing]\napi_id = "12345678901234567890123456789012"\nsecret_file = "{secret_file}"\n'
     )

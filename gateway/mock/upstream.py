@@ -34,7 +34,8 @@ class MockSettings:
     """How the stand-in verifies and behaves."""
 
     api_id: str = DEMO_API_ID
-    secret: bytes = field(default=DEMO_SECRET, repr=False)
+    # More than one while a rotation is under way: Aleacc accepts old and new for a while.
+    secrets: tuple[bytes, ...] = field(default=(DEMO_SECRET,), repr=False)
     fields: tuple[str, ...] = signing.DEFAULT_FIELDS
     faults: bool = False
     clock_offset_s: float = 0.0
@@ -52,6 +53,7 @@ class Seen:
     client_ip: str | None
     authorization: str | None
     session_id: str | None
+    secret_index: int | None = None  # which of the accepted secrets verified it
 
 
 @dataclass(slots=True)
@@ -105,8 +107,9 @@ def now(settings: MockSettings) -> float:
 async def _handle(request: web.Request) -> web.StreamResponse:
     settings, state = request.app[SETTINGS], request.app[STATE]
     body = await request.read()
+    secret_index = None
     try:
-        verify(request, body, settings, state)
+        secret_index = verify(request, body, settings, state)
         path = request.path
         if not path.startswith(settings.base_path + "/"):
             raise Refused(404, "not_found")
@@ -123,23 +126,23 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if "delay" in faults:
             await asyncio.sleep(faults["delay"])
         if "reset" in faults:
-            _record(request, 0, "reset")
+            _record(request, 0, "reset", secret_index)
             _abort(request)
             return web.Response()
         if "status" in faults:
             raise Refused(int(faults["status"]), "injected")
         response = await api(request, body)
         if "cut" in faults:
-            return await _cut(request, response)
+            return await _cut(request, response, secret_index)
     except Refused as exc:
         response = _json({"error": exc.code}, exc.status)
-    _record(request, response.status, _error_of(response))
+    _record(request, response.status, _error_of(response), secret_index)
     response.headers["Date"] = email.utils.formatdate(now(settings), usegmt=True)
     return response
 
 
-def verify(request: web.Request, body: bytes, settings: MockSettings, state: MockState) -> None:
-    """Raise Refused unless the request carries a valid, fresh, unreplayed signature."""
+def verify(request: web.Request, body: bytes, settings: MockSettings, state: MockState) -> int:
+    """Which accepted secret signed the request; Refused unless valid, fresh, unreplayed."""
     header = request.headers.get("Authorization")
     if header is None:
         raise Refused(401, "missing_authorization")
@@ -159,12 +162,21 @@ def verify(request: web.Request, body: bytes, settings: MockSettings, state: Moc
         headers=request.headers,
         body=body,
     )
-    if not signing.verify(settings.fields, parts, settings.secret, auth):
+    index = next(
+        (
+            i
+            for i, s in enumerate(settings.secrets)
+            if signing.verify(settings.fields, parts, s, auth)
+        ),
+        None,
+    )
+    if index is None:
         raise Refused(403, "invalid_signature")
     _forget_expired(state, clock)
     if auth.request_id in state.seen_ids:
         raise Refused(403, "replayed_request_id")
     state.seen_ids[auth.request_id] = clock
+    return index
 
 
 def _forget_expired(state: MockState, clock: float) -> None:
@@ -198,7 +210,9 @@ def _faults(request: web.Request, settings: MockSettings) -> dict[str, float]:
     return faults
 
 
-async def _cut(request: web.Request, response: web.Response) -> web.StreamResponse:
+async def _cut(
+    request: web.Request, response: web.Response, secret_index: int
+) -> web.StreamResponse:
     """Promise the whole body, send half of it, then drop the connection."""
     body = response.body
     assert isinstance(body, bytes)  # noqa: S101 - our own JSON answers
@@ -206,7 +220,7 @@ async def _cut(request: web.Request, response: web.Response) -> web.StreamRespon
     cut.content_length = len(body) + 100
     await cut.prepare(request)
     await cut.write(body[: len(body) // 2])
-    _record(request, response.status, "cut")
+    _record(request, response.status, "cut", secret_index)
     _abort(request)
     return cut
 
@@ -216,7 +230,7 @@ def _abort(request: web.Request) -> None:
         request.transport.abort()
 
 
-def _record(request: web.Request, status: int, error: str | None) -> None:
+def _record(request: web.Request, status: int, error: str | None, secret_index: int | None) -> None:
     request.app[STATE].journal.append(
         Seen(
             method=request.method,
@@ -226,6 +240,7 @@ def _record(request: web.Request, status: int, error: str | None) -> None:
             client_ip=request.headers.get("X-Client-Ip"),
             authorization=request.headers.get("Authorization"),
             session_id=request.headers.get("X-Player-Session-Id"),
+            secret_index=secret_index,
         )
     )
 
