@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from .config import Settings
+from .edge import mark_request_finished, mark_request_started
 from .errors import GatewayError, error_response
 from .logs import session_tag
 from .metrics import Metrics, method_label
@@ -60,11 +61,22 @@ def create_app(
     app[METRICS] = metrics
     app[SECRETS] = secrets
     app[LIFECYCLE] = lifecycle
+    # This route only carries an expect handler: aiohttp would otherwise send
+    # "100 Continue" before any check, inviting bodies the gateway then refuses.
+    app.router.add_route("*", "/{tail:.*}", _unreachable, expect_handler=_defer_continue)
     app.on_response_prepare.append(_close_while_draining)
     app.cleanup_ctx.append(_client_session(settings))
     if secrets.watches_file:
         app.cleanup_ctx.append(_secret_watch(settings.signing.secret_poll_s))
     return app
+
+
+async def _defer_continue(request: web.Request) -> None:
+    """Send nothing yet: read_body sends 100 Continue once the body is acceptable."""
+
+
+async def _unreachable(request: web.Request) -> web.StreamResponse:
+    raise RuntimeError("the forward middleware answers every request")  # pragma: no cover
 
 
 async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
@@ -150,16 +162,20 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
     request[EXCHANGE] = exchange
     started = time.perf_counter()
     status = 500
+    keep_alive = False
     metrics.in_flight.inc()
+    mark_request_started(request)
     try:
         response = await handler(request)
         status = response.status
+        keep_alive = response.keep_alive is not False
         return response
     except asyncio.CancelledError:
         # The caller went away (aiohttp cancels the handler): nginx's 499 says so.
         status, exchange.error = 499, exchange.error or "client_disconnected"
         raise
     finally:
+        mark_request_finished(request, keep_alive)
         duration = time.perf_counter() - started
         metrics.in_flight.dec()
         metrics.requests.labels(method_label(request.method), str(status)).inc()

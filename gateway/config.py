@@ -32,6 +32,10 @@ DEFAULT_CLOCK_SKEW_WARNING_S = 30.0
 DEFAULT_SECRET_POLL_S = 1.0
 DEFAULT_LOOPBACK = ("127.0.0.0/8", "::1/128")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_CLIENT_CONNECTIONS = 1024
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_RETRY_BACKOFF_S = 0.1
 MAX_RETRIES = 5
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,6 +74,7 @@ class UpstreamSettings:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     timeout_s: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
+    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     forward_proxy_headers: bool = False
     clock_skew_warning_s: float = DEFAULT_CLOCK_SKEW_WARNING_S
@@ -105,15 +110,30 @@ class ClientIpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """One allowed route: a method (or ``*``) and a path pattern (``*`` matches anything)."""
+
+    method: str
+    pattern: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.pattern}"
+
+
+@dataclass(frozen=True, slots=True)
 class AccessSettings:
     allowed_clients: tuple[Network, ...] = field(
         default_factory=lambda: tuple(parse_network(n) for n in DEFAULT_LOOPBACK)
     )
+    routes: tuple[Route, ...] | None = None  # None: every route is allowed
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +182,9 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         ),
         timeout_s=r.get("upstream", "timeout_s", _seconds, DEFAULT_TIMEOUT_S),
         retries=r.get("upstream", "retries", _int_range(0, MAX_RETRIES), DEFAULT_RETRIES),
+        retry_backoff_s=r.get(
+            "upstream", "retry_backoff_s", _seconds_or_zero, DEFAULT_RETRY_BACKOFF_S
+        ),
         max_connections=r.get(
             "upstream", "max_connections", _int_range(1, 65535), DEFAULT_MAX_CONNECTIONS
         ),
@@ -193,12 +216,18 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
     access = AccessSettings(
         allowed_clients=r.get(
             "access", "allowed_clients", _networks, AccessSettings().allowed_clients
-        )
+        ),
+        routes=r.get("access", "routes", _routes, None),
     )
     limits = LimitsSettings(
         max_body_bytes=r.get(
             "limits", "max_body_bytes", _int_range(0, 1 << 30), DEFAULT_MAX_BODY_BYTES
-        )
+        ),
+        max_connections=r.get(
+            "limits", "max_connections", _int_range(1, 1 << 20), DEFAULT_MAX_CLIENT_CONNECTIONS
+        ),
+        header_timeout_s=r.get("limits", "header_timeout_s", _seconds, DEFAULT_HEADER_TIMEOUT_S),
+        body_timeout_s=r.get("limits", "body_timeout_s", _seconds, DEFAULT_BODY_TIMEOUT_S),
     )
     r.check_required("upstream", "url")
     r.check_required("signing", "api_id")
@@ -360,6 +389,18 @@ def _fields(value: Any) -> tuple[str, ...]:
     if problems:
         raise ValueError("; ".join(problems))
     return tuple(value)
+
+
+_ROUTE = re.compile(r"^(\*|[A-Z]+) (/[\x21-\x7e]*)$")
+
+
+def _routes(value: Any) -> tuple[Route, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list like ["POST /player/*", "GET /player/balance"]')
+    bad = [repr(v) for v in value if not _ROUTE.match(v)]
+    if bad:
+        raise ValueError(f"expected 'METHOD /path' (METHOD may be *): {', '.join(bad)}")
+    return tuple(Route(*v.split(" ", 1)) for v in value)
 
 
 def _networks(value: Any) -> tuple[Network, ...]:

@@ -24,6 +24,14 @@ class BadRequest(GatewayError):
     status, code, message = 400, "bad_request", "malformed request"
 
 
+class RouteNotAllowed(GatewayError):
+    status, code, message = 404, "route_not_allowed", "this route is not open through the gateway"
+
+
+class RequestTimeout(GatewayError):
+    status, code, message = 408, "request_timeout", "the request body took too long"
+
+
 class ClientNotAllowed(GatewayError):
     status, code, message = 403, "client_not_allowed", "this client may not use the gateway"
 
@@ -64,7 +72,7 @@ def error_response(error: GatewayError, request_id: str | None) -> web.Response:
     """The SPEC §6 JSON answer for ``error``."""
     body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})
     response = web.Response(status=error.status, text=body, content_type="application/json")
-    if error.status in (400, 413):
+    if error.status in (400, 408, 413):
         # The rest of the request may still be on the wire, unread: don't reuse the stream.
         response.force_close()
     return response

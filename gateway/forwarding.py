@@ -5,12 +5,14 @@ Nothing here does I/O; the proxy applies these to each request and response.
 
 from __future__ import annotations
 
+import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
+from .config import Route
 from .errors import BadRequest
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies still meet.
@@ -53,10 +55,54 @@ def check_target(method: str, raw_target: str) -> None:
     if _BAD_PERCENT.search(raw_target):
         raise BadRequest("the request target has an invalid percent-encoding")
     path = decoded_path(raw_target)
-    if any(segment in (b".", b"..") for segment in re.split(rb"[/\\]", path)):
+    if any(_is_dot_segment(segment) for segment in re.split(rb"[/\\]", path)):
         raise BadRequest("the request path has dot segments")
     if any(byte in path for byte in b"\x00\r\n"):
         raise BadRequest("the request path encodes control characters")
+
+
+def _is_dot_segment(segment: bytes) -> bool:
+    # "..;x" is a dot segment to servlet containers, which drop path parameters first.
+    return segment.split(b";", 1)[0] in (b".", b"..")
+
+
+def check_headers(headers: MultiMapping[str], version: tuple[int, int]) -> None:
+    """Raise BadRequest for what no origin server could interpret one way only."""
+    if version not in ((1, 0), (1, 1)):
+        # HTTP/0.9 has no headers; "HTTP/2.0" on this port is not HTTP/2.
+        raise BadRequest("only HTTP/1.0 and HTTP/1.1 are served")
+    hosts = headers.getall("Host", ())
+    if len(hosts) > 1 or (version == (1, 1) and not hosts):
+        # RFC 9112 §3.2: exactly one Host in HTTP/1.1, else 400.
+        raise BadRequest("a request needs exactly one Host header")
+    expect = headers.getall("Expect", ())
+    if expect and [e.lower() for e in expect] != ["100-continue"]:
+        raise BadRequest("the only expectation supported is 100-continue")
+    if len(headers.getall("Content-Length", ())) > 1:
+        raise BadRequest("Content-Length is repeated")
+    codings = ",".join(headers.getall("Transfer-Encoding", ())).replace(" ", "").lower()
+    if codings and codings != "chunked":
+        # The gateway undoes chunked and nothing else; any other coding would reach the
+        # upstream with a body whose meaning changed (RFC 9112 §6.1).
+        raise BadRequest("only the chunked transfer coding is accepted")
+    if "Upgrade" in headers:
+        # No h2c, no WebSocket: the gateway forwards HTTP/1.1 requests, nothing else.
+        raise BadRequest("protocol upgrades are not supported")
+
+
+def route_allowed(routes: Sequence[Route] | None, method: str, raw_target: str) -> bool:
+    """Whether ``method`` on the target's decoded path matches an allowed route.
+
+    Matched on the percent-decoded path with repeated slashes collapsed, never on the
+    query, so no encoding trick reaches a route the allowlist does not name.
+    """
+    if routes is None:
+        return True
+    path = re.sub(r"/+", "/", decoded_path(raw_target).decode("utf-8", "surrogateescape"))
+    return any(
+        route.method in ("*", method) and fnmatch.fnmatchcase(path, route.pattern)
+        for route in routes
+    )
 
 
 def decoded_path(raw_target: str) -> bytes:

@@ -18,12 +18,21 @@ from .config import Settings
 from .errors import (
     BodyTooLarge,
     ClientNotAllowed,
+    RequestTimeout,
+    RouteNotAllowed,
     SigningFailed,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .forwarding import check_target, downstream_headers, upstream_headers, upstream_path_and_query
+from .forwarding import (
+    check_headers,
+    check_target,
+    downstream_headers,
+    route_allowed,
+    upstream_headers,
+    upstream_path_and_query,
+)
 from .metrics import Metrics
 from .secret import SecretStore
 from .skew import SkewWatch
@@ -71,6 +80,9 @@ class Proxy:
         self._base_path = upstream.base_path
         self._forward_proxy_headers = upstream.forward_proxy_headers
         self._attempts = 1 + upstream.retries
+        self._retry_backoff_s = upstream.retry_backoff_s
+        self._routes = settings.access.routes
+        self._body_timeout_s = settings.limits.body_timeout_s
         self._allowed = TrustedNetworks(settings.access.allowed_clients)
         self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
         self._max_body = settings.limits.max_body_bytes
@@ -80,11 +92,17 @@ class Proxy:
         """Proxy one request; raise GatewayError for anything answered locally."""
         exchange = request[EXCHANGE]
         check_target(request.method, request.raw_path)
+        check_headers(request.headers, (request.version.major, request.version.minor))
         peer = parse_address(request.remote or "")
         if peer is None or peer not in self._allowed:
             raise ClientNotAllowed()
-        body = await read_body(request, self._max_body)
-        exchange.bytes_in = len(body)
+        if not route_allowed(self._routes, request.method, request.raw_path):
+            raise RouteNotAllowed()
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                body = await read_body(request, self._max_body, exchange)
+        except TimeoutError:
+            raise RequestTimeout() from None
 
         client_ip = derive_client_ip(
             request.remote, request.headers.getall("X-Forwarded-For", ()), self._trusted
@@ -155,6 +173,7 @@ class Proxy:
                 self._metrics.upstream_errors.labels(error.kind).inc()
                 if attempt == self._attempts:
                     raise error from None
+                await asyncio.sleep(self._retry_backoff_s)
                 continue
             except (TimeoutError, aiohttp.ClientError) as exc:
                 error = _upstream_error(exc)
@@ -202,15 +221,24 @@ class Proxy:
         return response
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read the whole body, refusing it as soon as it exceeds ``limit`` bytes."""
+async def read_body(request: web.Request, limit: int, exchange: Exchange) -> bytes:
+    """Read the whole body, refusing it as soon as it exceeds ``limit`` bytes.
+
+    At most ``limit`` plus one network read is ever held; ``exchange.bytes_in`` counts
+    what was read, also when the body is refused.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
     if not request.body_exists:
         return b""
+    if request.version == (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        # Only now, with the size known to be acceptable, invite the body (RFC 9110 §10.1.1).
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
     body = bytearray()
     while chunk := await request.content.readany():
         body += chunk
+        exchange.bytes_in = len(body)
         if len(body) > limit:
             raise BodyTooLarge()
     return bytes(body)

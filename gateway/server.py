@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from .admin import create_admin_app
 from .app import Lifecycle, create_app
 from .config import ListenAddress, Settings
+from .edge import EdgeGuard, EdgeLimits
 from .metrics import Metrics
 from .proxy import Clock
 from .secret import ReloadResult, SecretStore
@@ -66,6 +67,7 @@ class GatewayServer:
             secrets=self.secrets, metrics=self.metrics, lifecycle=self.lifecycle
         )
         self._runners: list[web.AppRunner] = []
+        self._listeners: list[asyncio.Server] = []
 
     def _secret_reloaded(self, result: ReloadResult, problem: str | None) -> None:
         if result == "error":
@@ -76,25 +78,38 @@ class GatewayServer:
 
     async def start(self) -> Bound:
         """Bind both listeners and start serving."""
-        bound = []
-        for app, address in (
-            (self.app, self.settings.server.listen),
-            (self.admin_app, self.settings.server.admin_listen),
-        ):
-            # handler_cancellation: a caller who hangs up cancels its upstream call.
-            # shutdown_timeout: how long stop() lets in-flight requests finish.
-            runner = web.AppRunner(
-                app,
-                access_log=None,
-                handler_cancellation=True,
-                shutdown_timeout=self.settings.server.drain_timeout_s,
-            )
-            await runner.setup()
-            self._runners.append(runner)
-            sock = bind(address)
-            await web.SockSite(runner, sock).start()
-            bound.append(sock.getsockname()[:2])
-        return Bound(proxy=bound[0], admin=bound[1])
+        server, limits = self.settings.server, self.settings.limits
+        proxy_runner = await self._runner(self.app)
+        proxy_sock = bind(server.listen)
+        # The proxy listener speaks through EdgeGuard's protocol (connection cap, header
+        # deadline, JSON errors); its connections still register with the runner, so
+        # runner.cleanup() drains them.
+        guard = EdgeGuard(EdgeLimits(limits.max_connections, limits.header_timeout_s))
+        loop = asyncio.get_running_loop()
+        handler = proxy_runner.server
+        if handler is None:  # pragma: no cover - setup() always creates it
+            raise RuntimeError("the proxy runner has no server")
+        listener = await loop.create_server(
+            lambda: guard.protocol_factory(handler, loop), sock=proxy_sock
+        )
+        self._listeners.append(listener)
+        admin_runner = await self._runner(self.admin_app)
+        admin_sock = bind(server.admin_listen)
+        await web.SockSite(admin_runner, admin_sock).start()
+        return Bound(proxy=proxy_sock.getsockname()[:2], admin=admin_sock.getsockname()[:2])
+
+    async def _runner(self, app: web.Application) -> web.AppRunner:
+        # handler_cancellation: a caller who hangs up cancels its upstream call.
+        # shutdown_timeout: how long stop() lets in-flight requests finish.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=self.settings.server.drain_timeout_s,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        return runner
 
     async def drain(self, hurry: asyncio.Event) -> None:
         """Leave gracefully: unready at once, serve on for the drain delay, then stop.
@@ -115,6 +130,9 @@ class GatewayServer:
         The proxy goes first and the admin listener last, so /readyz keeps answering 503
         and /metrics stays scrapeable until the last request is done.
         """
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

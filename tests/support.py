@@ -40,6 +40,8 @@ from gateway.mock.upstream import (
 )
 from gateway.server import Bound, GatewayServer, bind
 
+from .wire import Relay, check_framing
+
 ANY_PORT = ListenAddress("127.0.0.1", 0)
 SECRET_ENV = "TEST_ALEACC_SECRET"
 ENVIRON = {SECRET_ENV: DEMO_SECRET.decode()}
@@ -150,17 +152,25 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
 class Mock:
     app: web.Application
     url: URL
+    relay: Relay
 
 
 @pytest.fixture
 async def mock() -> AsyncIterator[Mock]:
-    """The Aleacc stand-in under /api, faults enabled."""
+    """The Aleacc stand-in under /api, faults enabled, behind a recording relay.
+
+    Afterwards every byte the gateway sent it is parsed again with h11: as many clean
+    messages as the stand-in answered requests, no more.
+    """
     app = create_mock_app(MockSettings(faults=True, base_path="/api"))
     runner, url = await serve_app(app)
-    yield Mock(app, url / "api")
+    relay = await Relay(("127.0.0.1", url.port or 0)).start()
+    yield Mock(app, URL(f"http://127.0.0.1:{relay.port}/api"), relay)
+    await relay.close()
     await runner.cleanup()
     for seen in journal(app):
         remember_sensitive(seen.authorization, seen.session_id)
+    assert sum(check_framing(bytes(s)) for s in relay.streams) == len(journal(app))
 
 
 @pytest.fixture
@@ -216,6 +226,7 @@ class RawUpstream:
     received: asyncio.Event = field(default_factory=asyncio.Event)
     url: URL = field(default_factory=URL)
     open_writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    streams: list[bytes] = field(default_factory=list)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -233,8 +244,9 @@ class RawUpstream:
             if self.answer:
                 writer.write(self.response)
                 await writer.drain()
-            else:
-                await reader.read()  # hold the connection open, never answer
+            # Whatever else arrives on this connection (until the gateway closes it)
+            # must not be a second, smuggled request: kept for the framing check.
+            self.streams.append(head + body + await reader.read())
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -255,6 +267,8 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
     for recorded in upstream.requests:
         for value in recorded.header("Authorization"):
             remember_sensitive(value, None)
+    for stream in upstream.streams:
+        assert check_framing(stream) == 1
 
 
 class GatewayProcess:

@@ -150,7 +150,6 @@ async def test_headers_forwarded_dropped_and_replaced(
         b"TE: trailers\r\n"
         b"Proxy-Authorization: Basic x\r\n"
         b"Proxy-Connection: keep-alive\r\n"
-        b"Upgrade: h2c\r\n"
         b"Expect: 100-continue\r\n"
         b"Accept-Encoding: gzip\r\n"
         b"X-Custom: one\r\n"
