@@ -34,5 +34,8 @@ def test_bad_streams_are_refused(stream: bytes) -> None:
 
 
 def test_a_smuggled_second_request_is_counted() -> None:
-    smuggled = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\nGET /admin HTTP/1.1\r\nHost: h\r\n\r\n"
+    smuggled = (
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+        b"GET /admin HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
     assert check_framing(smuggled) == 2  # the fixtures expect 1 per request: this fails them
