@@ -64,10 +64,6 @@ class UpstreamTimeout(UpstreamError):
     status, code, message = 504, "upstream_timeout", "the upstream did not answer in time"
 
 
-class Draining(GatewayError):
-    status, code, message = 503, "draining", "the gateway is shutting down"
-
-
 def error_response(error: GatewayError, request_id: str | None) -> web.Response:
     """The SPEC §6 JSON answer for ``error``."""
     body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})

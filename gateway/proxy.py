@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
@@ -38,6 +39,8 @@ from .secret import SecretStore
 from .skew import SkewWatch
 
 Clock = Callable[[], float]
+
+log = structlog.get_logger("aleacc_gateway")
 
 
 @dataclass(slots=True)
@@ -173,6 +176,13 @@ class Proxy:
                 self._metrics.upstream_errors.labels(error.kind).inc()
                 if attempt == self._attempts:
                     raise error from None
+                log.warning(
+                    "upstream_attempt_failed",
+                    request_id=signed.request_id,
+                    attempt=attempt,
+                    kind=error.kind,
+                    retry_in_s=self._retry_backoff_s,
+                )
                 await asyncio.sleep(self._retry_backoff_s)
                 continue
             except (TimeoutError, aiohttp.ClientError) as exc:

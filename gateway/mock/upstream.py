@@ -71,6 +71,7 @@ class MockState:
     players: dict[str, _Player] = field(default_factory=dict)
     sessions: dict[str, _Player] = field(default_factory=dict)
     seen_ids: dict[str, float] = field(default_factory=dict)
+    received: int = 0  # requests parsed, answered or not
     journal: collections.deque[Seen] = field(
         default_factory=lambda: collections.deque(maxlen=JOURNAL_SIZE)
     )
@@ -106,6 +107,7 @@ def now(settings: MockSettings) -> float:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     settings, state = request.app[SETTINGS], request.app[STATE]
+    state.received += 1
     body = await request.read()
     secret_index = None
     try:
