@@ -108,6 +108,15 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, URL]:
     return runner, URL(f"http://127.0.0.1:{sock.getsockname()[1]}")
 
 
+async def serve_handler(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> tuple[web.AppRunner, URL]:
+    """A test upstream that answers every method and path with ``handler``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return await serve_app(app)
+
+
 @dataclass
 class Gateway:
     """A running gateway and how to reach it."""

@@ -15,7 +15,14 @@ from structlog.testing import capture_logs
 from gateway.config import Route
 from gateway.mock.upstream import journal
 
-from .support import Gateway, Mock, RawUpstream, StartGateway, serve_app, settings_for
+from .support import (
+    Gateway,
+    Mock,
+    RawUpstream,
+    StartGateway,
+    serve_handler,
+    settings_for,
+)
 from .test_hardening import exchange_raw, status_of
 from .wire import Relay, check_framing
 
@@ -36,9 +43,7 @@ async def big_upstream(chunked: bool) -> tuple[web.AppRunner, int]:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner, url = await serve_app(app)
+    runner, url = await serve_handler(handler)
     return runner, url.port or 0
 
 
@@ -166,9 +171,7 @@ async def test_a_slow_upstream_call_does_not_hold_up_others(
             await release.wait()
         return web.Response(text=request.path)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner, url = await serve_app(app)
+    runner, url = await serve_handler(handler)
     try:
         gw = await start_gateway(settings_for(url))
         slow = asyncio.create_task(client.get(gw.url / "slow"))
@@ -281,9 +284,7 @@ async def test_a_caller_hanging_up_cancels_the_upstream_call(
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", held)
-    runner, url = await serve_app(app)
+    runner, url = await serve_handler(held)
     relay = await Relay(("127.0.0.1", url.port or 0)).start()
     try:
         gw = await start_gateway(settings_for(f"http://127.0.0.1:{relay.port}"))

@@ -15,7 +15,14 @@ from aiohttp import web
 
 from gateway.mock.upstream import DEMO_SECRET, MockSettings, create_mock_app, journal
 
-from .support import SENSITIVE, GatewayProcess, config_file, remember_sensitive, serve_app
+from .support import (
+    SENSITIVE,
+    GatewayProcess,
+    config_file,
+    remember_sensitive,
+    serve_app,
+    serve_handler,
+)
 
 StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
 NEW_SECRET = b"rotated-secret-for-tests"
@@ -41,9 +48,7 @@ async def test_drain_finishes_in_flight_requests_then_refuses(
         await release.wait()
         return web.Response(text="done")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    runner, upstream = await serve_app(app)
+    runner, upstream = await serve_handler(slow)
     secret = tmp_path / "secret"
     secret.write_bytes(DEMO_SECRET)
     config = config_file(
@@ -104,9 +109,7 @@ async def test_drain_timeout_bounds_a_stuck_request(
         await test_over.wait()  # never answers while the gateway drains
         return web.Response()
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", stuck)
-    runner, upstream = await serve_app(app)
+    runner, upstream = await serve_handler(stuck)
     secret = tmp_path / "secret"
     secret.write_bytes(DEMO_SECRET)
     config = config_file(

@@ -23,6 +23,7 @@ from .support import (
     Mock,
     StartGateway,
     serve_app,
+    serve_handler,
     settings_for,
 )
 
@@ -93,9 +94,7 @@ async def test_in_flight_counts_a_request_while_it_waits(
         await release.wait()
         return web.Response(text="done")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner, url = await serve_app(app)
+    runner, url = await serve_handler(handler)
     try:
         gw = await start_gateway(settings_for(url))
         pending = asyncio.create_task(client.get(gw.url / "slow"))

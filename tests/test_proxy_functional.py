@@ -22,7 +22,7 @@ from .support import (
     RawUpstream,
     StartGateway,
     networks,
-    serve_app,
+    serve_handler,
     settings_for,
 )
 
@@ -244,9 +244,7 @@ async def test_gzip_passes_through_compressed(
         assert request.headers["Accept-Encoding"] == "gzip"
         return web.Response(body=payload, headers={"Content-Encoding": "gzip"})
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner, url = await serve_app(app)
+    runner, url = await serve_handler(handler)
     try:
         gw = await start_gateway(settings_for(url))
         async with client.get(gw.url / "x", headers={"Accept-Encoding": "gzip"}) as r:
@@ -273,9 +271,7 @@ async def test_response_streams_chunk_by_chunk(
         finished.set()
         return response
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner, url = await serve_app(app)
+    runner, url = await serve_handler(handler)
     try:
         gw = await start_gateway(settings_for(url))
         async with client.get(gw.url / "stream") as r:
