@@ -66,6 +66,7 @@ class ServerSettings:
     admin_listen: ListenAddress
     drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         ),
         drain_delay_s=r.get("server", "drain_delay_s", _seconds_or_zero, DEFAULT_DRAIN_DELAY_S),
         drain_timeout_s=r.get("server", "drain_timeout_s", _seconds, DEFAULT_DRAIN_TIMEOUT_S),
+        workers=r.get("server", "workers", _int_range(1, 64), 1),
     )
     url = r.get("upstream", "url", _upstream_url, None)
     upstream = UpstreamSettings(

@@ -1,0 +1,514 @@
+#!/usr/bin/env python3
+"""Benchmark aleacc-gateway beside nginx + njs and a plain nginx proxy, on loopback.
+
+    python bench/run.py            # the full run (about 6 minutes), writes bench/RESULTS.md
+    python bench/run.py --quick    # a short run, for trying the harness
+
+See bench/README.md for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway import signing  # noqa: E402 - after the path set-up
+
+API_ID = "12345678901234567890123456789012"
+SECRET = "bench-secret-not-for-production"  # noqa: S105 - a benchmark-only key
+GET_PATH = "/player/balance?currency=EUR&player=42"
+POST_PATH = "/player/signin"
+POST_SCRIPT = BENCH / "post.lua"
+POST_BODY = POST_SCRIPT.read_text().split("wrk.body = '", 1)[1].rsplit("'", 1)[0].encode()
+NJS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# ---------------------------------------------------------------- tools
+
+
+def ensure_tools() -> dict[str, str]:
+    """Install nginx, its njs module and wrk from Debian's packages; say what is missing."""
+    wanted = {"nginx": "nginx-light", "wrk": "wrk"}
+    missing = [pkg for tool, pkg in wanted.items() if shutil.which(tool) is None]
+    if not NJS_MODULE.exists():
+        missing.append("libnginx-mod-http-js")
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=False,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    problems = {}
+    if shutil.which("wrk") is None:
+        problems["wrk"] = "wrk is not installed and could not be installed: nothing to measure with"
+    if shutil.which("nginx") is None:
+        problems["nginx"] = "nginx could not be installed: upstream and nginx rows skipped"
+    if not NJS_MODULE.exists():
+        problems["njs"] = "libnginx-mod-http-js could not be installed: the njs row is skipped"
+    return problems
+
+
+def version(command: list[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError:
+        return "not installed"
+    return (result.stdout + result.stderr).strip().splitlines()[0]
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+@dataclass
+class Server:
+    """A started server process (nginx or the gateway) and its port."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in process_tree(self.process.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / TICKS
+
+    def rss_mb(self) -> float:
+        """Resident memory of the largest process in the tree (one gateway process)."""
+        largest = 0
+        for pid in process_tree(self.process.pid):
+            try:
+                largest = max(largest, int(Path(f"/proc/{pid}/statm").read_text().split()[1]))
+            except OSError:
+                continue
+        return largest * PAGE_KB / 1024
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_nginx(name: str, template: str, workdir: Path, **values: object) -> Server:
+    port = free_port()
+    load = (
+        f"load_module {NJS_MODULE};"
+        if "js_import" in (BENCH / "nginx" / template).read_text()
+        else ""
+    )
+    text = (BENCH / "nginx" / "common.conf").read_text() + (BENCH / "nginx" / template).read_text()
+    replacements = {
+        "dir": workdir,
+        "name": name,
+        "port": port,
+        "bench": BENCH,
+        "load_modules": load,
+    }
+    for key, value in {**replacements, **values}.items():
+        text = text.replace("{" + key + "}", str(value))
+    conf = workdir / f"{name}.conf"
+    conf.write_text(text)
+    process = subprocess.Popen(
+        ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / f"{name}.error.log")]
+    )
+    wait_for_port(port, process, name)
+    return Server(name, port, process)
+
+
+def start_gateway(workdir: Path, upstream_port: int, workers: int) -> Server:
+    port, admin = free_port(), free_port()
+    secret = workdir / "secret"
+    secret.write_text(SECRET)
+    conf = workdir / f"gateway-{workers}.toml"
+    conf.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin}"\n'
+        f"workers = {workers}\ndrain_delay_s = 0\n"
+        f'[upstream]\nurl = "http://127.0.0.1:{upstream_port}"\n'
+        f'[signing]\napi_id = "{API_ID}"\nsecret_file = "{secret}"\n'
+        "[limits]\nmax_connections = 4096\n"
+    )
+    log = (workdir / f"gateway-{workers}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(conf)],
+        stdout=log,
+        cwd=ROOT,
+    )
+    wait_for_port(port, process, f"gateway ({workers} workers)")
+    return Server(f"gateway x{workers}" if workers > 1 else "gateway", port, process)
+
+
+# ---------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, connections: int, threads: int, seconds: float, post: bool) -> WrkResult:
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if post:
+        command[1:1] = ["-s", str(POST_SCRIPT)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    return WrkResult(
+        requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(percentiles["50"]),
+        p99_ms=_ms(percentiles["99"]),
+        errors=(int(errors.group(1)) if errors else 0)
+        + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
+    )
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_s: float
+    requests: int
+    errors: int
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.requests / self.cpu_s if self.cpu_s else float("nan")
+
+
+def target(server: Server, scenario: str) -> str:
+    """The URL a scenario loads on ``server``."""
+    return f"http://127.0.0.1:{server.port}{POST_PATH if scenario == 'POST' else GET_PATH}"
+
+
+def measure(server: Server, scenario: str, args: argparse.Namespace) -> Sample:
+    before = server.cpu_seconds()
+    result = wrk(
+        target(server, scenario), args.connections, args.threads, args.duration, scenario == "POST"
+    )
+    cpu = server.cpu_seconds() - before
+    return Sample(result.rps, result.p50_ms, result.p99_ms, cpu, result.requests, result.errors)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def verify_signatures(upstream_log: Path, servers: list[Server]) -> dict[str, tuple[int, int]]:
+    """Send a tagged sample through each signing proxy; verify what reached the upstream."""
+    for server in servers:
+        tag = server.name.replace(" ", "")
+        for i in range(10):
+            for post in (False, True):
+                path = f"{POST_PATH}?bench={tag}&n={i}" if post else f"{GET_PATH}&bench={tag}&n={i}"
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{server.port}{path}",
+                    data=POST_BODY if post else None,
+                    headers={"X-Bench-Sample": "1", "Content-Type": "application/json"}
+                    if post
+                    else {"X-Bench-Sample": "1"},
+                )
+                urllib.request.urlopen(request, timeout=5).read()  # noqa: S310 - loopback
+    time.sleep(0.5)  # nginx writes its access log line after the answer
+    results: dict[str, tuple[int, int]] = {}
+    for line in upstream_log.read_text().splitlines():
+        method, target, content_type, _client_ip, header = line.split("\t")
+        tag = re.search(r"bench=([^&]+)", target).group(1)  # type: ignore[union-attr]
+        auth = signing.parse_authorization(header)
+        parts = signing.RequestParts(
+            method=method,
+            scheme="http",
+            host="",
+            path_and_query=target,
+            headers={"Content-Type": "" if content_type == "-" else content_type},
+            body=POST_BODY if method == "POST" else b"",
+        )
+        ok = auth is not None and signing.verify(
+            signing.DEFAULT_FIELDS, parts, SECRET.encode(), auth
+        )
+        good, total = results.get(tag, (0, 0))
+        results[tag] = (good + int(ok), total + 1)
+    return results
+
+
+def soak(server: Server, seconds: float, args: argparse.Namespace) -> list[float]:
+    """RSS (MB) every second while wrk loads ``server`` for ``seconds``."""
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            samples.append(server.rss_mb())
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    wrk(target(server, "GET"), args.connections, args.threads, seconds, False)
+    done.set()
+    thread.join()
+    return samples
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(args: argparse.Namespace, context: dict[str, object]) -> str:
+    rows: dict[str, dict[str, list[Sample]]] = context["rows"]  # type: ignore[assignment]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, {platform.platform()}",
+        f"- versions: Python {platform.python_version()}; {context['versions']}",
+        f"- command: `{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}`",
+        f"- load: wrk, {args.connections} connections, {args.threads} thread(s), "
+        f"{args.duration} s per run, {args.rounds} rounds with the rows' order rotated each "
+        "round; medians shown. Every proxy runs one worker process unless noted; the "
+        "upstream is nginx with one worker. All on one machine, so wrk, the upstream and "
+        "the proxy share its cores.",
+        "",
+    ]
+    for skipped in context["skipped"]:  # type: ignore[attr-defined]
+        lines.append(f"- skipped: {skipped}")
+    for scenario in ("GET", "POST"):
+        label = (
+            "GET with a query"
+            if scenario == "GET"
+            else f"POST with a {len(POST_BODY)}-byte JSON body"
+        )
+        njs = rows.get("nginx+njs", {}).get(scenario)
+        njs_per_cpu = statistics.median(s.per_cpu_s for s in njs) if njs else None
+        lines += [
+            "",
+            f"## {label}",
+            "",
+            "| proxy | req/s | p50 ms | p99 ms | CPU s per run | req per CPU-second "
+            "| vs nginx+njs | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, scenarios in rows.items():
+            samples = scenarios[scenario]
+            per_cpu = statistics.median(s.per_cpu_s for s in samples)
+            ratio = f"{per_cpu / njs_per_cpu:.2f}x" if njs_per_cpu else "n/a"
+            lines.append(
+                f"| {name} | {statistics.median(s.rps for s in samples):,.0f} "
+                f"| {statistics.median(s.p50_ms for s in samples):.2f} "
+                f"| {statistics.median(s.p99_ms for s in samples):.2f} "
+                f"| {statistics.median(s.cpu_s for s in samples):.2f} "
+                f"| {per_cpu:,.0f} | {ratio} | {sum(s.errors for s in samples)} |"
+            )
+    latency: dict[str, dict[str, float]] = context["latency"]  # type: ignore[assignment]
+    lines += [
+        "",
+        "## Added latency at one connection (p50, proxy minus direct to the upstream)",
+        "",
+        "| proxy | GET ms | POST ms |",
+        "|---|---:|---:|",
+    ]
+    for name, values in latency.items():
+        if name == "direct":
+            continue
+        lines.append(
+            f"| {name} | {values['GET'] - latency['direct']['GET']:.3f} "
+            f"| {values['POST'] - latency['direct']['POST']:.3f} |"
+        )
+    lines.append(
+        f"\nDirect to the upstream: GET {latency['direct']['GET']:.3f} ms, "
+        f"POST {latency['direct']['POST']:.3f} ms p50."
+    )
+    signatures: dict[str, tuple[int, int]] = context["signatures"]  # type: ignore[assignment]
+    lines += ["", "## Signatures checked at the upstream", ""]
+    for tag, (good, total) in signatures.items():
+        lines.append(f"- {tag}: {good} of {total} sampled requests carry a valid signature")
+    rss: list[float] = context["rss"]  # type: ignore[assignment]
+    if rss:
+        lines += [
+            "",
+            f"## Memory: one gateway process under load for {len(rss)} s",
+            "",
+            f"RSS at 5 s {rss[min(4, len(rss) - 1)]:.1f} MB, max {max(rss):.1f} MB, "
+            f"at the end {rss[-1]:.1f} MB (sampled every second).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="also a gateway with N workers")
+    parser.add_argument("--soak", type=float, default=60, help="seconds of RSS sampling")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 10 s soak")
+    parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.soak = 1, 3, 10
+    problems = ensure_tools()
+    if "wrk" in problems or "nginx" in problems:
+        print("\n".join(problems.values()), file=sys.stderr)
+        return 1
+    skipped = [problems["njs"]] if "njs" in problems else []
+    versions = "; ".join(
+        [
+            version(["nginx", "-v"]),
+            version(["wrk", "--version"]),
+            f"njs module {'yes' if NJS_MODULE.exists() else 'no'}",
+        ]
+    )
+    with tempfile.TemporaryDirectory(prefix="aleacc-bench-") as tmp:
+        workdir = Path(tmp)
+        servers: list[Server] = []
+        try:
+            upstream = start_nginx("upstream", "upstream.conf", workdir)
+            servers.append(upstream)
+            rows_servers = [
+                start_nginx("plain-nginx", "plain-proxy.conf", workdir, upstream_port=upstream.port)
+            ]
+            if "njs" not in problems:
+                rows_servers.append(
+                    start_nginx(
+                        "nginx+njs",
+                        "njs-proxy.conf",
+                        workdir,
+                        upstream_port=upstream.port,
+                        api_id=API_ID,
+                        secret=SECRET,
+                    )
+                )
+            rows_servers.append(start_gateway(workdir, upstream.port, 1))
+            if args.workers > 1:
+                rows_servers.append(start_gateway(workdir, upstream.port, args.workers))
+            servers += rows_servers
+            for server in rows_servers:  # warm-up: connections, caches, the JIT-less paths
+                wrk(target(server, "GET"), args.connections, args.threads, 2, False)
+            rows: dict[str, dict[str, list[Sample]]] = {
+                s.name: {"GET": [], "POST": []} for s in rows_servers
+            }
+            for round_number in range(args.rounds):
+                shift = round_number % len(rows_servers)
+                order = rows_servers[shift:] + rows_servers[:shift]  # drift hits every row alike
+                for scenario in ("GET", "POST"):
+                    for server in order:
+                        sample = measure(server, scenario, args)
+                        rows[server.name][scenario].append(sample)
+                        print(
+                            f"round {round_number + 1} {scenario:4} {server.name:12} "
+                            f"{sample.rps:9,.0f} req/s {sample.per_cpu_s:9,.0f} req/CPU-s "
+                            f"p50 {sample.p50_ms:.2f} ms p99 {sample.p99_ms:.2f} ms",
+                            flush=True,
+                        )
+            latency = {}
+            for server in [upstream, *rows_servers]:
+                name = "direct" if server is upstream else server.name
+                latency[name] = {
+                    scenario: statistics.median(
+                        wrk(target(server, scenario), 1, 1, 2, scenario == "POST").p50_ms
+                        for _ in range(3)
+                    )
+                    for scenario in ("GET", "POST")
+                }
+            signers = [s for s in rows_servers if s.name != "plain-nginx"]
+            signatures = verify_signatures(workdir / "upstream.sample.log", signers)
+            gateway_one = next(s for s in rows_servers if s.name == "gateway")
+            rss = soak(gateway_one, args.soak, args) if args.soak > 0 else []
+        finally:
+            for server in servers:
+                server.stop()
+    text = report(
+        args,
+        {"rows": rows, "latency": latency, "signatures": signatures, "rss": rss,
+         "versions": versions, "skipped": skipped},
+    )  # fmt: skip
+    args.output.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
