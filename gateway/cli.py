@@ -7,8 +7,9 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -25,6 +26,7 @@ from .config import (
     parse_listen,
 )
 from .logs import configure_logging
+from .logs import flush as flush_logs
 from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
 from .secret import SecretUnavailable, read_secret
 from .server import GatewayServer, bind
@@ -127,7 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     configure_logging(args.log_format)
-    return asyncio.run(_run_gateway(settings))
+    return _run(_run_gateway(settings))
 
 
 async def _run_gateway(settings: Settings) -> int:
@@ -215,8 +217,18 @@ def _mock_upstream(args: argparse.Namespace) -> int:
     app = create_mock_app(mock)
     sock = bind(listen)
     log.info("mock_upstream_started", listen=_addr(sock.getsockname()[:2]), faults=args.faults)
+    flush_logs()  # whoever started the stand-in may be waiting for this line
     web.run_app(app, sock=sock, print=None, access_log=None)
     return 0
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop where it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed with the package on Linux
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _demo(args: argparse.Namespace) -> int:

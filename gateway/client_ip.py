@@ -5,6 +5,7 @@ Pure: trusted networks are parsed once at start-up; each request is one walk.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ def _canonical(address: Address) -> Address:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(value: str) -> Address | None:
     """Parse an address as it appears in X-Forwarded-For or as a peer; None if malformed.
 

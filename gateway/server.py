@@ -18,6 +18,7 @@ from .admin import create_admin_app
 from .app import Lifecycle, create_app
 from .config import ListenAddress, Settings
 from .edge import EdgeGuard, EdgeLimits
+from .logs import flush_periodically
 from .metrics import Metrics
 from .proxy import Clock
 from .secret import ReloadResult, SecretStore
@@ -68,6 +69,7 @@ class GatewayServer:
         )
         self._runners: list[web.AppRunner] = []
         self._listeners: list[asyncio.Server] = []
+        self._log_flusher: asyncio.Task[None] | None = None
 
     def _secret_reloaded(self, result: ReloadResult, problem: str | None) -> None:
         if result == "error":
@@ -78,6 +80,7 @@ class GatewayServer:
 
     async def start(self) -> Bound:
         """Bind both listeners and start serving."""
+        self._log_flusher = asyncio.create_task(flush_periodically(), name="log-flush")
         server, limits = self.settings.server, self.settings.limits
         proxy_runner = await self._runner(self.app)
         proxy_sock = bind(server.listen)
@@ -136,3 +139,7 @@ class GatewayServer:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self._log_flusher is not None:
+            self._log_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_flusher

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
 from multidict import CIMultiDict
 
@@ -159,9 +162,26 @@ def test_verify_is_the_inverse_of_sign() -> None:
 
 
 def test_request_ids_are_fresh_uuid4_hex() -> None:
-    ids = {signing.new_request_id() for _ in range(1000)}
-    assert len(ids) == 1000
-    assert all(len(i) == 32 and i == i.lower() and int(i, 16) >= 0 for i in ids)
+    ids = {signing.new_request_id() for _ in range(5000)}  # crosses several pool refills
+    assert len(ids) == 5000
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert request_id == parsed.hex
+
+
+def test_a_forked_worker_never_repeats_its_parents_request_ids() -> None:
+    signing.new_request_id()  # the pool now holds unused random bytes
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, signing.new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    from_child = os.read(read, 64).decode()
+    os.close(read)
+    assert from_child != signing.new_request_id()
 
 
 @pytest.mark.parametrize(
