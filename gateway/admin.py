@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .app import LIFECYCLE, METRICS, SECRETS, Lifecycle
-from .metrics import Metrics
+from .app import LIFECYCLE, SECRETS, Lifecycle, secret_watch
 from .secret import SecretStore
+
+REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
 def create_admin_app(
-    *, secrets: SecretStore, metrics: Metrics, lifecycle: Lifecycle
+    *,
+    secrets: SecretStore,
+    registry: CollectorRegistry,
+    lifecycle: Lifecycle,
+    watch_secret_s: float | None = None,
 ) -> web.Application:
-    """Build the admin application."""
+    """Build the admin application; ``watch_secret_s`` polls the secret (supervisor only)."""
     app = web.Application()
     app[SECRETS] = secrets
-    app[METRICS] = metrics
+    app[REGISTRY] = registry
     app[LIFECYCLE] = lifecycle
+    if watch_secret_s is not None and secrets.watches_file:
+        app.cleanup_ctx.append(secret_watch(watch_secret_s))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -40,13 +47,16 @@ async def _readyz(request: web.Request) -> web.Response:
         reasons.append(
             f"secret source broken, signing with the last good secret: {secrets.problem}"
         )
-    if request.app[LIFECYCLE].draining:
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.draining:
         reasons.append("draining")
+    if lifecycle.workers_down:
+        reasons.append(f"{lifecycle.workers_down} worker(s) restarting")
     if reasons:
         return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
     return web.json_response({"status": "ready"})
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -28,6 +28,7 @@ class Lifecycle:
     """Process-wide state the admin endpoints report on."""
 
     draining: bool = False
+    workers_down: int = 0  # workers being restarted (server.workers > 1)
 
 
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
@@ -67,7 +68,7 @@ def create_app(
     app.on_response_prepare.append(_close_while_draining)
     app.cleanup_ctx.append(_client_session(settings))
     if secrets.watches_file:
-        app.cleanup_ctx.append(_secret_watch(settings.signing.secret_poll_s))
+        app.cleanup_ctx.append(secret_watch(settings.signing.secret_poll_s))
     return app
 
 
@@ -118,7 +119,9 @@ def _client_session(settings: Settings) -> Callable[[web.Application], AsyncIter
     return context
 
 
-def _secret_watch(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+def secret_watch(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context re-reading the app's secret every ``interval_s``."""
+
     async def context(app: web.Application) -> AsyncIterator[None]:
         secrets = app[SECRETS]
 

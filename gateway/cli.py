@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from .logs import flush as flush_logs
 from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
 from .secret import SecretUnavailable, read_secret
 from .server import GatewayServer, bind
+from .workers import Supervisor
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[logging_opts], help="run the gateway")
     serve.add_argument("--config", type=Path, required=True)
+    # Set by the supervisor when it starts worker N (server.workers > 1).
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check-config", help="report every problem in a config file")
@@ -129,13 +133,24 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     configure_logging(args.log_format)
+    if args.worker is not None:
+        structlog.contextvars.bind_contextvars(worker=args.worker)
+        return _run(_run_gateway(settings, worker=True))
+    if settings.server.workers > 1:
+        supervisor = Supervisor(settings, args.config, args.log_format)
+        return _run(supervisor.run(_summary(settings)))
     return _run(_run_gateway(settings))
 
 
-async def _run_gateway(settings: Settings) -> int:
-    server = GatewayServer(settings)
-    bound = await server.start()
-    log.info("started", proxy=_addr(bound.proxy), admin=_addr(bound.admin), **_summary(settings))
+async def _run_gateway(settings: Settings, worker: bool = False) -> int:
+    server = GatewayServer(settings, worker=worker)
+    if worker:
+        log.info("worker_started", proxy=_addr(await server.start_proxy()), pid=os.getpid())
+    else:
+        bound = await server.start()
+        log.info(
+            "started", proxy=_addr(bound.proxy), admin=_addr(bound.admin), **_summary(settings)
+        )
     signals = _Signals(server)
     await signals.stop.wait()
     log.info("stopping", signal=signals.received)

@@ -231,6 +231,8 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         header_timeout_s=r.get("limits", "header_timeout_s", _seconds, DEFAULT_HEADER_TIMEOUT_S),
         body_timeout_s=r.get("limits", "body_timeout_s", _seconds, DEFAULT_BODY_TIMEOUT_S),
     )
+    if server.workers > 1 and server.listen.port == 0:
+        r.problem("server.workers: more than one worker needs a fixed server.listen port")
     r.check_required("upstream", "url")
     r.check_required("signing", "api_id")
     r.check_unknown()

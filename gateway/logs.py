@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import hashlib
 import logging
+import os
 import sys
 from typing import Literal, TextIO
 
@@ -21,17 +22,59 @@ _SHARED: list[structlog.types.Processor] = [
 
 
 FLUSH_EVERY_S = 0.1
-_output: TextIO | None = None
+PIPE_BUF = 4096  # POSIX: a pipe write up to this size is never interleaved with another
+
+
+class _LineSink:
+    """Buffered log lines for a file descriptor, written out by ``flush``.
+
+    Each write is at most PIPE_BUF bytes and ends at a line end, so the lines of several
+    worker processes sharing one stdout pipe never splice into each other, while a busy
+    process still makes one write per ~20 lines instead of one per line.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._pending.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode("utf-8", "backslashreplace")
+        self._pending.clear()
+        for chunk in line_chunks(data, PIPE_BUF):
+            view = memoryview(chunk)
+            while view:  # a pipe write of <= PIPE_BUF bytes is whole; a file's may be short
+                view = view[os.write(self._fd, view) :]
+
+
+def line_chunks(data: bytes, limit: int) -> list[bytes]:
+    """Cut ``data`` into pieces of at most ``limit`` bytes, each ending at a line end.
+
+    Only a single line longer than ``limit`` is cut inside the line.
+    """
+    chunks, start = [], 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        if end < len(data):
+            cut = data.rfind(b"\n", start, end)
+            end = cut + 1 if cut >= start else end
+        chunks.append(data[start:end])
+        start = end
+    return chunks
+
+
+_output: TextIO | _LineSink | None = None
 
 
 class _LineLogger:
-    """structlog's output end: one line per event into a stream, flushed by the caller.
+    """structlog's output end: one line per event into the sink, flushed periodically."""
 
-    structlog's own WriteLogger flushes (one syscall) per line; under load the gateway
-    flushes every FLUSH_EVERY_S instead (see ``flush_periodically``).
-    """
-
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | _LineSink) -> None:
         self._stream = stream
 
     def msg(self, message: str) -> None:
@@ -52,11 +95,10 @@ def configure_logging(
     (a LogRecord and a handler lock per access line cost more than rendering it).
     """
     global _output
+    output: TextIO | _LineSink = stream if stream is not None else _LineSink(sys.stdout.fileno())
     if stream is None:
-        # stdout, block-buffered whatever PYTHONUNBUFFERED says; flushed periodically.
-        stream = open(sys.stdout.fileno(), "w", buffering=64 * 1024, closefd=False)  # noqa: SIM115
-        atexit.register(stream.flush)
-    _output = stream
+        atexit.register(output.flush)
+    _output = output
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
@@ -64,12 +106,12 @@ def configure_logging(
     )
     structlog.configure(
         processors=[*_SHARED, structlog.processors.format_exc_info, renderer],
-        logger_factory=lambda *args: _LineLogger(stream),
+        logger_factory=lambda *args: _LineLogger(output),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # Caching is right for a process configured once; tests re-configure per test.
         cache_logger_on_first_use=cache,
     )
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

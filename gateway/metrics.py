@@ -63,10 +63,13 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        # The multiprocess modes apply with server.workers > 1 (prometheus-client's
+        # multi-process mode); a single process ignores them.
         self.in_flight = Gauge(
             "aleacc_gateway_in_flight_requests",
             "Requests being handled now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.client_ip = Counter(
             "aleacc_gateway_client_ip",
@@ -78,6 +81,7 @@ class Metrics:
             "aleacc_gateway_clock_skew_seconds",
             "The upstream's Date header minus the local clock, from the last response.",
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.secret_reloads = Counter(
             "aleacc_gateway_secret_reloads",

@@ -26,10 +26,16 @@ from .secret import ReloadResult, SecretStore
 log = structlog.get_logger("aleacc_gateway")
 
 
-def bind(address: ListenAddress) -> socket.socket:
-    """A listening TCP socket on ``address`` (port 0 picks a free one)."""
+def bind(address: ListenAddress, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``address`` (port 0 picks a free one).
+
+    ``reuse_port``: several worker processes bind the same port and the kernel spreads
+    new connections among them (SO_REUSEPORT).
+    """
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    return socket.create_server((address.host, address.port), family=family, backlog=1024)
+    return socket.create_server(
+        (address.host, address.port), family=family, backlog=1024, reuse_port=reuse_port
+    )
 
 
 @dataclass(slots=True)
@@ -41,7 +47,11 @@ class Bound:
 
 
 class GatewayServer:
-    """The gateway's two listeners over one set of secrets, metrics and lifecycle."""
+    """The gateway's two listeners over one set of secrets, metrics and lifecycle.
+
+    As one of several workers (``worker=True``) it serves only the proxy, on a port
+    shared with its siblings; the supervisor serves the admin listener for all of them.
+    """
 
     def __init__(
         self,
@@ -50,9 +60,12 @@ class GatewayServer:
         registry: CollectorRegistry | None = None,
         environ: Mapping[str, str] = os.environ,
         clock: Clock = time.time,
+        worker: bool = False,
     ) -> None:
         self.settings = settings
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.worker = worker
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
         self.lifecycle = Lifecycle()
         self.secrets = SecretStore(
             settings.signing, environ=environ, on_reload=self._secret_reloaded
@@ -65,7 +78,7 @@ class GatewayServer:
             clock=clock,
         )
         self.admin_app = create_admin_app(
-            secrets=self.secrets, metrics=self.metrics, lifecycle=self.lifecycle
+            secrets=self.secrets, registry=self.registry, lifecycle=self.lifecycle
         )
         self._runners: list[web.AppRunner] = []
         self._listeners: list[asyncio.Server] = []
@@ -80,10 +93,18 @@ class GatewayServer:
 
     async def start(self) -> Bound:
         """Bind both listeners and start serving."""
+        proxy = await self.start_proxy()
+        admin_runner = await self._runner(self.admin_app)
+        admin_sock = bind(self.settings.server.admin_listen)
+        await web.SockSite(admin_runner, admin_sock).start()
+        return Bound(proxy=proxy, admin=admin_sock.getsockname()[:2])
+
+    async def start_proxy(self) -> tuple[str, int]:
+        """Bind the proxy listener only (all a worker serves) and start serving."""
         self._log_flusher = asyncio.create_task(flush_periodically(), name="log-flush")
-        server, limits = self.settings.server, self.settings.limits
+        limits = self.settings.limits
         proxy_runner = await self._runner(self.app)
-        proxy_sock = bind(server.listen)
+        proxy_sock = bind(self.settings.server.listen, reuse_port=self.worker)
         # The proxy listener speaks through EdgeGuard's protocol (connection cap, header
         # deadline, JSON errors); its connections still register with the runner, so
         # runner.cleanup() drains them.
@@ -96,10 +117,8 @@ class GatewayServer:
             lambda: guard.protocol_factory(handler, loop), sock=proxy_sock
         )
         self._listeners.append(listener)
-        admin_runner = await self._runner(self.admin_app)
-        admin_sock = bind(server.admin_listen)
-        await web.SockSite(admin_runner, admin_sock).start()
-        return Bound(proxy=proxy_sock.getsockname()[:2], admin=admin_sock.getsockname()[:2])
+        address: tuple[str, int] = proxy_sock.getsockname()[:2]
+        return address
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
         # handler_cancellation: a caller who hangs up cancels its upstream call.
