@@ -52,18 +52,18 @@ def create_app(
 
     @web.middleware
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # The proxy app has no routes: aiohttp's router cannot express "*", CONNECT's
-        # authority-form or a path that decodes to a newline, and every one of those must
-        # reach the proxy to be refused properly. So the proxy is the innermost middleware
-        # and the router's (always 404) handler is never called.
+        # The proxy is the innermost middleware, not a route handler: aiohttp's router
+        # cannot match "*", CONNECT's authority-form or a path that decodes to a newline,
+        # and each of those must reach the proxy to be refused properly. The one route
+        # below exists only for its expect handler; its own handler is never called.
         return await proxy.handle(request)
 
     app = web.Application(middlewares=[_observe, _answer_errors, forward])
     app[METRICS] = metrics
     app[SECRETS] = secrets
     app[LIFECYCLE] = lifecycle
-    # This route only carries an expect handler: aiohttp would otherwise send
-    # "100 Continue" before any check, inviting bodies the gateway then refuses.
+    # aiohttp would otherwise send "100 Continue" before any check, inviting bodies
+    # the gateway then refuses.
     app.router.add_route("*", "/{tail:.*}", _unreachable, expect_handler=_defer_continue)
     app.on_response_prepare.append(_close_while_draining)
     app.cleanup_ctx.append(_client_session(settings))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -20,7 +19,6 @@ from yarl import URL
 from . import signing
 from .config import (
     ConfigError,
-    ListenAddress,
     Settings,
     SigningSettings,
     load_settings,
@@ -30,7 +28,7 @@ from .logs import configure_logging
 from .logs import flush as flush_logs
 from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
 from .secret import SecretUnavailable, read_secret
-from .server import GatewayServer, bind
+from .server import GatewayServer, ShutdownSignals, bind, format_address
 from .workers import Supervisor
 
 log = structlog.get_logger("aleacc_gateway")
@@ -151,36 +149,12 @@ async def _run_gateway(settings: Settings, worker: bool = False) -> int:
         log.info(
             "started", proxy=_addr(bound.proxy), admin=_addr(bound.admin), **_summary(settings)
         )
-    signals = _Signals(server)
+    signals = ShutdownSignals(on_reload=lambda: server.secrets.refresh(force=True))
     await signals.stop.wait()
     log.info("stopping", signal=signals.received)
     await server.drain(hurry=signals.hurry)
     log.info("stopped")
     return 0
-
-
-class _Signals:
-    """SIGTERM/SIGINT start the drain (a second one hurries it); SIGHUP re-reads the secret."""
-
-    def __init__(self, server: GatewayServer) -> None:
-        self.stop = asyncio.Event()
-        self.hurry = asyncio.Event()
-        self.received: str | None = None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._reload, server)
-
-    def _stop(self, sig: signal.Signals) -> None:
-        if self.stop.is_set():
-            self.hurry.set()
-        self.received = sig.name
-        self.stop.set()
-
-    @staticmethod
-    def _reload(server: GatewayServer) -> None:
-        log.info("secret_reload_requested", signal="SIGHUP")
-        server.secrets.refresh(force=True)
 
 
 def _summary(settings: Settings) -> dict[str, object]:
@@ -200,7 +174,7 @@ def _summary(settings: Settings) -> dict[str, object]:
 
 
 def _addr(address: tuple[str, int]) -> str:
-    return str(ListenAddress(*address))
+    return format_address(address)
 
 
 def _mock_upstream(args: argparse.Namespace) -> int:

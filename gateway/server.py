@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +37,35 @@ def bind(address: ListenAddress, reuse_port: bool = False) -> socket.socket:
     return socket.create_server(
         (address.host, address.port), family=family, backlog=1024, reuse_port=reuse_port
     )
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port``, with brackets around an IPv6 host."""
+    return str(ListenAddress(*address))
+
+
+class ShutdownSignals:
+    """SIGTERM/SIGINT set ``stop`` (a second one sets ``hurry``); SIGHUP runs ``on_reload``."""
+
+    def __init__(self, on_reload: Callable[[], object]) -> None:
+        self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()
+        self.received: str | None = None
+        self._on_reload = on_reload
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _stop(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            self.hurry.set()
+        self.received = sig.name
+        self.stop.set()
+
+    def _reload(self) -> None:
+        log.info("secret_reload_requested", signal="SIGHUP")
+        self._on_reload()
 
 
 @dataclass(slots=True)

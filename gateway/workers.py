@@ -27,7 +27,7 @@ from .app import Lifecycle
 from .config import Settings
 from .logs import flush_periodically
 from .secret import SecretStore
-from .server import bind
+from .server import ShutdownSignals, bind, format_address
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY_S = 1.0
@@ -46,8 +46,6 @@ class Supervisor:
         self.log_format = log_format
         self.lifecycle = Lifecycle()
         self.workers: dict[int, asyncio.subprocess.Process] = {}
-        self._stop = asyncio.Event()
-        self._hurry = asyncio.Event()
 
     async def run(self, summary: dict[str, object]) -> int:
         """Serve until SIGTERM/SIGINT, then drain every worker; 0 if all left cleanly."""
@@ -70,16 +68,16 @@ class Supervisor:
             environ = {**os.environ, METRICS_DIR_ENV: metrics_dir}
             for number in range(self.settings.server.workers):
                 self.workers[number] = await self._spawn(number, environ)
-            self._install_signals(secrets)
+            signals = ShutdownSignals(on_reload=lambda: self._reload(secrets))
             log.info(
                 "started",
                 proxy=str(self.settings.server.listen),
-                admin="{}:{}".format(*sock.getsockname()[:2]),
+                admin=format_address(sock.getsockname()[:2]),
                 workers=len(self.workers),
                 **summary,
             )
-            await self._supervise(environ, metrics_dir)
-            code = await self._stop_workers()
+            await self._supervise(environ, metrics_dir, signals.stop)
+            code = await self._stop_workers(signals.hurry)
             await runner.cleanup()
             log.info("stopped")
             return code
@@ -98,37 +96,26 @@ class Supervisor:
         log.info("worker_spawned", worker=number, pid=process.pid)
         return process
 
-    def _install_signals(self, secrets: SecretStore) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop)
-
-        def reload() -> None:
-            secrets.refresh(force=True)
-            self._signal_workers(signal.SIGHUP)
-
-        loop.add_signal_handler(signal.SIGHUP, reload)
-
-    def _on_stop(self) -> None:
-        if self._stop.is_set():
-            self._hurry.set()
-            self._signal_workers(signal.SIGTERM)  # a second signal hurries them too
-        self._stop.set()
+    def _reload(self, secrets: SecretStore) -> None:
+        secrets.refresh(force=True)
+        self._signal_workers(signal.SIGHUP)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         for process in self.workers.values():
             if process.returncode is None:
                 process.send_signal(sig)
 
-    async def _supervise(self, environ: dict[str, str], metrics_dir: str) -> None:
+    async def _supervise(
+        self, environ: dict[str, str], metrics_dir: str, stopping: asyncio.Event
+    ) -> None:
         """Restart a worker that exits on its own, until asked to stop."""
-        stop = asyncio.create_task(self._stop.wait())
-        while not self._stop.is_set():
+        stop = asyncio.create_task(stopping.wait())
+        while not stopping.is_set():
             waits = {asyncio.create_task(p.wait()): n for n, p in self.workers.items()}
             done, _ = await asyncio.wait({stop, *waits}, return_when=asyncio.FIRST_COMPLETED)
             for task in waits:
                 task.cancel()
-            if self._stop.is_set():
+            if stopping.is_set():
                 break
             for task in done:
                 number = waits[task]
@@ -137,18 +124,28 @@ class Supervisor:
                 mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
                 self.lifecycle.workers_down += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), RESTART_DELAY_S)
-                if self._stop.is_set():
+                    await asyncio.wait_for(stopping.wait(), RESTART_DELAY_S)
+                if stopping.is_set():
                     break
                 self.workers[number] = await self._spawn(number, environ)
                 self.lifecycle.workers_down -= 1
         stop.cancel()
 
-    async def _stop_workers(self) -> int:
-        """Drain every worker (each runs its own drain); kill what outlives the deadline."""
+    async def _stop_workers(self, hurry: asyncio.Event) -> int:
+        """Drain every worker (each runs its own drain); kill what outlives the deadline.
+
+        A second signal (``hurry``) is passed on, so the workers skip their drain delay.
+        """
         self.lifecycle.draining = True
         log.info("draining", workers=len(self.workers))
         self._signal_workers(signal.SIGTERM)
+        hurried = asyncio.create_task(hurry.wait())
+
+        def pass_on(task: asyncio.Task[bool]) -> None:
+            if not task.cancelled():
+                self._signal_workers(signal.SIGTERM)
+
+        hurried.add_done_callback(pass_on)
         server = self.settings.server
         deadline = server.drain_delay_s + server.drain_timeout_s + KILL_GRACE_S
         codes = []
@@ -158,4 +155,5 @@ class Supervisor:
             except TimeoutError:
                 process.kill()
                 codes.append(await process.wait())
+        hurried.cancel()
         return 0 if all(code == 0 for code in codes) else 1
