@@ -401,6 +401,8 @@ def report(args: argparse.Namespace, context: dict[str, object]) -> str:
     lines += ["", "## Signatures checked at the upstream", ""]
     for tag, (good, total) in signatures.items():
         lines.append(f"- {tag}: {good} of {total} sampled requests carry a valid signature")
+    lines += ["", "## Against the targets (issue 6)", ""]
+    lines += targets(rows, latency, context["rss"])  # type: ignore[arg-type]
     rss: list[float] = context["rss"]  # type: ignore[assignment]
     if rss:
         lines += [
@@ -411,6 +413,43 @@ def report(args: argparse.Namespace, context: dict[str, object]) -> str:
             f"at the end {rss[-1]:.1f} MB (sampled every second).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def targets(
+    rows: dict[str, dict[str, list[Sample]]],
+    latency: dict[str, dict[str, float]],
+    rss: list[float],
+) -> list[str]:
+    """One line per target: the figure, the target, met or not."""
+
+    def per_cpu(name: str, scenario: str) -> float:
+        return statistics.median(s.per_cpu_s for s in rows[name][scenario])
+
+    def rps(name: str, scenario: str) -> float:
+        return statistics.median(s.rps for s in rows[name][scenario])
+
+    out = []
+    for scenario in ("GET", "POST"):
+        if "nginx+njs" in rows:
+            ratio = per_cpu("gateway", scenario) / per_cpu("nginx+njs", scenario)
+            out.append(_target(f"{scenario} req per CPU-second vs nginx+njs", ratio, ">=", 0.5))
+        added = latency["gateway"][scenario] - latency["direct"][scenario]
+        out.append(_target(f"{scenario} added p50 latency, ms", added, "<=", 0.15))
+        multi = [name for name in rows if name.startswith("gateway x")]
+        if multi:
+            scale = rps(multi[0], scenario) / rps("gateway", scenario)
+            out.append(_target(f"{scenario} throughput, {multi[0]} vs 1 worker", scale, ">=", 1.7))
+    if rss:
+        out.append(_target("max RSS of one process, MB", max(rss), "<=", 80))
+        settled = rss[min(4, len(rss) - 1)]
+        growth = (rss[-1] - settled) / settled * 100
+        out.append(_target("RSS growth from 5 s to the end, %", growth, "<=", 5))
+    return out
+
+
+def _target(what: str, value: float, op: str, goal: float) -> str:
+    met = value >= goal if op == ">=" else value <= goal
+    return f"- {what}: {value:.2f} (target {op} {goal}) — {'met' if met else 'NOT met'}"
 
 
 # ---------------------------------------------------------------- main
