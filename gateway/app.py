@@ -1,4 +1,4 @@
-"""The proxy application: app keys, one ClientSession per app, middlewares, the catch-all."""
+"""The proxy application: app keys, one upstream pool per app, middlewares, the catch-all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -18,6 +17,7 @@ from .logs import session_tag
 from .metrics import Metrics, method_label
 from .proxy import EXCHANGE, Clock, Exchange, Proxy
 from .secret import SecretStore
+from .upstream import Pool
 
 access_log = structlog.get_logger("aleacc_gateway.access")
 log = structlog.get_logger("aleacc_gateway")
@@ -31,7 +31,7 @@ class Lifecycle:
     workers_down: int = 0  # workers being restarted (server.workers > 1)
 
 
-CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
+UPSTREAM_POOL = web.AppKey("upstream_pool", Pool)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("secrets", SecretStore)
@@ -48,7 +48,15 @@ def create_app(
     clock: Clock = time.time,
 ) -> web.Application:
     """Build the proxy application; nothing listens until a runner starts it."""
-    proxy = Proxy(settings, secrets, metrics, session=lambda: app[CLIENT_SESSION], clock=clock)
+    upstream = settings.upstream
+    pool = Pool(
+        upstream.url,
+        max_connections=upstream.max_connections,
+        connect_timeout_s=upstream.connect_timeout_s,
+        timeout_s=upstream.timeout_s,
+        idle_timeout_s=upstream.idle_timeout_s,
+    )
+    proxy = Proxy(settings, secrets, metrics, pool, clock=clock)
 
     @web.middleware
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -62,11 +70,12 @@ def create_app(
     app[METRICS] = metrics
     app[SECRETS] = secrets
     app[LIFECYCLE] = lifecycle
+    app[UPSTREAM_POOL] = pool
     # aiohttp would otherwise send "100 Continue" before any check, inviting bodies
     # the gateway then refuses.
     app.router.add_route("*", "/{tail:.*}", _unreachable, expect_handler=_defer_continue)
     app.on_response_prepare.append(_close_while_draining)
-    app.cleanup_ctx.append(_client_session(settings))
+    app.on_cleanup.append(_close_pool)
     if secrets.watches_file:
         app.cleanup_ctx.append(secret_watch(settings.signing.secret_poll_s))
     return app
@@ -89,34 +98,8 @@ async def _close_while_draining(request: web.Request, response: web.StreamRespon
         response.headers["Connection"] = "close"
 
 
-def _client_session(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
-    upstream = settings.upstream
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=upstream.max_connections)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            # Callers' bodies pass through compressed, cookies are per player, not ours,
-            # and nothing is added to the headers that were signed.
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=upstream.timeout_s,  # waiting for a pooled connection included
-                sock_connect=upstream.connect_timeout_s,
-                sock_read=upstream.timeout_s,
-            ),
-        )
-        # aiohttp re-sends an idempotent request once on a stale keep-alive connection
-        # with the *same* bytes; Aleacc would see a replayed request_id. Our own retry
-        # signs every attempt afresh (SPEC §2), so the library's must stay off.
-        session._retry_connection = False
-        app[CLIENT_SESSION] = session
-        yield
-        await session.close()
-
-    return context
+async def _close_pool(app: web.Application) -> None:
+    await app[UPSTREAM_POOL].close()
 
 
 def secret_watch(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:

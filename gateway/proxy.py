@@ -7,11 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from . import signing
 from .client_ip import TrustedNetworks, derive_client_ip, parse_address
@@ -37,6 +35,7 @@ from .forwarding import (
 from .metrics import Metrics
 from .secret import SecretStore
 from .skew import SkewWatch
+from .upstream import Pool, Response, UpstreamFault, request_head
 
 Clock = Callable[[], float]
 
@@ -67,19 +66,18 @@ class Proxy:
         settings: Settings,
         secrets: SecretStore,
         metrics: Metrics,
-        session: Callable[[], aiohttp.ClientSession],
+        pool: Pool,
         clock: Clock = time.time,
     ) -> None:
         upstream = settings.upstream
         self._secrets = secrets
         self._metrics = metrics
-        self._session = session
+        self._pool = pool
         self._clock = clock
         self._api_id = settings.signing.api_id
         self._fields = settings.signing.fields
         self._scheme = upstream.url.scheme
         self._host = upstream.host_header
-        self._origin = f"{upstream.url.scheme}://{upstream.url.raw_authority}"
         self._base_path = upstream.base_path
         self._forward_proxy_headers = upstream.forward_proxy_headers
         self._attempts = 1 + upstream.retries
@@ -129,8 +127,7 @@ class Proxy:
             headers=headers,
             body=body,
         )
-        url = URL(self._origin + parts.path_and_query, encoded=True)
-        upstream = await self._send(parts, headers, url, exchange)
+        upstream = await self._send(parts, headers, exchange)
         try:
             return await self._relay(request, upstream, exchange)
         finally:
@@ -155,29 +152,24 @@ class Proxy:
         self,
         parts: signing.RequestParts,
         headers: CIMultiDict[str],
-        url: URL,
         exchange: Exchange,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Send with a fresh signature per attempt; retry only what provably never left."""
         for attempt in range(1, self._attempts + 1):
             signed = self._sign(parts)
             exchange.request_id = signed.request_id
             headers["Authorization"] = signed.authorization
+            head = request_head(parts.method, parts.path_and_query, headers, len(parts.body))
             started = time.perf_counter()
             try:
-                response = await self._session().request(
-                    parts.method,
-                    url,
-                    headers=headers,
-                    data=parts.body or None,
-                    allow_redirects=False,
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                # Nothing was written to the upstream: safe to try again, signed afresh.
-                error = _upstream_error(exc)
+                response = await self._pool.request(head, parts.body, method=parts.method)
+            except UpstreamFault as fault:
+                error = _upstream_error(fault)
                 self._metrics.upstream_errors.labels(error.kind).inc()
-                if attempt == self._attempts:
+                if fault.sent or attempt == self._attempts:
+                    # Bytes may have reached the upstream: never send them twice.
                     raise error from None
+                # Nothing was written to the upstream: safe to try again, signed afresh.
                 log.warning(
                     "upstream_attempt_failed",
                     request_id=signed.request_id,
@@ -187,10 +179,6 @@ class Proxy:
                 )
                 await asyncio.sleep(self._retry_backoff_s)
                 continue
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                error = _upstream_error(exc)
-                self._metrics.upstream_errors.labels(error.kind).inc()
-                raise error from None
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
             self._metrics.upstream_responses.labels(str(response.status)).inc()
             self._skew.observe(response.headers.get("Date"))
@@ -199,7 +187,7 @@ class Proxy:
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self, request: web.Request, upstream: Response, exchange: Exchange
     ) -> web.StreamResponse:
         """Pass the upstream's answer on: small ones whole, others chunk by chunk."""
         assert exchange.request_id is not None  # noqa: S101 - set by _send
@@ -219,11 +207,11 @@ class Proxy:
         exchange.streaming = True
         while True:
             try:
-                chunk = await upstream.content.readany()
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                chunk = await upstream.readany()
+            except UpstreamFault as fault:
                 # Headers are gone already: the only honest signal left is to cut the
                 # caller's connection, so a truncated body is never framed as complete.
-                kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "cut"
+                kind = "timeout" if fault.kind == "timeout" else "cut"
                 self._metrics.upstream_errors.labels(kind).inc()
                 exchange.error = f"upstream_{kind}"
                 _abort(request)
@@ -240,13 +228,13 @@ class Proxy:
         return response
 
     async def _relay_whole(
-        self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], exchange: Exchange
+        self, upstream: Response, headers: CIMultiDict[str], exchange: Exchange
     ) -> web.Response:
         try:
             body = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamFault as fault:
             # Nothing has been sent yet, so a cut or stalled body is an honest 502/504.
-            timeout = isinstance(exc, asyncio.TimeoutError)
+            timeout = fault.kind == "timeout"
             kind = "timeout" if timeout else "cut"
             self._metrics.upstream_errors.labels(kind).inc()
             raise (UpstreamTimeout if timeout else UpstreamUnavailable)(kind) from None
@@ -285,17 +273,11 @@ async def read_body(request: web.Request, limit: int, exchange: Exchange) -> byt
     return bytes(body)
 
 
-def _upstream_error(exc: BaseException) -> UpstreamError:
-    """Name a failure before the response headers; the message is ours, never exc's text."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeout("connect_timeout")
-    if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamTimeout("timeout")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnavailable("connect")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return UpstreamUnavailable("reset")
-    return UpstreamUnavailable("protocol")
+def _upstream_error(fault: UpstreamFault) -> UpstreamError:
+    """The answer for a failure before the response headers: 504 if it timed out, else 502."""
+    if fault.kind in ("timeout", "connect_timeout"):
+        return UpstreamTimeout(fault.kind)
+    return UpstreamUnavailable(fault.kind)
 
 
 def _abort(request: web.Request) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -266,16 +267,27 @@ class RawUpstream:
             writer.close()
 
 
+@contextlib.asynccontextmanager
+async def tcp_server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    open_writers: set[asyncio.StreamWriter],
+) -> AsyncIterator[URL]:
+    """A loopback TCP server; on exit the connections in ``open_writers`` are closed too."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    finally:
+        server.close()
+        for writer in list(open_writers):  # a held connection ends its handler
+            writer.close()
+        await server.wait_closed()
+
+
 @pytest.fixture
 async def raw_upstream() -> AsyncIterator[RawUpstream]:
     upstream = RawUpstream()
-    server = await asyncio.start_server(upstream._handle, "127.0.0.1", 0)
-    upstream.url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-    yield upstream
-    server.close()
-    for writer in list(upstream.open_writers):  # a held connection ends its handler
-        writer.close()
-    await server.wait_closed()
+    async with tcp_server(upstream._handle, upstream.open_writers) as upstream.url:
+        yield upstream
     for recorded in upstream.requests:
         for value in recorded.header("Authorization"):
             remember_sensitive(value, None)

@@ -114,7 +114,7 @@ async def test_reset_after_the_request_was_sent_is_never_retried(
             async with client.request(method, gw.url / "x") as r:
                 assert r.status == 502
         # One connection per request: idempotent or not, bytes that may have arrived are
-        # never sent again (aiohttp's own stale-connection retry is off).
+        # never sent again (the pool has no stale-connection retry of its own).
         assert len(relay.streams) == 4
     finally:
         await relay.close()

@@ -1,0 +1,375 @@
+"""A lean HTTP/1.1 connection pool to the one upstream: asyncio plus httptools' C parser.
+
+The gateway talks to exactly one origin, with requests it has already serialised and
+signed byte for byte, and passes answers on undecoded. aiohttp's client does all of that
+and much more (cookies, redirects, proxies, decompression, tracing, per-request URL and
+header processing); on the proxy's hot path that generality cost about a quarter of each
+request's CPU (bench/README.md). This pool keeps only what a proxy needs:
+
+- keep-alive connections reused most-recent-first, at most ``max_connections`` busy;
+  idle ones are dropped after ``idle_timeout_s`` or as soon as the upstream closes them;
+- a connect timeout, and a read timeout on every wait for the upstream's bytes;
+- answers parsed by llhttp (via httptools), bodies handed on as they arrive, with
+  back-pressure (reading pauses while the caller is slower than the upstream);
+- every failure named by ``kind`` and by whether the request may have left (``sent``),
+  so that only what provably never reached the upstream is ever tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from typing import Any, cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+# The request methods that carry "Content-Length: 0" when sent without a body (RFC 9110 §8.6).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Reading from the upstream pauses while this much of an answer waits for the caller.
+_HIGH_WATER = 256 * 1024
+
+
+class UpstreamFault(Exception):
+    """Talking to the upstream failed. ``kind`` is a metric label; ``sent`` says whether
+    any byte of the request may have reached the upstream (and so whether a retry is safe).
+    """
+
+    def __init__(self, kind: str, *, sent: bool) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.sent = sent
+
+
+def request_head(method: str, target: str, headers: CIMultiDict[str], body_length: int) -> bytes:
+    """The request line and header block, encoded as the signature encodes them."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body_length or method in _BODY_METHODS:
+        lines.append(f"Content-Length: {body_length}")
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+        # A CR or LF inside a name or value would start a header (or a request) of its own.
+        raise ValueError("CR or LF in the request line or a header")
+    return text.encode("utf-8", "surrogateescape")
+
+
+class Pool:
+    """Connections to ``url``'s origin; ``request`` sends one request on one of them."""
+
+    def __init__(
+        self,
+        url: URL,
+        *,
+        max_connections: int,
+        connect_timeout_s: float,
+        timeout_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        self._host = url.raw_host or ""
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._ssl = ssl.create_default_context() if url.scheme == "https" else None
+        self._connect_timeout_s = connect_timeout_s
+        self._timeout_s = timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: deque[_Connection] = deque()
+        self._open: set[_Connection] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def request(self, head: bytes, body: bytes, *, method: str) -> Response:
+        """Send one request and return its answer once the status line and headers are in.
+
+        The caller must ``release()`` the answer. Raises UpstreamFault.
+        """
+        await self._acquire_slot()
+        try:
+            connection = self._reuse() or await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        response = Response(self, connection, method)
+        connection.start(response, head, body)
+        try:
+            await response.wait_for_headers()
+        except BaseException:  # a fault, or the caller went away: the connection goes
+            response.release()
+            raise
+        return response
+
+    async def _acquire_slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        # Every connection is busy: the wait is bounded like a connect, nothing sent yet.
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamFault("connect_timeout", sent=False) from None
+
+    async def close(self) -> None:
+        """Close every connection, busy or idle."""
+        for connection in list(self._open):
+            connection.close()
+        self._idle.clear()
+
+    def _reuse(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()  # the most recently used: the warmest
+            if not connection.closed and now - connection.idle_since < self._idle_timeout_s:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self._open), self._host, self._port, ssl=self._ssl
+                )
+        except TimeoutError:
+            raise UpstreamFault("connect_timeout", sent=False) from None
+        except OSError:  # refused, unreachable, name not found, TLS handshake failed
+            raise UpstreamFault("connect", sent=False) from None
+        return connection
+
+    def _done(self, connection: _Connection, reusable: bool) -> None:
+        """A response is finished with: keep its connection for the next one, or close it."""
+        self._slots.release()
+        if reusable and not connection.closed:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; feeds what it reads to the current response's parser."""
+
+    def __init__(self, registry: set[_Connection]) -> None:
+        self._registry = registry
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._response: Response | None = None
+        self._parser: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's does not subclass asyncio.Transport, hence the cast).
+        self.transport = cast(asyncio.Transport, transport)
+        self._registry.add(self)
+
+    def start(self, response: Response, head: bytes, body: bytes) -> None:
+        assert self.transport is not None  # noqa: S101 - set on connect
+        self._response = response
+        self._parser = httptools.HttpResponseParser(response)
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+
+    def data_received(self, data: bytes) -> None:
+        response = self._response
+        if response is None or response.complete:
+            # Bytes nobody asked for: the connection's framing can no longer be trusted.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            response.fail("protocol")
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._registry.discard(self)
+        if self._response is not None:
+            self._response.connection_lost()
+
+    def finished(self) -> None:
+        self._response = None
+        self._parser = None
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self._registry.discard(self)
+            self.transport.abort()
+
+
+class Response:
+    """One upstream answer: status and headers at once, the body as it arrives.
+
+    Also the httptools callback object for its parser (the ``on_*`` methods).
+    """
+
+    def __init__(self, pool: Pool, connection: _Connection, method: str) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._head_request = method == "HEAD"
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.content_length: int | None = None
+        self.complete = False
+        self._reason = b""
+        self._raw_headers: list[tuple[str, str]] = []
+        self._headers_in = False
+        self._until_eof = False
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self._keep_alive = False
+        self._fault: str | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._released = False
+
+    # ---------------------------------------------------------------- for the proxy
+
+    async def wait_for_headers(self) -> None:
+        while not self._headers_in:
+            await self._wait()
+
+    async def readany(self) -> bytes:
+        """The next part of the body as it arrived; b"" once the body is complete."""
+        while not self._chunks:
+            if self.complete:
+                return b""
+            await self._wait()
+        data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        self._chunks.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            self._connection.resume_reading()
+        return data
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self.complete:
+            await self._wait()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+    def release(self) -> None:
+        """Hand the connection back (kept alive only after a complete, clean answer)."""
+        if self._released:
+            return
+        self._released = True
+        connection = self._connection
+        connection.finished()
+        reusable = (
+            self.complete
+            and self._fault is None
+            and not self._until_eof
+            and not self._head_request
+            and self._keep_alive
+        )
+        self._pool._done(connection, reusable)
+
+    # ---------------------------------------------------------------- waiting
+
+    async def _wait(self) -> None:
+        if self._fault is not None:
+            raise UpstreamFault(self._fault, sent=True)
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self._pool._timeout_s):
+                await self._waiter
+        except TimeoutError:
+            self.fail("timeout")
+            self._connection.close()
+        finally:
+            self._waiter = None
+        if self._fault is not None:
+            raise UpstreamFault(self._fault, sent=True)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, kind: str) -> None:
+        if self._fault is None and not self.complete:
+            self._fault = kind
+        self._wake()
+
+    def connection_lost(self) -> None:
+        if self._headers_in and self._until_eof:
+            self.complete = True  # a body delimited by the end of the connection
+            self._wake()
+        else:
+            self.fail("cut" if self._headers_in else "reset")
+
+    # ---------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer to one request: stop here; the connection is closed.
+            raise UpstreamFault("protocol", sent=True)
+        self._reason = b""
+        self._raw_headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append(
+            (name.decode("ascii", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
+
+    def on_headers_complete(self) -> None:
+        parser = self._connection._parser
+        status = parser.get_status_code()
+        if 100 <= status < 200:
+            return  # an interim answer (103 Early Hints, a stray 100): the final one follows
+        self.status = status
+        self.reason = self._reason.decode("latin-1")
+        headers = CIMultiDict(self._raw_headers)
+        self.headers = CIMultiDictProxy(headers)
+        self._keep_alive = bool(parser.should_keep_alive())
+        length = headers.get("Content-Length")
+        self.content_length = int(length) if length is not None else None
+        no_body = self._head_request or status in (204, 304)
+        self._until_eof = (
+            not no_body and self.content_length is None and "Transfer-Encoding" not in headers
+        )
+        self._headers_in = True
+        if self._head_request:
+            # llhttp cannot be told the answer is to a HEAD, so it would wait for a body.
+            self.complete = True
+        self._wake()
+
+    def on_body(self, data: bytes) -> None:
+        if self.complete:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _HIGH_WATER and not self._paused:
+            self._paused = True
+            self._connection.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # the end of an interim answer
+        self.complete = True
+        self._wake()

@@ -1,0 +1,231 @@
+"""The upstream connection pool, against a scripted upstream that keeps connections open.
+
+Each answer below is raw bytes an upstream might send; the gateway must pass on exactly
+one well-framed answer per request, reuse a connection only when that is safe, and
+never send a request twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from gateway.app import UPSTREAM_POOL
+
+from .support import Gateway, Recorded, StartGateway, settings_for, tcp_server
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@dataclass
+class ScriptedUpstream:
+    """Answers each request on a connection with ``answer(n)`` for the n-th request overall;
+    keeps the connection open unless the answer is followed by ``CLOSE``."""
+
+    answer: Callable[[int], bytes] = lambda n: OK
+    requests: list[Recorded] = field(default_factory=list)
+    connections: int = 0
+    url: URL = field(default_factory=URL)
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    go: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: hold every request
+
+    def __post_init__(self) -> None:
+        self.go.set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.add(writer)
+        try:
+            while True:
+                await self.go.wait()
+                head = await reader.readuntil(b"\r\n\r\n")
+                recorded = Recorded(head[:-4], b"")
+                length = recorded.header("Content-Length")
+                recorded.body = await reader.readexactly(int(length[0]) if length else 0)
+                self.requests.append(recorded)
+                answer = self.answer(len(self.requests))
+                writer.write(answer.removesuffix(CLOSE))
+                await writer.drain()
+                if answer.endswith(CLOSE):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+
+CLOSE = b"<close>"
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedUpstream]:
+    upstream = ScriptedUpstream()
+    async with tcp_server(upstream.handle, upstream.writers) as upstream.url:
+        yield upstream
+
+
+async def start(
+    start_gateway: StartGateway, upstream: ScriptedUpstream, **fields: float
+) -> Gateway:
+    settings = settings_for(upstream.url, upstream={"timeout_s": 2.0, **fields})
+    return await start_gateway(settings)
+
+
+def open_connections(gw: Gateway) -> int:
+    return gw.server.app[UPSTREAM_POOL].open_connections
+
+
+async def get(client: aiohttp.ClientSession, gw: Gateway) -> tuple[int, bytes]:
+    async with client.get(gw.url / "x") as r:
+        return r.status, await r.read()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the event loop (gateway and upstream run in it) until ``condition`` holds."""
+    async with asyncio.timeout(5):
+        # The pool signals nothing when the upstream closes an idle connection: poll it.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
+async def test_keep_alive_connections_are_reused_and_each_request_is_signed_afresh(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    gw = await start(start_gateway, scripted)
+    for _ in range(5):
+        async with client.post(gw.url / "player" / "balance", data=b'{"a":1}') as r:
+            assert (r.status, await r.read()) == (200, b"ok")
+    assert scripted.connections == 1
+    assert len({r.header("Authorization")[0] for r in scripted.requests}) == 5
+    assert [r.body for r in scripted.requests] == [b'{"a":1}'] * 5
+
+
+async def test_an_answer_with_connection_close_is_not_reused(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    scripted.answer = lambda n: (
+        # The connection is left open: the header alone must stop its reuse.
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    )
+    gw = await start(start_gateway, scripted)
+    for _ in range(3):
+        assert await get(client, gw) == (200, b"ok")
+    assert scripted.connections == 3
+
+
+async def test_a_connection_the_upstream_closed_while_idle_is_not_used(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    scripted.answer = lambda n: OK + CLOSE  # closes without saying so in a header
+    gw = await start(start_gateway, scripted)
+    assert await get(client, gw) == (200, b"ok")
+    await until(lambda: open_connections(gw) == 0)
+    assert await get(client, gw) == (200, b"ok")
+    assert scripted.connections == 2
+
+
+async def test_idle_connections_expire_after_idle_timeout(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    gw = await start(start_gateway, scripted, idle_timeout_s=0.05)
+    assert await get(client, gw) == (200, b"ok")
+    await asyncio.sleep(0.1)  # the idle timeout itself is what is tested
+    assert await get(client, gw) == (200, b"ok")
+    assert scripted.connections == 2
+
+
+async def test_a_body_delimited_by_the_end_of_the_connection_arrives_whole(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    payload = b"y" * 300_000
+    scripted.answer = lambda n: b"HTTP/1.1 200 OK\r\n\r\n" + payload + CLOSE
+    gw = await start(start_gateway, scripted)
+    assert await get(client, gw) == (200, payload)
+    assert await get(client, gw) == (200, payload)
+    assert scripted.connections == 2
+
+
+async def test_head_answers_carry_no_body_and_the_next_request_is_clean(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    scripted.answer = lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" if n == 1 else OK
+    gw = await start(start_gateway, scripted)
+    async with client.head(gw.url / "x") as r:
+        assert (r.status, r.headers["Content-Length"], await r.read()) == (200, "1000", b"")
+    assert await get(client, gw) == (200, b"ok")
+    # A HEAD answer's connection is not reused: llhttp cannot be told it had no body.
+    assert scripted.connections == 2
+    assert gw.sample("aleacc_gateway_upstream_errors_total", kind="timeout") == 0
+
+
+async def test_interim_answers_are_skipped(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    scripted.answer = lambda n: b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + OK
+    gw = await start(start_gateway, scripted)
+    # A guard, not a wait: passing the 103 on as the answer would leave the caller hanging.
+    async with asyncio.timeout(5), client.get(gw.url / "x") as r:
+        assert (r.status, await r.read()) == (200, b"ok")
+        assert "Link" not in r.headers
+
+
+async def test_a_second_unasked_answer_is_dropped_with_its_connection(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsmuggle"
+    scripted.answer = lambda n: OK + smuggled if n == 1 else OK
+    gw = await start(start_gateway, scripted)
+    assert await get(client, gw) == (200, b"ok")
+    async with client.get(gw.url / "x") as r:
+        assert await r.read() == b"ok"  # never the smuggled answer
+    assert scripted.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+    ],
+    ids=["bad-status", "two-lengths", "bad-chunk", "not-http"],
+)
+async def test_an_unparsable_answer_is_502(
+    answer: bytes,
+    scripted: ScriptedUpstream,
+    start_gateway: StartGateway,
+    client: aiohttp.ClientSession,
+) -> None:
+    scripted.answer = lambda n: answer
+    gw = await start(start_gateway, scripted)
+    async with client.get(gw.url / "x") as r:
+        status, body = r.status, await r.read()
+    if status == 200:  # the bad chunk comes after the headers: the caller is cut off
+        assert b"zz" not in body
+    else:
+        assert (status, (await r.json())["error"]) == (502, "upstream_unavailable")
+    await until(lambda: open_connections(gw) == 0)
+
+
+async def test_a_busy_pool_makes_requests_wait_for_a_connection(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    scripted.go.clear()
+    gw = await start(start_gateway, scripted, max_connections=1)
+
+    async def get() -> bytes:
+        async with client.get(gw.url / "x") as r:
+            return await r.read()
+
+    calls = [asyncio.create_task(get()) for _ in range(3)]
+    await until(lambda: open_connections(gw) == 1)
+    scripted.go.set()
+    assert await asyncio.gather(*calls) == [b"ok"] * 3
+    assert scripted.connections == 1
