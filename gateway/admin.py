@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .app import LIFECYCLE, SECRETS, Lifecycle, secret_watch
+from .app import LIFECYCLE, SECRETS, Lifecycle
 from .secret import SecretStore
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -24,11 +27,20 @@ def create_admin_app(
     app[REGISTRY] = registry
     app[LIFECYCLE] = lifecycle
     if watch_secret_s is not None and secrets.watches_file:
-        app.cleanup_ctx.append(secret_watch(watch_secret_s))
+        app.cleanup_ctx.append(_secret_watch(watch_secret_s))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
+
+
+def _secret_watch(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(app[SECRETS].watch(interval_s), name="secret-watch")
+        yield
+        task.cancel()
+
+    return context
 
 
 async def _healthz(request: web.Request) -> web.Response:

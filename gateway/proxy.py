@@ -55,9 +55,6 @@ class Exchange:
     streaming: bool = False
 
 
-EXCHANGE = web.RequestKey("exchange", Exchange)
-
-
 class Proxy:
     """Forwards every request to the one configured upstream, signed."""
 
@@ -67,12 +64,15 @@ class Proxy:
         secrets: SecretStore,
         metrics: Metrics,
         pool: Pool,
+        *,
+        draining: Callable[[], bool],
         clock: Clock = time.time,
     ) -> None:
         upstream = settings.upstream
         self._secrets = secrets
         self._metrics = metrics
         self._pool = pool
+        self._draining = draining
         self._clock = clock
         self._api_id = settings.signing.api_id
         self._fields = settings.signing.fields
@@ -89,9 +89,8 @@ class Proxy:
         self._max_body = settings.limits.max_body_bytes
         self._skew = SkewWatch(metrics.clock_skew, upstream.clock_skew_warning_s, clock)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         """Proxy one request; raise GatewayError for anything answered locally."""
-        exchange = request[EXCHANGE]
         check_target(request.method, request.raw_path)
         check_headers(request.headers, (request.version.major, request.version.minor))
         peer = parse_address(request.remote or "")
@@ -187,7 +186,7 @@ class Proxy:
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
     async def _relay(
-        self, request: web.Request, upstream: Response, exchange: Exchange
+        self, request: web.BaseRequest, upstream: Response, exchange: Exchange
     ) -> web.StreamResponse:
         """Pass the upstream's answer on: small ones whole, others chunk by chunk."""
         assert exchange.request_id is not None  # noqa: S101 - set by _send
@@ -203,6 +202,8 @@ class Proxy:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
+        if self._draining():
+            response.force_close()  # before prepare, so the headers say "close" too
         await response.prepare(request)
         exchange.streaming = True
         while True:
@@ -240,9 +241,12 @@ class Proxy:
             raise (UpstreamTimeout if timeout else UpstreamUnavailable)(kind) from None
         del headers["Content-Length"]  # set again by aiohttp from the body, same value
         exchange.bytes_out = len(body)
-        return web.Response(
+        response = web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
         )
+        if self._draining():
+            response.force_close()
+        return response
 
 
 # Answers up to this size with a known length are read whole and sent in one write:
@@ -250,7 +254,7 @@ class Proxy:
 WHOLE_ANSWER_BYTES = 64 * 1024
 
 
-async def read_body(request: web.Request, limit: int, exchange: Exchange) -> bytes:
+async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) -> bytes:
     """Read the whole body, refusing it as soon as it exceeds ``limit`` bytes.
 
     At most ``limit`` plus one network read is ever held; ``exchange.bytes_in`` counts
@@ -280,7 +284,7 @@ def _upstream_error(fault: UpstreamFault) -> UpstreamError:
     return UpstreamUnavailable(fault.kind)
 
 
-def _abort(request: web.Request) -> None:
+def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()

@@ -6,6 +6,7 @@ half-finished rotation never takes the gateway down.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,12 @@ class SecretStore:
             return "unchanged"
         self._secret = value
         return self._report("loaded", None)
+
+    async def watch(self, interval_s: float) -> None:
+        """Re-read the file every ``interval_s`` until cancelled (run as a task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.refresh()
 
     def _report(self, result: ReloadResult, problem: str | None) -> ReloadResult:
         if self._on_reload is not None:

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .admin import create_admin_app
-from .app import Lifecycle, create_app
+from .app import Lifecycle, ProxyService
 from .config import ListenAddress, Settings
 from .edge import EdgeGuard, EdgeLimits
 from .logs import flush_periodically
@@ -100,7 +100,7 @@ class GatewayServer:
         self.secrets = SecretStore(
             settings.signing, environ=environ, on_reload=self._secret_reloaded
         )
-        self.app = create_app(
+        self.proxy = ProxyService(
             settings,
             secrets=self.secrets,
             metrics=self.metrics,
@@ -110,9 +110,9 @@ class GatewayServer:
         self.admin_app = create_admin_app(
             secrets=self.secrets, registry=self.registry, lifecycle=self.lifecycle
         )
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._listeners: list[asyncio.Server] = []
-        self._log_flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _secret_reloaded(self, result: ReloadResult, problem: str | None) -> None:
         if result == "error":
@@ -124,41 +124,39 @@ class GatewayServer:
     async def start(self) -> Bound:
         """Bind both listeners and start serving."""
         proxy = await self.start_proxy()
-        admin_runner = await self._runner(self.admin_app)
+        drain_s = self.settings.server.drain_timeout_s
+        admin_runner = await self._setup(
+            web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=drain_s)
+        )
         admin_sock = bind(self.settings.server.admin_listen)
         await web.SockSite(admin_runner, admin_sock).start()
         return Bound(proxy=proxy, admin=admin_sock.getsockname()[:2])
 
     async def start_proxy(self) -> tuple[str, int]:
         """Bind the proxy listener only (all a worker serves) and start serving."""
-        self._log_flusher = asyncio.create_task(flush_periodically(), name="log-flush")
+        self._tasks.append(asyncio.create_task(flush_periodically(), name="log-flush"))
+        if self.secrets.watches_file:
+            poll_s = self.settings.signing.secret_poll_s
+            self._tasks.append(asyncio.create_task(self.secrets.watch(poll_s), name="secret"))
         limits = self.settings.limits
-        proxy_runner = await self._runner(self.app)
+        server = self.proxy.server()
+        # shutdown_timeout: how long stop() lets in-flight requests finish.
+        drain_s = self.settings.server.drain_timeout_s
+        await self._setup(web.ServerRunner(server, shutdown_timeout=drain_s))
         proxy_sock = bind(self.settings.server.listen, reuse_port=self.worker)
         # The proxy listener speaks through EdgeGuard's protocol (connection cap, header
         # deadline, JSON errors); its connections still register with the runner, so
         # runner.cleanup() drains them.
         guard = EdgeGuard(EdgeLimits(limits.max_connections, limits.header_timeout_s))
         loop = asyncio.get_running_loop()
-        handler = proxy_runner.server
-        if handler is None:  # pragma: no cover - setup() always creates it
-            raise RuntimeError("the proxy runner has no server")
         listener = await loop.create_server(
-            lambda: guard.protocol_factory(handler, loop), sock=proxy_sock
+            lambda: guard.protocol_factory(server, loop), sock=proxy_sock
         )
         self._listeners.append(listener)
         address: tuple[str, int] = proxy_sock.getsockname()[:2]
         return address
 
-    async def _runner(self, app: web.Application) -> web.AppRunner:
-        # handler_cancellation: a caller who hangs up cancels its upstream call.
-        # shutdown_timeout: how long stop() lets in-flight requests finish.
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handler_cancellation=True,
-            shutdown_timeout=self.settings.server.drain_timeout_s,
-        )
+    async def _setup(self, runner: web.BaseRunner) -> web.BaseRunner:
         await runner.setup()
         self._runners.append(runner)
         return runner
@@ -188,7 +186,9 @@ class GatewayServer:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
-        if self._log_flusher is not None:
-            self._log_flusher.cancel()
+        await self.proxy.close()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._log_flusher
+                await task
+        self._tasks.clear()

@@ -15,8 +15,6 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway.app import UPSTREAM_POOL
-
 from .support import Gateway, Recorded, StartGateway, settings_for, tcp_server
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -78,7 +76,7 @@ async def start(
 
 
 def open_connections(gw: Gateway) -> int:
-    return gw.server.app[UPSTREAM_POOL].open_connections
+    return gw.server.proxy.pool.open_connections
 
 
 async def get(client: aiohttp.ClientSession, gw: Gateway) -> tuple[int, bytes]:
