@@ -1,6 +1,6 @@
 """The HTTP/1 edge: aiohttp's protocol with the gateway's connection-level rules.
 
-What no middleware can see happens here: how many connections are open, how long a
+What no request handler can see happens here: how many connections are open, how long a
 client may take to send its request headers, and how a request that aiohttp's parser
 rejects is answered (as SPEC §6 JSON, without quoting the request back).
 """

@@ -290,17 +290,21 @@ class Response:
     async def _wait(self) -> None:
         if self._fault is not None:
             raise UpstreamFault(self._fault, sent=True)
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        # A bare timer, not asyncio.timeout(): this runs several times per request.
+        timer = loop.call_later(self._pool._timeout_s, self._timed_out)
         try:
-            async with asyncio.timeout(self._pool._timeout_s):
-                await self._waiter
-        except TimeoutError:
-            self.fail("timeout")
-            self._connection.close()
+            await self._waiter
         finally:
+            timer.cancel()
             self._waiter = None
         if self._fault is not None:
             raise UpstreamFault(self._fault, sent=True)
+
+    def _timed_out(self) -> None:
+        self.fail("timeout")
+        self._connection.close()
 
     def _wake(self) -> None:
         waiter = self._waiter
