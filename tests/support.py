@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import re
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -271,11 +272,13 @@ class RawUpstream:
 async def tcp_server(
     handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
     open_writers: set[asyncio.StreamWriter],
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[URL]:
     """A loopback TCP server; on exit the connections in ``open_writers`` are closed too."""
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    scheme = "https" if tls else "http"
     try:
-        yield URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        yield URL(f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     finally:
         server.close()
         for writer in list(open_writers):  # a held connection ends its handler

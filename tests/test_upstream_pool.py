@@ -8,11 +8,15 @@ never send a request twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from yarl import URL
 
 from .support import Gateway, Recorded, StartGateway, settings_for, tcp_server
@@ -227,3 +231,42 @@ async def test_a_busy_pool_makes_requests_wait_for_a_connection(
     scripted.go.set()
     assert await asyncio.gather(*calls) == [b"ok"] * 3
     assert scripted.connections == 1
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_upstream(ca: trustme.CA) -> contextlib.AbstractAsyncContextManager[URL]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    upstream = ScriptedUpstream()
+    return tcp_server(upstream.handle, upstream.writers, tls=context)
+
+
+async def test_an_https_upstream_is_verified_and_kept_alive(
+    ca: trustme.CA,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    start_gateway: StartGateway,
+    client: aiohttp.ClientSession,
+) -> None:
+    # The gateway verifies with the system's CAs; OpenSSL's SSL_CERT_FILE points elsewhere.
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    async with tls_upstream(ca) as url:
+        gw = await start_gateway(settings_for(url))
+        for _ in range(2):
+            assert await get(client, gw) == (200, b"ok")
+        assert open_connections(gw) == 1
+
+
+async def test_an_https_upstream_with_an_untrusted_certificate_is_502(
+    ca: trustme.CA, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    async with tls_upstream(ca) as url:
+        gw = await start_gateway(settings_for(url, upstream={"retries": 0}))
+        async with client.get(gw.url / "x") as r:
+            assert (r.status, (await r.json())["error"]) == (502, "upstream_unavailable")
+        assert gw.sample("aleacc_gateway_upstream_errors_total", kind="connect") == 1
