@@ -124,7 +124,7 @@ class Pool:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the warmest
-            if not connection.closed and now - connection.idle_since < self._idle_timeout_s:
+            if connection.usable and now - connection.idle_since < self._idle_timeout_s:
                 return connection
             connection.close()
         return None
@@ -145,7 +145,7 @@ class Pool:
     def _done(self, connection: _Connection, reusable: bool) -> None:
         """A response is finished with: keep its connection for the next one, or close it."""
         self._slots.release()
-        if reusable and not connection.closed:
+        if reusable and connection.usable:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
@@ -188,6 +188,15 @@ class _Connection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             response.fail("protocol")
             self.close()
+
+    @property
+    def usable(self) -> bool:
+        # The transport may be closing (the upstream's FIN was read) before
+        # connection_lost() has run; a write then would fail.
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def eof_received(self) -> None:
+        self.closed = True  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
