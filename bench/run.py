@@ -439,6 +439,12 @@ def targets(
         if multi:
             scale = rps(multi[0], scenario) / rps("gateway", scenario)
             out.append(_target(f"{scenario} throughput, {multi[0]} vs 1 worker", scale, ">=", 1.7))
+            efficiency = per_cpu(multi[0], scenario) / per_cpu("gateway", scenario)
+            out.append(
+                f"  - for comparison, req per CPU-second, {multi[0]} vs 1 worker: "
+                f"{efficiency:.2f} (1.00: the workers cost each other nothing, so the "
+                "throughput ratio is bounded by the CPU that wrk and the upstream leave)"
+            )
     if rss:
         out.append(_target("max RSS of one process, MB", max(rss), "<=", 80))
         settled = rss[min(4, len(rss) - 1)]

@@ -102,7 +102,7 @@ class ProxyService:
             mark_request_finished(request, keep_alive)
             duration = time.perf_counter() - started
             metrics.in_flight.dec()
-            metrics.requests.labels(method_label(request.method), str(status)).inc()
+            metrics.count(metrics.requests, method_label(request.method), str(status))
             metrics.request_duration.observe(duration)
             access_log.info(
                 "request",

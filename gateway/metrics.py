@@ -27,6 +27,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.requests = Counter(
             "aleacc_gateway_requests",
             "Answers sent to callers, by method and status.",
@@ -96,3 +97,15 @@ class Metrics:
             self.secret_reloads.labels(result)
         for reason in ("secret_unavailable", "invalid_request"):
             self.signing_failures.labels(reason)
+
+    def count(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()`` with the child cached, for per-request counts.
+
+        ``labels()`` takes a lock and builds tuples on every call; label values here are
+        few by construction, so the cache stays small.
+        """
+        key = (counter, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()

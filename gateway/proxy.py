@@ -110,7 +110,7 @@ class Proxy:
             request.remote, request.headers.getall("X-Forwarded-For", ()), self._trusted
         )
         exchange.client_ip = client_ip.address
-        self._metrics.client_ip.labels(client_ip.source).inc()
+        self._metrics.count(self._metrics.client_ip, client_ip.source)
 
         headers = upstream_headers(
             request.headers,
@@ -179,7 +179,7 @@ class Proxy:
                 await asyncio.sleep(self._retry_backoff_s)
                 continue
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
-            self._metrics.upstream_responses.labels(str(response.status)).inc()
+            self._metrics.count(self._metrics.upstream_responses, str(response.status))
             self._skew.observe(response.headers.get("Date"))
             exchange.upstream_status = response.status
             return response
