@@ -31,6 +31,10 @@ from yarl import URL
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Reading from the upstream pauses while this much of an answer waits for the caller.
 _HIGH_WATER = 256 * 1024
+# The status line and headers of an answer, at most (llhttp itself sets no limit);
+# the count is aiohttp's own default, which the gateway's callers may well share.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 128
 
 
 class UpstreamFault(Exception):
@@ -188,6 +192,10 @@ class _Connection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             response.fail("protocol")
             self.close()
+            return
+        if response.head_too_large(len(data)):
+            response.fail("protocol")
+            self.close()
 
     @property
     def usable(self) -> bool:
@@ -246,11 +254,21 @@ class Response:
         self._buffered = 0
         self._paused = False
         self._keep_alive = False
+        self._received_early = 0
+        self._head_bytes = 0
         self._fault: str | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
 
     # ---------------------------------------------------------------- for the proxy
+
+    def head_too_large(self, received: int) -> bool:
+        """Count ``received`` bytes while the headers are incomplete: httptools holds a
+        header until its end, so this bounds what an endless one can pile up."""
+        if self._headers_in:
+            return False
+        self._received_early += received
+        return self._received_early > MAX_HEAD_BYTES
 
     async def wait_for_headers(self) -> None:
         while not self._headers_in:
@@ -343,11 +361,20 @@ class Response:
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
+        self._count_head(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        if len(self._raw_headers) == MAX_HEADERS:
+            raise UpstreamFault("protocol", sent=True)
         self._raw_headers.append(
             (name.decode("ascii", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         )
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise UpstreamFault("protocol", sent=True)  # the parser stops; a 502 follows
 
     def on_headers_complete(self) -> None:
         parser = self._connection._parser

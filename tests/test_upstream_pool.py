@@ -19,6 +19,8 @@ import pytest
 import trustme
 from yarl import URL
 
+from gateway.upstream import MAX_HEAD_BYTES, MAX_HEADERS
+
 from .support import Gateway, Recorded, StartGateway, settings_for, tcp_server
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -196,8 +198,20 @@ async def test_a_second_unasked_answer_is_dropped_with_its_connection(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * MAX_HEAD_BYTES + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Pad: p\r\n" * (MAX_HEADERS + 1) + b"\r\n",
+        # Never ends: refused once the limit is passed, not after the read timeout.
+        b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * (MAX_HEAD_BYTES + 1),
     ],
-    ids=["bad-status", "two-lengths", "bad-chunk", "not-http"],
+    ids=[
+        "bad-status",
+        "two-lengths",
+        "bad-chunk",
+        "not-http",
+        "huge-header",
+        "many-headers",
+        "endless-header",
+    ],
 )
 async def test_an_unparsable_answer_is_502(
     answer: bytes,
