@@ -92,6 +92,14 @@ class ProxyService:
         try:
             response = await self._answer(request, exchange)
             status = response.status
+            if not response.prepared:
+                # Send it here rather than after returning, so the duration covers the
+                # whole answer and the access line is written once the caller has it.
+                try:
+                    await response.prepare(request)
+                    await response.write_eof()
+                except ConnectionError:
+                    exchange.error = "client_disconnected"
             keep_alive = response.keep_alive is not False
             return response
         except asyncio.CancelledError:
