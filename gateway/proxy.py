@@ -98,13 +98,7 @@ class Proxy:
             raise ClientNotAllowed()
         if not route_allowed(self._routes, request.method, request.raw_path):
             raise RouteNotAllowed()
-        body = b""
-        if request.body_exists:
-            try:
-                async with asyncio.timeout(self._body_timeout_s):
-                    body = await read_body(request, self._max_body, exchange)
-            except TimeoutError:
-                raise RequestTimeout() from None
+        body = await self._read_body(request, exchange) if request.body_exists else b""
 
         client_ip = derive_client_ip(
             request.remote, request.headers.getall("X-Forwarded-For", ()), self._trusted
@@ -131,6 +125,16 @@ class Proxy:
             return await self._relay(request, upstream, exchange)
         finally:
             upstream.release()
+
+    async def _read_body(self, request: web.BaseRequest, exchange: Exchange) -> bytes:
+        if request.content.is_eof():
+            # It all came with the headers: nothing to wait for, no timer to arm.
+            return await read_body(request, self._max_body, exchange)
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                return await read_body(request, self._max_body, exchange)
+        except TimeoutError:
+            raise RequestTimeout() from None
 
     def _sign(self, parts: signing.RequestParts) -> signing.Signed:
         secret = self._secrets.current
