@@ -112,6 +112,7 @@ class ProxyService:
             metrics.in_flight.dec()
             metrics.count(metrics.requests, method_label(request.method), str(status))
             metrics.request_duration.observe(duration)
+            self._proxy.record_upstream(exchange)
             access_log.info(
                 "request",
                 request_id=exchange.request_id,

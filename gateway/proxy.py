@@ -49,6 +49,8 @@ class Exchange:
     request_id: str | None = None
     client_ip: str | None = None
     upstream_status: int | None = None
+    upstream_s: float = 0.0  # until the upstream's response headers
+    upstream_date: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
@@ -136,6 +138,13 @@ class Proxy:
         except TimeoutError:
             raise RequestTimeout() from None
 
+    def record_upstream(self, exchange: Exchange) -> None:
+        """The upstream's share of the metrics, once the caller has the answer."""
+        if exchange.upstream_status is not None:
+            self._metrics.upstream_duration.observe(exchange.upstream_s)
+            self._metrics.count(self._metrics.upstream_responses, str(exchange.upstream_status))
+            self._skew.observe(exchange.upstream_date)
+
     def _sign(self, parts: signing.RequestParts) -> signing.Signed:
         secret = self._secrets.current
         if secret is None:
@@ -182,10 +191,9 @@ class Proxy:
                 )
                 await asyncio.sleep(self._retry_backoff_s)
                 continue
-            self._metrics.upstream_duration.observe(time.perf_counter() - started)
-            self._metrics.count(self._metrics.upstream_responses, str(response.status))
-            self._skew.observe(response.headers.get("Date"))
+            exchange.upstream_s = time.perf_counter() - started
             exchange.upstream_status = response.status
+            exchange.upstream_date = response.headers.get("Date")
             return response
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
