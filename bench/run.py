@@ -455,7 +455,7 @@ def targets(
 
 def _target(what: str, value: float, op: str, goal: float) -> str:
     met = value >= goal if op == ">=" else value <= goal
-    return f"- {what}: {value:.2f} (target {op} {goal}) — {'met' if met else 'NOT met'}"
+    return f"- {what}: {value:.3f} (target {op} {goal}) — {'met' if met else 'NOT met'}"
 
 
 # ---------------------------------------------------------------- main
