@@ -95,11 +95,13 @@ class ProxyService:
             if not response.prepared:
                 # Send it here rather than after returning, so the duration covers the
                 # whole answer and the access line is written once the caller has it.
+                if self._draining():
+                    response.force_close()
                 try:
                     await response.prepare(request)
                     await response.write_eof()
                 except ConnectionError:
-                    exchange.error = "client_disconnected"
+                    status, exchange.error = 499, "client_disconnected"
             keep_alive = response.keep_alive is not False
             return response
         except asyncio.CancelledError:
@@ -134,7 +136,7 @@ class ProxyService:
             return await self._proxy.handle(request, exchange)
         except GatewayError as exc:
             exchange.error = exc.code
-            response = error_response(exc, exchange.request_id)
+            return error_response(exc, exchange.request_id)
         except Exception:
             log.exception("unhandled_error", request_id=exchange.request_id)
             exchange.error = GatewayError.code
@@ -143,7 +145,4 @@ class ProxyService:
                 if request.transport is not None:
                     request.transport.abort()
                 raise
-            response = error_response(GatewayError(), exchange.request_id)
-        if self._draining():
-            response.force_close()
-        return response
+            return error_response(GatewayError(), exchange.request_id)

@@ -253,12 +253,9 @@ class Proxy:
             raise (UpstreamTimeout if timeout else UpstreamUnavailable)(kind) from None
         del headers["Content-Length"]  # set again by aiohttp from the body, same value
         exchange.bytes_out = len(body)
-        response = web.Response(
+        return web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
         )
-        if self._draining():
-            response.force_close()
-        return response
 
 
 # Answers up to this size with a known length are read whole and sent in one write:
