@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -284,3 +286,43 @@ async def test_an_https_upstream_with_an_untrusted_certificate_is_502(
         async with client.get(gw.url / "x") as r:
             assert (r.status, (await r.json())["error"]) == (502, "upstream_unavailable")
         assert gw.sample("aleacc_gateway_upstream_errors_total", kind="connect") == 1
+
+
+async def test_a_large_answer_waits_for_a_slow_caller_and_arrives_intact(
+    start_gateway: StartGateway,
+) -> None:
+    payload = os.urandom(64 * 1024 * 1024)
+    sent = 0
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        writers.add(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload))
+        with contextlib.suppress(ConnectionError):
+            for i in range(0, len(payload), 256 * 1024):
+                writer.write(payload[i : i + 256 * 1024])
+                await writer.drain()
+                sent = i + 256 * 1024
+        writers.discard(writer)
+        writer.close()
+
+    async with (
+        tcp_server(handle, writers) as url,
+        aiohttp.ClientSession(read_bufsize=64 * 1024) as client,
+    ):
+        gw = await start_gateway(settings_for(url, upstream={"timeout_s": 10.0}))
+        async with asyncio.timeout(60), client.get(gw.url / "big") as r:
+            # The caller reads nothing: the upstream must stall well before the end,
+            # because the gateway stops reading instead of buffering the answer.
+            while True:
+                before = sent
+                await asyncio.sleep(0.2)  # no event marks the absence of progress
+                if sent == before and sent > 0:
+                    break
+            assert sent < len(payload) // 2
+            digest = hashlib.sha256()
+            while chunk := await r.content.read(64 * 1024):
+                digest.update(chunk)
+        assert digest.digest() == hashlib.sha256(payload).digest()
