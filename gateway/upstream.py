@@ -386,12 +386,15 @@ class Response:
         headers = CIMultiDict(self._raw_headers)
         self.headers = CIMultiDictProxy(headers)
         self._keep_alive = bool(parser.should_keep_alive())
+        codings = headers.get("Transfer-Encoding")
+        if codings is not None and codings.replace(" ", "").lower() != "chunked":
+            # A coding the gateway would strip with the header (it is hop-by-hop) while
+            # passing the coded bytes on: refused, as on the request side (RFC 9112 §6.1).
+            raise UpstreamFault("protocol", sent=True)
         length = headers.get("Content-Length")
         self.content_length = int(length) if length is not None else None
         no_body = self._head_request or status in (204, 304)
-        self._until_eof = (
-            not no_body and self.content_length is None and "Transfer-Encoding" not in headers
-        )
+        self._until_eof = not no_body and self.content_length is None and codings is None
         self._headers_in = True
         if self._head_request:
             # llhttp cannot be told the answer is to a HEAD, so it would wait for a body.
