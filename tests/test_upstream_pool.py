@@ -24,6 +24,7 @@ from yarl import URL
 from gateway.upstream import MAX_HEAD_BYTES, MAX_HEADERS
 
 from .support import Gateway, Recorded, StartGateway, settings_for, tcp_server
+from .wire import check_framing
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -39,6 +40,8 @@ class ScriptedUpstream:
     url: URL = field(default_factory=URL)
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     go: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: hold every request
+    # Every byte each connection carried, and how many requests it was answered for.
+    streams: list[tuple[bytes, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.go.set()
@@ -46,6 +49,7 @@ class ScriptedUpstream:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.add(writer)
+        stream, answered = bytearray(), 0
         try:
             while True:
                 await self.go.wait()
@@ -53,15 +57,20 @@ class ScriptedUpstream:
                 recorded = Recorded(head[:-4], b"")
                 length = recorded.header("Content-Length")
                 recorded.body = await reader.readexactly(int(length[0]) if length else 0)
+                stream += head + recorded.body
+                answered += 1
                 self.requests.append(recorded)
                 answer = self.answer(len(self.requests))
                 writer.write(answer.removesuffix(CLOSE))
                 await writer.drain()
                 if answer.endswith(CLOSE):
                     break
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except asyncio.IncompleteReadError as exc:
+            stream += exc.partial  # a request cut short would fail the framing check
+        except ConnectionError:
             pass
         finally:
+            self.streams.append((bytes(stream), answered))
             self.writers.discard(writer)
             writer.close()
 
@@ -74,6 +83,10 @@ async def scripted() -> AsyncIterator[ScriptedUpstream]:
     upstream = ScriptedUpstream()
     async with tcp_server(upstream.handle, upstream.writers) as upstream.url:
         yield upstream
+    # The differential check of tests/wire.py, over kept-alive connections too.
+    await until(lambda: len(upstream.streams) == upstream.connections)
+    for stream, answered in upstream.streams:
+        assert check_framing(stream) == answered
 
 
 async def start(
