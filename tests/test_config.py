@@ -39,6 +39,7 @@ def test_defaults() -> None:
     assert str(s.server.listen) == "127.0.0.1:8080"
     assert str(s.server.admin_listen) == "127.0.0.1:9090"
     assert (s.upstream.connect_timeout_s, s.upstream.timeout_s, s.upstream.retries) == (5, 30, 1)
+    assert s.upstream.idle_timeout_s == 4
     assert s.upstream.base_path == "/api"
     assert s.upstream.host_header == "aleacc.example.com"
     assert s.signing.fields[0] == "api_id"
@@ -76,6 +77,7 @@ def test_upstream_host_and_base_path(url: str, host: str, base: str) -> None:
         ({"upstream": {"timeout_s": 0}}, "upstream.timeout_s:"),
         ({"upstream": {"connect_timeout_s": "5"}}, "upstream.connect_timeout_s:"),
         ({"upstream": {"retries": 9}}, "upstream.retries:"),
+        ({"upstream": {"idle_timeout_s": 0}}, "upstream.idle_timeout_s:"),
         ({"upstream": {"forward_proxy_headers": "yes"}}, "upstream.forward_proxy_headers:"),
         ({"signing": {"api_id": "a:b"}}, "signing.api_id:"),
         ({"signing": {"fields": ["api_id", "bodyy"]}}, "signing.fields: unknown field 'bodyy'"),
