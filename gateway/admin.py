@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -19,28 +16,16 @@ def create_admin_app(
     secrets: SecretStore,
     registry: CollectorRegistry,
     lifecycle: Lifecycle,
-    watch_secret_s: float | None = None,
 ) -> web.Application:
-    """Build the admin application; ``watch_secret_s`` polls the secret (supervisor only)."""
+    """Build the admin application; whoever owns ``secrets`` keeps it fresh."""
     app = web.Application()
     app[SECRETS] = secrets
     app[REGISTRY] = registry
     app[LIFECYCLE] = lifecycle
-    if watch_secret_s is not None and secrets.watches_file:
-        app.cleanup_ctx.append(_secret_watch(watch_secret_s))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
-
-
-def _secret_watch(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(app[SECRETS].watch(interval_s), name="secret-watch")
-        yield
-        task.cancel()
-
-    return context
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -144,11 +144,16 @@ def _serve(args: argparse.Namespace) -> int:
 async def _run_gateway(settings: Settings, worker: bool = False) -> int:
     server = GatewayServer(settings, worker=worker)
     if worker:
-        log.info("worker_started", proxy=_addr(await server.start_proxy()), pid=os.getpid())
+        log.info(
+            "worker_started", proxy=format_address(await server.start_proxy()), pid=os.getpid()
+        )
     else:
         bound = await server.start()
         log.info(
-            "started", proxy=_addr(bound.proxy), admin=_addr(bound.admin), **_summary(settings)
+            "started",
+            proxy=format_address(bound.proxy),
+            admin=format_address(bound.admin),
+            **_summary(settings),
         )
     signals = ShutdownSignals(on_reload=lambda: server.secrets.refresh(force=True))
     await signals.stop.wait()
@@ -172,10 +177,6 @@ def _summary(settings: Settings) -> dict[str, object]:
         "allowed_clients": [str(n) for n in settings.access.allowed_clients],
         "max_body_bytes": settings.limits.max_body_bytes,
     }
-
-
-def _addr(address: tuple[str, int]) -> str:
-    return format_address(address)
 
 
 def _mock_upstream(args: argparse.Namespace) -> int:
@@ -206,7 +207,9 @@ def _mock_upstream(args: argparse.Namespace) -> int:
     )
     app = create_mock_app(mock)
     sock = bind(listen)
-    log.info("mock_upstream_started", listen=_addr(sock.getsockname()[:2]), faults=args.faults)
+    log.info(
+        "mock_upstream_started", listen=format_address(sock.getsockname()[:2]), faults=args.faults
+    )
     flush_logs()  # whoever started the stand-in may be waiting for this line
     web.run_app(app, sock=sock, print=None, access_log=None)
     return 0

@@ -50,17 +50,15 @@ class Supervisor:
     async def run(self, summary: dict[str, object]) -> int:
         """Serve until SIGTERM/SIGINT, then drain every worker; 0 if all left cleanly."""
         metrics_dir = tempfile.mkdtemp(prefix="aleacc-gateway-metrics-")
-        flusher = asyncio.create_task(flush_periodically(), name="log-flush")
+        tasks = [asyncio.create_task(flush_periodically(), name="log-flush")]
         try:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
             secrets = SecretStore(self.settings.signing)  # only for /readyz here
-            admin = create_admin_app(
-                secrets=secrets,
-                registry=registry,
-                lifecycle=self.lifecycle,
-                watch_secret_s=self.settings.signing.secret_poll_s,
-            )
+            if secrets.watches_file:
+                poll_s = self.settings.signing.secret_poll_s
+                tasks.append(asyncio.create_task(secrets.watch(poll_s), name="secret"))
+            admin = create_admin_app(secrets=secrets, registry=registry, lifecycle=self.lifecycle)
             runner = web.AppRunner(admin, access_log=None)
             await runner.setup()
             sock = bind(self.settings.server.admin_listen)
@@ -82,9 +80,10 @@ class Supervisor:
             log.info("stopped")
             return code
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     async def _spawn(self, number: int, environ: dict[str, str]) -> asyncio.subprocess.Process:

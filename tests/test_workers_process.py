@@ -14,6 +14,7 @@ import pytest
 from gateway.mock.upstream import DEMO_SECRET
 
 from .support import GatewayProcess, RawUpstream, config_file
+from .test_observability_functional import wait_for_status
 
 StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
 
@@ -30,7 +31,11 @@ async def start_two_workers(
     secret = tmp_path / "secret"
     secret.write_bytes(DEMO_SECRET)
     config = config_file(
-        tmp_path / "gw.toml", upstream.url, secret, server={"workers": 2, "drain_delay_s": 0}
+        tmp_path / "gw.toml",
+        upstream.url,
+        secret,
+        server={"workers": 2, "drain_delay_s": 0},
+        signing={"secret_poll_s": 0.05},
     )
     # More than one worker needs a fixed port (they share it); the admin port may be 0.
     config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{free_port()}", 1))
@@ -93,5 +98,21 @@ async def test_a_killed_worker_is_replaced(
     assert replacement["pid"] != victim["pid"]
     per_worker = await answered_by_worker(supervisor, 40)
     assert sum(per_worker.values()) == 40
+    supervisor.signal(signal.SIGTERM)
+    assert await supervisor.exit_code() == 0
+
+
+async def test_the_supervisor_watches_the_secret_for_readiness(
+    gateway_process: StartProcess, tmp_path: Path, raw_upstream: RawUpstream
+) -> None:
+    supervisor = await start_two_workers(gateway_process, tmp_path, raw_upstream)
+    ready = supervisor.admin / "readyz"
+    async with aiohttp.ClientSession() as client:
+        await wait_for_status(client, ready, 200)
+        (tmp_path / "secret").write_bytes(b"\n")  # emptied under the running supervisor
+        body = await wait_for_status(client, ready, 503)
+        assert "is empty" in str(body["reasons"])
+        (tmp_path / "secret").write_bytes(DEMO_SECRET)
+        await wait_for_status(client, ready, 200)
     supervisor.signal(signal.SIGTERM)
     assert await supervisor.exit_code() == 0
