@@ -271,8 +271,6 @@ async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) ->
     """
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
-    if not request.body_exists:
-        return b""
     if request.version == (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         # Only now, with the size known to be acceptable, invite the body (RFC 9110 §10.1.1).
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
