@@ -259,6 +259,11 @@ class Sample:
         return self.requests / self.cpu_s if self.cpu_s else float("nan")
 
 
+def median(samples: list[Sample], figure: str) -> float:
+    """The median of one figure (a Sample attribute) over a row's runs."""
+    return statistics.median(getattr(sample, figure) for sample in samples)
+
+
 def target(server: Server, scenario: str) -> str:
     """The URL a scenario loads on ``server``."""
     return f"http://127.0.0.1:{server.port}{POST_PATH if scenario == 'POST' else GET_PATH}"
@@ -358,7 +363,7 @@ def report(args: argparse.Namespace, context: dict[str, object]) -> str:
             else f"POST with a {len(POST_BODY)}-byte JSON body"
         )
         njs = rows.get("nginx+njs", {}).get(scenario)
-        njs_per_cpu = statistics.median(s.per_cpu_s for s in njs) if njs else None
+        njs_per_cpu = median(njs, "per_cpu_s") if njs else None
         lines += [
             "",
             f"## {label}",
@@ -369,13 +374,13 @@ def report(args: argparse.Namespace, context: dict[str, object]) -> str:
         ]
         for name, scenarios in rows.items():
             samples = scenarios[scenario]
-            per_cpu = statistics.median(s.per_cpu_s for s in samples)
+            per_cpu = median(samples, "per_cpu_s")
             ratio = f"{per_cpu / njs_per_cpu:.2f}x" if njs_per_cpu else "n/a"
             lines.append(
-                f"| {name} | {statistics.median(s.rps for s in samples):,.0f} "
-                f"| {statistics.median(s.p50_ms for s in samples):.2f} "
-                f"| {statistics.median(s.p99_ms for s in samples):.2f} "
-                f"| {statistics.median(s.cpu_s for s in samples):.2f} "
+                f"| {name} | {median(samples, 'rps'):,.0f} "
+                f"| {median(samples, 'p50_ms'):.2f} "
+                f"| {median(samples, 'p99_ms'):.2f} "
+                f"| {median(samples, 'cpu_s'):.2f} "
                 f"| {per_cpu:,.0f} | {ratio} | {sum(s.errors for s in samples)} |"
             )
     latency: dict[str, dict[str, float]] = context["latency"]  # type: ignore[assignment]
@@ -423,10 +428,10 @@ def targets(
     """One line per target: the figure, the target, met or not."""
 
     def per_cpu(name: str, scenario: str) -> float:
-        return statistics.median(s.per_cpu_s for s in rows[name][scenario])
+        return median(rows[name][scenario], "per_cpu_s")
 
     def rps(name: str, scenario: str) -> float:
-        return statistics.median(s.rps for s in rows[name][scenario])
+        return median(rows[name][scenario], "rps")
 
     out = []
     for scenario in ("GET", "POST"):
