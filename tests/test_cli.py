@@ -132,7 +132,7 @@ async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
         gateway.send_signal(signal.SIGTERM)
         assert await gateway.wait() == 0
         rest = (await gateway.stdout.read()).decode()
-        assert '"event": "stopped"' in rest
+        assert '"event":"stopped"' in rest
         assert DEMO_SECRET.decode() not in rest
     finally:
         for process in (gateway, mock):

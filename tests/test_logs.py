@@ -1,12 +1,16 @@
-"""The log sink's chunking: whole lines per write, never more than PIPE_BUF bytes."""
+"""The log sink's chunking (whole lines per write, never more than PIPE_BUF bytes) and
+the JSON rendering of awkward values."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 
 import pytest
+import structlog
 
-from gateway.logs import PIPE_BUF, _LineSink, line_chunks
+from gateway.logs import PIPE_BUF, _LineSink, configure_logging, line_chunks
 
 
 @pytest.mark.parametrize("line_length", [1, 99, 100, 4095, 4096, 5000])
@@ -33,3 +37,14 @@ def test_the_sink_writes_every_line_to_its_descriptor() -> None:
         received += chunk
     os.close(read)
     assert received.decode() == "".join(lines)
+
+
+def test_a_line_orjson_refuses_is_still_written_as_valid_json() -> None:
+    buffer = io.StringIO()
+    configure_logging("json", stream=buffer, cache=False)
+    log = structlog.get_logger("test")
+    log.info("plain", path="/player/balance", n=1)
+    log.info("odd", path="/caf\udce9", big=2**70)  # undecodable byte, beyond 64 bits
+    plain, odd = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert (plain["event"], plain["path"]) == ("plain", "/player/balance")
+    assert (odd["path"], odd["big"]) == ("/caf\udce9", 2**70)
