@@ -55,6 +55,13 @@ def parse_address(value: str) -> Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer(peer: str) -> tuple[Address | None, str]:
+    """The peer's address and its text as reported (canonical when it parses)."""
+    address = parse_address(peer) if peer else None
+    return address, str(address) if address is not None else peer
+
+
 def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535
 
@@ -92,8 +99,7 @@ def derive_client_ip(
     untrusted address was found in the header; ``fallback`` when the header was
     consulted but yielded only trusted hops or was malformed.
     """
-    peer_address = parse_address(peer) if peer else None
-    peer_text = str(peer_address) if peer_address is not None else (peer or "")
+    peer_address, peer_text = _peer(peer or "")
     if peer_address is None or peer_address not in trusted or not forwarded_for:
         return ClientIp(peer_text, "peer")
 

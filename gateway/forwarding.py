@@ -52,8 +52,11 @@ def check_target(method: str, raw_target: str) -> None:
         raise BadRequest("the request target must be an origin-form path")
     if not _TARGET_CHARS.match(raw_target):
         raise BadRequest("the request target contains characters outside visible ASCII")
-    if _BAD_PERCENT.search(raw_target):
+    if "%" in raw_target and _BAD_PERCENT.search(raw_target):
         raise BadRequest("the request target has an invalid percent-encoding")
+    raw_path = raw_target.partition("?")[0]
+    if "%" not in raw_path and "." not in raw_path:
+        return  # nothing to decode, and no segment can be a dot segment: the common case
     path = decoded_path(raw_target)
     if any(_is_dot_segment(segment) for segment in re.split(rb"[/\\]", path)):
         raise BadRequest("the request path has dot segments")
