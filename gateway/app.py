@@ -19,7 +19,7 @@ from aiohttp import web
 from .config import Settings
 from .edge import mark_request_finished, mark_request_started
 from .errors import GatewayError, error_response
-from .logs import session_tag
+from .logs import access_logger, session_tag
 from .metrics import Metrics, method_label
 from .proxy import Clock, Exchange, Proxy
 from .secret import SecretStore
@@ -62,9 +62,7 @@ class ProxyService:
         )
         self._metrics = metrics
         self._lifecycle = lifecycle
-        # Bound once, with logging already configured: the module-level lazy proxy would
-        # look up the configuration again on every access line.
-        self._access_log = structlog.get_logger("aleacc_gateway.access").bind()
+        self._access_log = access_logger()
         self._proxy = Proxy(
             settings, secrets, metrics, self.pool, draining=self._draining, clock=clock
         )

@@ -70,6 +70,12 @@ def logs() -> Iterator[io.StringIO]:
     assert not SIGNATURE.search(text), "a signature in the logs"
 
 
+def log_events(buffer: io.StringIO, event: str, start: int = 0) -> list[dict[str, Any]]:
+    """The ``event`` lines in ``buffer`` (the ``logs`` fixture's output) from offset ``start``."""
+    lines = buffer.getvalue()[start:].splitlines()
+    return [entry for entry in map(json.loads, lines) if entry.get("event") == event]
+
+
 def remember_sensitive(authorization: str | None, session_id: str | None) -> None:
     """Record a signature and a session id that were sent upstream."""
     if authorization:

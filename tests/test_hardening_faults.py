@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import time
@@ -20,6 +21,7 @@ from .support import (
     Mock,
     RawUpstream,
     StartGateway,
+    log_events,
     serve_handler,
     settings_for,
 )
@@ -249,7 +251,10 @@ async def test_concurrent_connections_are_bounded(
 
 
 async def test_an_oversized_streamed_body_is_refused_with_bounded_reading(
-    raw_upstream: RawUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+    raw_upstream: RawUpstream,
+    start_gateway: StartGateway,
+    client: aiohttp.ClientSession,
+    logs: io.StringIO,
 ) -> None:
     limit = 64 * 1024
     gw = await start_gateway(settings_for(raw_upstream.url, limits={"max_body_bytes": limit}))
@@ -261,13 +266,12 @@ async def test_an_oversized_streamed_body_is_refused_with_bounded_reading(
             sent += 65536
             yield b"z" * 65536
 
-    with capture_logs() as logs:
-        try:
-            async with client.post(gw.url / "x", data=twenty_megabytes()) as r:
-                assert r.status == 413
-        except aiohttp.ClientOSError:
-            pass  # the gateway may close while the client is still sending
-    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    try:
+        async with client.post(gw.url / "x", data=twenty_megabytes()) as r:
+            assert r.status == 413
+    except aiohttp.ClientOSError:
+        pass  # the gateway may close while the client is still sending
+    (line,) = log_events(logs, "request")
     assert line["status"] == 413
     # Read at most the limit plus aiohttp's read buffer (high-water mark 128 KiB).
     assert limit < line["bytes_in"] <= limit + 128 * 1024 + 65536
@@ -275,7 +279,7 @@ async def test_an_oversized_streamed_body_is_refused_with_bounded_reading(
 
 
 async def test_a_caller_hanging_up_cancels_the_upstream_call(
-    start_gateway: StartGateway,
+    start_gateway: StartGateway, logs: io.StringIO
 ) -> None:
     entered = asyncio.Event()
 
@@ -289,13 +293,12 @@ async def test_a_caller_hanging_up_cancels_the_upstream_call(
     try:
         gw = await start_gateway(settings_for(f"http://127.0.0.1:{relay.port}"))
         baseline = len(asyncio.all_tasks())
-        with capture_logs() as logs:
-            _, writer = await asyncio.open_connection("127.0.0.1", gw.bound.proxy[1])
-            writer.write(b"GET /held HTTP/1.1\r\nHost: gw\r\n\r\n")
-            await entered.wait()
-            writer.transport.abort()  # the caller vanishes
-            await relay.client_closed.wait()  # the gateway closed its upstream connection
-        (line,) = [entry for entry in logs if entry["event"] == "request"]
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.bound.proxy[1])
+        writer.write(b"GET /held HTTP/1.1\r\nHost: gw\r\n\r\n")
+        await entered.wait()
+        writer.transport.abort()  # the caller vanishes
+        await relay.client_closed.wait()  # the gateway closed its upstream connection
+        (line,) = log_events(logs, "request")
         assert (line["status"], line["error"]) == (499, "client_disconnected")
         assert relay.open_connections == 0
         assert gw.server.proxy.pool.open_connections == 0  # closed, not pooled
