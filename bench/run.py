@@ -41,6 +41,7 @@ POST_BODY = POST_SCRIPT.read_text().split("wrk.body = '", 1)[1].rsplit("'", 1)[0
 NJS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+FLOOR = "stack floor"
 
 
 # ---------------------------------------------------------------- tools
@@ -205,6 +206,16 @@ def start_gateway(workdir: Path, upstream_port: int, workers: int) -> Server:
     return Server(f"gateway x{workers}" if workers > 1 else "gateway", port, process)
 
 
+def start_floor(upstream_port: int) -> Server:
+    """The stack's floor (bench/floor_proxy.py): the server and the pool, nothing else."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "floor_proxy.py"), str(port), str(upstream_port)]
+    )
+    wait_for_port(port, process, "floor proxy")
+    return Server(FLOOR, port, process)
+
+
 # ---------------------------------------------------------------- wrk
 
 
@@ -352,6 +363,9 @@ def report(args: argparse.Namespace, context: dict[str, object]) -> str:
         "round; medians shown. Every proxy runs one worker process unless noted; the "
         "upstream is nginx with one worker. All on one machine, so wrk, the upstream and "
         "the proxy share its cores.",
+        f"- {FLOOR}: a reference row, not a product (bench/floor_proxy.py): aiohttp's "
+        "low-level server and the gateway's upstream pool forwarding as-is, with no checks, "
+        "signing, metrics or log line; what any proxy on this stack costs.",
         "",
     ]
     for skipped in context["skipped"]:  # type: ignore[attr-defined]
@@ -438,6 +452,15 @@ def targets(
         if "nginx+njs" in rows:
             ratio = per_cpu("gateway", scenario) / per_cpu("nginx+njs", scenario)
             out.append(_target(f"{scenario} req per CPU-second vs nginx+njs", ratio, ">=", 0.5))
+            if FLOOR in rows:
+                gateway_us = 1e6 / per_cpu("gateway", scenario)
+                floor_us = 1e6 / per_cpu(FLOOR, scenario)
+                allowed_us = 1e6 / (0.5 * per_cpu("nginx+njs", scenario))
+                out.append(
+                    f"  - CPU per request: gateway {gateway_us:.0f} µs = the stack's floor "
+                    f"{floor_us:.0f} µs + the gateway's own work {gateway_us - floor_us:.0f} µs;"
+                    f" the target allows {allowed_us:.0f} µs in all"
+                )
         added = latency["gateway"][scenario] - latency["direct"][scenario]
         out.append(_target(f"{scenario} added p50 latency, ms", added, "<=", 0.15))
         multi = [name for name in rows if name.startswith("gateway x")]
@@ -474,6 +497,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="also a gateway with N workers")
     parser.add_argument("--soak", type=float, default=60, help="seconds of RSS sampling")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="leave out the stack-floor reference row (bench/floor_proxy.py)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 10 s soak")
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     args = parser.parse_args()
@@ -514,6 +543,8 @@ def main() -> int:
             rows_servers.append(start_gateway(workdir, upstream.port, 1))
             if args.workers > 1:
                 rows_servers.append(start_gateway(workdir, upstream.port, args.workers))
+            if args.floor:
+                rows_servers.append(start_floor(upstream.port))
             servers += rows_servers
             for server in rows_servers:  # warm-up: connections, caches, the JIT-less paths
                 wrk(target(server, "GET"), args.connections, args.threads, 2, False)
@@ -543,7 +574,7 @@ def main() -> int:
                     )
                     for scenario in ("GET", "POST")
                 }
-            signers = [s for s in rows_servers if s.name != "plain-nginx"]
+            signers = [s for s in rows_servers if s.name not in ("plain-nginx", FLOOR)]
             signatures = verify_signatures(workdir / "upstream.sample.log", signers)
             gateway_one = next(s for s in rows_servers if s.name == "gateway")
             rss = soak(gateway_one, args.soak, args) if args.soak > 0 else []
