@@ -130,8 +130,13 @@ class Proxy:
 
     async def _read_body(self, request: web.BaseRequest, exchange: Exchange) -> bytes:
         if request.content.is_eof():
-            # It all came with the headers: nothing to wait for, no timer to arm.
-            return await read_body(request, self._max_body, exchange)
+            # It all came with the headers: nothing to wait for, no timer to arm, and no
+            # "100 Continue" to send (RFC 9110 §10.1.1: not once the body is in).
+            body = request.content.read_nowait()
+            exchange.bytes_in = len(body)
+            if len(body) > self._max_body:
+                raise BodyTooLarge()
+            return body
         try:
             async with asyncio.timeout(self._body_timeout_s):
                 return await read_body(request, self._max_body, exchange)
