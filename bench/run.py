@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark aleacc-gateway beside nginx + njs and a plain nginx proxy, on loopback.
 
-    python bench/run.py            # the full run (about 6 minutes), writes bench/RESULTS.md
+    python bench/run.py            # the full run (about 8 minutes), writes bench/RESULTS.md
     python bench/run.py --quick    # a short run, for trying the harness
 
 See bench/README.md for what is measured and how.
