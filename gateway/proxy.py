@@ -131,7 +131,7 @@ class Proxy:
     async def _read_body(self, request: web.BaseRequest, exchange: Exchange) -> bytes:
         if request.content.is_eof():
             # It all came with the headers: nothing to wait for, no timer to arm, and no
-            # "100 Continue" to send (RFC 9110 §10.1.1: not once the body is in).
+            # "100 Continue" needed (RFC 9110 §10.1.1 lets it go once the body is in).
             body = request.content.read_nowait()
             exchange.bytes_in = len(body)
             if len(body) > self._max_body:
