@@ -68,6 +68,24 @@ class ShutdownSignals:
         self._on_reload()
 
 
+def start_housekeeping(secrets: SecretStore, poll_s: float) -> list[asyncio.Task[None]]:
+    """The tasks beside a listener: flushing buffered log lines and, when the secret
+    comes from a file, re-reading it every ``poll_s``. Stop them with cancel_all()."""
+    tasks = [asyncio.create_task(flush_periodically(), name="log-flush")]
+    if secrets.watches_file:
+        tasks.append(asyncio.create_task(secrets.watch(poll_s), name="secret"))
+    return tasks
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks``, wait for each to finish, and empty the list."""
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    tasks.clear()
+
+
 @dataclass(slots=True)
 class Bound:
     """The addresses actually listened on."""
@@ -134,10 +152,7 @@ class GatewayServer:
 
     async def start_proxy(self) -> tuple[str, int]:
         """Bind the proxy listener only (all a worker serves) and start serving."""
-        self._tasks.append(asyncio.create_task(flush_periodically(), name="log-flush"))
-        if self.secrets.watches_file:
-            poll_s = self.settings.signing.secret_poll_s
-            self._tasks.append(asyncio.create_task(self.secrets.watch(poll_s), name="secret"))
+        self._tasks = start_housekeeping(self.secrets, self.settings.signing.secret_poll_s)
         limits = self.settings.limits
         server = self.proxy.server()
         # shutdown_timeout: how long stop() lets in-flight requests finish.
@@ -187,8 +202,4 @@ class GatewayServer:
             await runner.cleanup()
         self._runners.clear()
         await self.proxy.close()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)

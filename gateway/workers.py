@@ -25,9 +25,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from .admin import create_admin_app
 from .app import Lifecycle
 from .config import Settings
-from .logs import flush_periodically
 from .secret import SecretStore
-from .server import ShutdownSignals, bind, format_address
+from .server import ShutdownSignals, bind, cancel_all, format_address, start_housekeeping
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY_S = 1.0
@@ -50,14 +49,11 @@ class Supervisor:
     async def run(self, summary: dict[str, object]) -> int:
         """Serve until SIGTERM/SIGINT, then drain every worker; 0 if all left cleanly."""
         metrics_dir = tempfile.mkdtemp(prefix="aleacc-gateway-metrics-")
-        tasks = [asyncio.create_task(flush_periodically(), name="log-flush")]
+        secrets = SecretStore(self.settings.signing)  # only for /readyz here
+        tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s)
         try:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
-            secrets = SecretStore(self.settings.signing)  # only for /readyz here
-            if secrets.watches_file:
-                poll_s = self.settings.signing.secret_poll_s
-                tasks.append(asyncio.create_task(secrets.watch(poll_s), name="secret"))
             admin = create_admin_app(secrets=secrets, registry=registry, lifecycle=self.lifecycle)
             runner = web.AppRunner(admin, access_log=None)
             await runner.setup()
@@ -80,10 +76,7 @@ class Supervisor:
             log.info("stopped")
             return code
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_all(tasks)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     async def _spawn(self, number: int, environ: dict[str, str]) -> asyncio.subprocess.Process:
