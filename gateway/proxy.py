@@ -229,8 +229,7 @@ class Proxy:
             except UpstreamFault as fault:
                 # Headers are gone already: the only honest signal left is to cut the
                 # caller's connection, so a truncated body is never framed as complete.
-                kind = "timeout" if fault.kind == "timeout" else "cut"
-                self._metrics.upstream_errors.labels(kind).inc()
+                kind = self._body_fault(fault)
                 exchange.error = f"upstream_{kind}"
                 _abort(request)
                 return response
@@ -245,6 +244,12 @@ class Proxy:
         await response.write_eof()
         return response
 
+    def _body_fault(self, fault: UpstreamFault) -> str:
+        """Count a failure while reading the answer's body: ``timeout`` or ``cut``."""
+        kind = "timeout" if fault.kind == "timeout" else "cut"
+        self._metrics.upstream_errors.labels(kind).inc()
+        return kind
+
     async def _relay_whole(
         self, upstream: Response, headers: CIMultiDict[str], exchange: Exchange
     ) -> web.Response:
@@ -252,10 +257,8 @@ class Proxy:
             body = await upstream.read()
         except UpstreamFault as fault:
             # Nothing has been sent yet, so a cut or stalled body is an honest 502/504.
-            timeout = fault.kind == "timeout"
-            kind = "timeout" if timeout else "cut"
-            self._metrics.upstream_errors.labels(kind).inc()
-            raise (UpstreamTimeout if timeout else UpstreamUnavailable)(kind) from None
+            kind = self._body_fault(fault)
+            raise (UpstreamTimeout if kind == "timeout" else UpstreamUnavailable)(kind) from None
         del headers["Content-Length"]  # set again by aiohttp from the body, same value
         exchange.bytes_out = len(body)
         return web.Response(
