@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from gateway import signing  # noqa: E402 - after the path set-up
 
 API_ID = "12345678901234567890123456789012"
-SECRET = "bench-secret-not-for-production"  # noqa: S105 - a benchmark-only key
+KEY = bytes.fromhex("be" * 32)
+SECRET = "be" * 32
 GET_PATH = "/player/balance?currency=EUR&player=42"
 POST_PATH = "/player/signin"
 POST_SCRIPT = BENCH / "post.lua"
@@ -310,7 +311,7 @@ def verify_signatures(upstream_log: Path, servers: list[Server]) -> dict[str, tu
     time.sleep(0.5)  # nginx writes its access log line after the answer
     results: dict[str, tuple[int, int]] = {}
     for line in upstream_log.read_text().splitlines():
-        method, target, content_type, _client_ip, header = line.split("\t")
+        method, target, _content_type, client_ip, header = line.split("\t")
         tag = re.search(r"bench=([^&]+)", target).group(1)  # type: ignore[union-attr]
         auth = signing.parse_authorization(header)
         parts = signing.RequestParts(
@@ -318,12 +319,10 @@ def verify_signatures(upstream_log: Path, servers: list[Server]) -> dict[str, tu
             scheme="http",
             host="",
             path_and_query=target,
-            headers={"Content-Type": "" if content_type == "-" else content_type},
+            headers={"X-Client-Ip": "" if client_ip == "-" else client_ip},
             body=POST_BODY if method == "POST" else b"",
         )
-        ok = auth is not None and signing.verify(
-            signing.DEFAULT_FIELDS, parts, SECRET.encode(), auth
-        )
+        ok = auth is not None and signing.DEFAULT_PLAN.verify(parts, KEY, auth)
         good, total = results.get(tag, (0, 0))
         results[tag] = (good + int(ok), total + 1)
     return results

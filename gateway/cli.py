@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from .config import (
 from .logs import configure_logging
 from .logs import flush as flush_logs
 from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
-from .secret import SecretUnavailable, read_secret
+from .secret import SecretInvalid, SecretUnavailable, load_key, read_secret
 from .server import GatewayServer, ShutdownSignals, bind, format_address
 from .workers import Supervisor
 
@@ -67,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     mock.add_argument("--listen", default="127.0.0.1:8081", help="default: 127.0.0.1:8081")
     mock.add_argument(
-        "--config", type=Path, help="take api_id, secret and fields from this gateway config"
+        "--config", type=Path, help="take api_id, secret and scheme from this gateway config"
     )
     mock.add_argument("--base-path", default="", help="serve the API under this path, e.g. /api")
     mock.add_argument(
@@ -84,12 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     sign = commands.add_parser("sign", help="sign one request offline and print the header")
     sign.add_argument("method")
     sign.add_argument("url", help="the upstream URL, e.g. https://aleacc.example.com/api/x?a=1")
-    sign.add_argument("--config", type=Path, help="take api_id, secret and fields from here")
+    sign.add_argument("--config", type=Path, help="take api_id, secret and scheme from here")
     sign.add_argument("--api-id", help="instead of --config")
     source = sign.add_mutually_exclusive_group()
     source.add_argument("--secret-file", type=Path, help="instead of --config")
     source.add_argument("--secret-env", help="instead of --config: variable holding the secret")
-    sign.add_argument("--fields", help="comma-separated field list (default: SPEC default)")
+    scheme = sign.add_argument_group("scheme (each overrides --config or the default)")
+    scheme.add_argument("--fields", help="comma-separated field expressions")
+    scheme.add_argument("--separator", help="as in a TOML string: '\\n' is a newline")
+    scheme.add_argument("--secret-encoding", choices=signing.SECRET_ENCODINGS)
+    scheme.add_argument("--signature-encoding", choices=signing.SIGNATURE_ENCODINGS)
+    scheme.add_argument("--timestamp-unit", choices=signing.TIMESTAMP_UNITS)
     body = sign.add_mutually_exclusive_group()
     body.add_argument("--body-file", type=Path)
     body.add_argument("--data", help="the body as text")
@@ -118,7 +125,10 @@ def _check_config(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     try:
-        read_secret(settings.signing)
+        load_key(settings.signing)
+    except SecretInvalid as exc:
+        print(f"{args.config}: 1 problem(s):\n  - signing: {exc}", file=sys.stderr)
+        return 1
     except SecretUnavailable as exc:
         # Not a config error: in Kubernetes the secret is mounted only where it runs.
         print(f"{args.config}: ok (warning: {exc})")
@@ -131,6 +141,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 1
+    try:
+        load_key(settings.signing)
+    except SecretInvalid as exc:
+        # A secret still on its way (a mount) only keeps the gateway unready; one that
+        # is there but cannot be the key is a configuration error.
+        print(f"{args.config}: signing: {exc}", file=sys.stderr)
+        return 1
+    except SecretUnavailable:
+        pass
     configure_logging(args.log_format)
     if args.worker is not None:
         structlog.contextvars.bind_contextvars(worker=args.worker)
@@ -172,7 +191,11 @@ def _summary(settings: Settings) -> dict[str, object]:
         "secret_source": f"file:{sign.secret_file}"
         if sign.secret_file
         else f"env:{sign.secret_env}",
-        "fields": list(sign.fields),
+        "fields": list(sign.scheme.fields),
+        "separator": sign.scheme.separator,
+        "secret_encoding": sign.scheme.secret_encoding,
+        "signature_encoding": sign.scheme.signature_encoding,
+        "timestamp_unit": sign.scheme.timestamp_unit,
         "trusted_proxies": [str(n) for n in settings.client_ip.trusted_proxies],
         "allowed_clients": [str(n) for n in settings.access.allowed_clients],
         "max_body_bytes": settings.limits.max_body_bytes,
@@ -186,21 +209,22 @@ def _mock_upstream(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
-    api_id, secret, fields = DEMO_API_ID, DEMO_SECRET, signing.DEFAULT_FIELDS
+    api_id, secret, scheme = DEMO_API_ID, DEMO_SECRET, signing.Scheme()
     if args.config is not None:
         settings = _load(args.config)
         if settings is None:
             return 1
         try:
             secret = read_secret(settings.signing)
+            load_key(settings.signing)  # the same check and message as the gateway's
         except SecretUnavailable as exc:
-            print(f"{args.config}: {exc}", file=sys.stderr)
+            print(f"{args.config}: signing: {exc}", file=sys.stderr)
             return 1
-        api_id, fields = settings.signing.api_id, settings.signing.fields
+        api_id, scheme = settings.signing.api_id, settings.signing.scheme
     mock = MockSettings(
         api_id=api_id,
         secrets=(secret,),
-        fields=fields,
+        scheme=scheme,
         faults=args.faults,
         clock_offset_s=args.clock_offset,
         base_path=args.base_path.rstrip("/"),
@@ -246,7 +270,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _sign(args: argparse.Namespace) -> int:
     try:
-        api_id, secret, fields = _signing_inputs(args)
+        api_id, key, plan = _signing_inputs(args)
         url = URL(args.url, encoded=True)
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise ValueError(f"{args.url!r} is not an absolute http(s) URL")
@@ -260,42 +284,59 @@ def _sign(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sign: {args.config}: " + "; ".join(exc.problems), file=sys.stderr)
         return 2
-    except (ValueError, OSError, SecretUnavailable) as exc:
+    except OSError as exc:
+        print(f"sign: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except (ValueError, SecretUnavailable) as exc:
         print(f"sign: {exc}", file=sys.stderr)
         return 2
-    host = url.raw_authority
     query = url.raw_query_string
     parts = signing.RequestParts(
         method=args.method.upper(),
         scheme=url.scheme,
-        host=host,
+        host=url.raw_authority,
         path_and_query=(url.raw_path or "/") + (f"?{query}" if query else ""),
         headers=headers,
         body=body,
     )
     request_id = args.request_id or signing.new_request_id()
-    timestamp = args.timestamp if args.timestamp is not None else int(time.time())
-    signed = signing.sign(fields, parts, signing.Credentials(api_id, secret), request_id, timestamp)
+    timestamp = args.timestamp if args.timestamp is not None else plan.timestamp(time.time())
+    signed = plan.sign(parts, signing.Credentials(api_id, key), request_id, timestamp)
     if args.explain:
         print("string to sign, one field per line (escaped):")
-        for line in signing.explain(fields, parts, api_id, request_id, timestamp):
+        context = signing.Context(api_id, request_id, str(timestamp))
+        for line in plan.explain(parts, context):
             print(f"  {line}")
-        print(f"  ({len(signed.string_to_sign)} bytes, fields joined by \\n)")
+        separator = repr(plan.scheme.separator)[1:-1]
+        print(f'  ({len(signed.string_to_sign)} bytes, fields joined by "{separator}")')
     print(f"Authorization: {signed.authorization}")
     return 0
 
 
-def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, tuple[str, ...]]:
+def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan]:
     if args.config is not None:
         sign = load_settings(args.config).signing
     elif args.api_id and (args.secret_file or args.secret_env):
         sign = SigningSettings(args.api_id, args.secret_file, args.secret_env)
     else:
         raise ValueError("give --config, or --api-id with --secret-file or --secret-env")
-    api_id, fields, secret = sign.api_id, sign.fields, read_secret(sign)
+    overrides: dict[str, Any] = {}
     if args.fields:
-        fields = tuple(f.strip() for f in args.fields.split(","))
-        problems = [p for p in map(signing.field_problem, fields) if p]
-        if problems:
-            raise ValueError("; ".join(problems))
-    return api_id, secret, fields
+        overrides["fields"] = tuple(f.strip() for f in args.fields.split(","))
+    if args.separator is not None:
+        overrides["separator"] = toml_string(args.separator, "--separator")
+    for name in ("secret_encoding", "signature_encoding", "timestamp_unit"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    sign = dataclasses.replace(sign, scheme=dataclasses.replace(sign.scheme, **overrides))
+    plan = signing.compile_scheme(sign.scheme)  # SchemeError is a ValueError
+    return sign.api_id, load_key(sign), plan
+
+
+def toml_string(value: str, option: str) -> str:
+    """``value`` read as the inside of a TOML basic string (so ``\\n`` is a newline)."""
+    try:
+        parsed: str = tomllib.loads(f'v = "{value}"')["v"]
+    except tomllib.TOMLDecodeError:
+        raise ValueError(f"{option}: not a valid TOML string body: {value!r}") from None
+    return parsed

@@ -103,7 +103,7 @@ class SigningSettings:
     api_id: str
     secret_file: Path | None = None
     secret_env: str | None = None
-    fields: tuple[str, ...] = signing.DEFAULT_FIELDS
+    scheme: signing.Scheme = field(default_factory=signing.Scheme)
     secret_poll_s: float = DEFAULT_SECRET_POLL_S
 
 
@@ -212,7 +212,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         api_id=r.get("signing", "api_id", _api_id, None) or "",
         secret_file=secret_file,
         secret_env=secret_env,
-        fields=r.get("signing", "fields", _fields, signing.DEFAULT_FIELDS),
+        scheme=_scheme(r),
         secret_poll_s=r.get("signing", "secret_poll_s", _seconds, DEFAULT_SECRET_POLL_S),
     )
     client_ip = ClientIpSettings(
@@ -388,16 +388,49 @@ def _api_id(value: Any) -> str:
     return value
 
 
+def _scheme(r: _Reader) -> signing.Scheme:
+    """The signing scheme's keys (SPEC §2.1); every bad expression is its own problem."""
+    default = signing.Scheme()
+    scheme = signing.Scheme(
+        fields=r.get("signing", "fields", _fields, default.fields),
+        separator=r.get("signing", "separator", _string, default.separator),
+        secret_encoding=r.get(
+            "signing", "secret_encoding", _one_of(signing.SECRET_ENCODINGS), default.secret_encoding
+        ),
+        signature_encoding=r.get(
+            "signing",
+            "signature_encoding",
+            _one_of(signing.SIGNATURE_ENCODINGS),
+            default.signature_encoding,
+        ),
+        timestamp_unit=r.get(
+            "signing", "timestamp_unit", _one_of(signing.TIMESTAMP_UNITS), default.timestamp_unit
+        ),
+    )
+    for problem in signing.scheme_problems(scheme):
+        r.problem(f"signing.fields: {problem}")
+    return scheme
+
+
 def _fields(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ValueError("must be a non-empty list of field names")
-    problems = [p for p in map(signing.field_problem, value) if p]
-    duplicates = sorted({v for v in value if value.count(v) > 1})
-    if duplicates:
-        problems.append(f"duplicate field(s) {', '.join(duplicates)}")
-    if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError("must be a non-empty list of field expressions")
     return tuple(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"{value!r} must be one of {', '.join(map(repr, allowed))}")
+        return str(value)
+
+    return convert
 
 
 _ROUTE = re.compile(r"^(\*|[A-Z]+) (/[\x21-\x7e]*)$")

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from . import signing
 from .client_ip import parse_network
 from .config import (
     ClientIpSettings,
@@ -30,6 +31,7 @@ PLAYER_IP = "203.0.113.7"
 # 10.0.0.0/8 and loopback, so walking from the right it skips both hops and finds the player.
 FORWARDED_FOR = f"{PLAYER_IP}, 10.0.0.5"
 PLAYER = {"username": "demo-player", "password": "correct horse battery staple"}
+WRONG_SECRET = "ab" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +89,17 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
                 session_id = str(data.get("session_id", session_id))
                 failures += _report(out, number, step, status, journal(mock_app)[-1])
             out("")
+            out("How step 2 was signed (the stand-in computed the same string and key):")
+            for line in _explain(walk[1], journal(mock_app)[1], upstream):
+                out(f"  {line}")
+            out("")
             out("Deliberate failures, so each kind is seen:")
             no_session = Step("balance without X-Player-Session-Id", "GET", "/player/balance", 401)
             status, _ = await _call(client, no_session, "")
             failures += _report(out, 5, no_session, status, journal(mock_app)[-1])
             failures += await _replay(out, upstream, journal(mock_app)[2])
             # A rotation that put the wrong secret in place: Aleacc answers 403.
-            environ[SECRET_ENV] = "not-the-secret"
+            environ[SECRET_ENV] = WRONG_SECRET
             gateway.secrets.refresh(force=True)
             wrong = Step(
                 "balance, after a wrong secret was rotated in", "GET", "/player/balance", 403
@@ -120,7 +126,7 @@ async def _call(
     headers = {"X-Forwarded-For": FORWARDED_FOR}
     if step.with_session and session_id:
         headers["X-Player-Session-Id"] = session_id
-    body = json.dumps(step.body).encode() if step.body is not None else None
+    body = _body(step)
     if body is not None:
         headers["Content-Type"] = "application/json"
     async with client.request(step.method, step.path, data=body, headers=headers) as response:
@@ -145,6 +151,35 @@ async def _replay(out: Callable[[str], None], upstream: URL, original: Seen) -> 
     out(f" 6. {step.method:4} {step.path:<18} {step.label}")
     out(f"    -> {status} {error}   {mark}")
     return 0 if status == step.expect else 1
+
+
+def _explain(step: Step, seen: Seen, upstream: URL) -> list[str]:
+    """The string to sign of a request the stand-in accepted, as ``sign --explain`` shows it."""
+    auth = signing.parse_authorization(seen.authorization or "")
+    if auth is None:
+        return ["(no amx Authorization reached the stand-in)"]
+    parts = signing.RequestParts(
+        method=step.method,
+        scheme=upstream.scheme,
+        host=upstream.raw_authority,
+        path_and_query=seen.path,
+        headers={"X-Client-Ip": seen.client_ip or ""},
+        body=_body(step) or b"",
+    )
+    plan = signing.DEFAULT_PLAN
+    context = signing.Context(auth.api_id, auth.request_id, str(auth.timestamp))
+    key = bytes.fromhex(DEMO_SECRET.decode())
+    same = plan.signature(key, plan.string_to_sign(parts, context)) == auth.signature
+    check = "the signature in its header" if same else "NOT the signature in its header"
+    return [
+        *plan.explain(parts, context),
+        "joined by \\n, HMAC-SHA256 keyed with the hex-decoded secret, base64:",
+        f"{auth.signature[:6]}..., {check}",
+    ]
+
+
+def _body(step: Step) -> bytes | None:
+    return json.dumps(step.body).encode() if step.body is not None else None
 
 
 def _report(out: Callable[[str], None], number: int, step: Step, status: int, seen: Seen) -> int:

@@ -77,7 +77,8 @@ class Proxy:
         self._draining = draining
         self._clock = clock
         self._api_id = settings.signing.api_id
-        self._fields = settings.signing.fields
+        # Compiled once: the request path runs the plan, never re-parses the scheme.
+        self._plan = signing.compile_scheme(settings.signing.scheme)
         self._scheme = upstream.url.scheme
         self._host = upstream.host_header
         self._base_path = upstream.base_path
@@ -157,8 +158,8 @@ class Proxy:
             raise SigningFailed("secret_unavailable")
         credentials = signing.Credentials(self._api_id, secret)
         try:
-            return signing.sign(
-                self._fields, parts, credentials, signing.new_request_id(), int(self._clock())
+            return self._plan.sign(
+                parts, credentials, signing.new_request_id(), self._plan.timestamp(self._clock())
             )
         except UnicodeEncodeError:
             # A header value that is not valid text cannot be put into the signed string.

@@ -1,7 +1,8 @@
 """The API secret: loaded from a file or the environment, re-read when the file changes.
 
-A reload that finds an empty or unreadable file keeps the last good secret, so a
-half-finished rotation never takes the gateway down.
+The secret is decoded into the HMAC key under ``signing.secret_encoding`` as it is
+read. A reload that finds an empty, unreadable or undecodable file keeps the last good
+key, so a half-finished rotation never takes the gateway down.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from pathlib import Path
 from typing import Literal
 
 from .config import SigningSettings
+from .signing import decode_secret
 
 ReloadResult = Literal["loaded", "unchanged", "error"]
 
 
 class SecretUnavailable(Exception):
     """No secret could be read; the message names the source, never the value."""
+
+
+class SecretInvalid(SecretUnavailable):
+    """The secret was read but does not decode under ``secret_encoding``: a
+    configuration error, not a mount that is still on its way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,22 @@ def read_secret(settings: SigningSettings, environ: Mapping[str, str] = os.envir
         return value.encode("utf-8")
     assert settings.secret_file is not None  # noqa: S101 - guaranteed by config validation
     return _read_file(settings.secret_file)
+
+
+def load_key(settings: SigningSettings, environ: Mapping[str, str] = os.environ) -> bytes:
+    """Read the secret and decode it into the HMAC key; SecretInvalid if it does not decode."""
+    secret = read_secret(settings, environ)
+    try:
+        return decode_secret(secret, settings.scheme.secret_encoding)
+    except ValueError as exc:
+        raise SecretInvalid(f"{secret_source(settings)} {exc}") from None
+
+
+def secret_source(settings: SigningSettings) -> str:
+    """Where the secret comes from, for messages: never its value."""
+    if settings.secret_env is not None:
+        return f"environment variable {settings.secret_env}"
+    return f"secret file {settings.secret_file}"
 
 
 def _read_file(path: Path) -> bytes:
@@ -80,7 +103,7 @@ class SecretStore:
 
     @property
     def current(self) -> bytes | None:
-        """The last good secret, or None if none was ever loaded."""
+        """The last good HMAC key, or None if none was ever loaded."""
         return self._secret
 
     @property
@@ -95,7 +118,7 @@ class SecretStore:
         if not force and path is not None and stamp == self._stamp and self._secret is not None:
             return "unchanged"
         try:
-            value = read_secret(self._settings, self._environ)
+            value = load_key(self._settings, self._environ)
         except SecretUnavailable as exc:
             # Keep the stamp unchanged so a file fixed in place is retried next poll.
             self.problem = str(exc)

@@ -1,46 +1,94 @@
 """The Aleacc request signature: the canonical string lives here and only here.
 
 Everything in this module is pure: request parts, credentials, request id and clock
-reading in; header value out. The signed field list is data (``fields``), so a change
-in Aleacc's documentation is a configuration change, not a code change.
+reading in; header value out. The scheme (which fields, joined how, the key's and the
+signature's encodings, the timestamp's unit) is data, a ``Scheme``; ``compile_scheme``
+turns it into a ``Plan`` once at start-up, and the request path only runs the plan.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote_from_bytes
 
 SCHEME = "amx"
 
+# Aleacc's scheme, reproduced from its own example header (api_id, request_id,
+# timestamp, path, body); the two optional headers sit where a public client of the
+# same API shape puts them (goa-codebet/enji-sdk), each only when the request has it.
 DEFAULT_FIELDS: tuple[str, ...] = (
     "api_id",
     "request_id",
     "timestamp",
-    "method",
+    "header:X-Player-Session-Id?",
+    "header:X-Client-Ip?",
     "path_and_query",
-    "content_type",
     "body",
 )
+SECRET_ENCODINGS = ("hex", "utf-8", "base64")
+SIGNATURE_ENCODINGS = ("base64", "hex")
+TIMESTAMP_UNITS = ("s", "ms")
 
 HEADER_FIELD_PREFIX = "header:"
+OPTIONAL_SUFFIX = "?"
 
 # RFC 9110 §5.1: a field name is a token.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Aleacc documents no format for request_id (its own example uses "1"); ours are 32 hex.
 _REQUEST_ID = re.compile(r"^[!-~]+$")
+_BASE64_SIGNATURE = re.compile(r"^[A-Za-z0-9+/]{43}=$")
+_HEX_SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(rb"^(?:[0-9a-fA-F]{2})+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """How a request is signed: inert data, as configured (SPEC §2.1)."""
+
+    fields: tuple[str, ...] = DEFAULT_FIELDS
+    separator: str = "\n"
+    secret_encoding: str = "hex"  # noqa: S105 - an encoding's name, not a secret
+    signature_encoding: str = "base64"
+    timestamp_unit: str = "s"
+
+    def toml(self) -> str:
+        """The ``[signing]`` table's scheme keys, ready to paste into a config file."""
+        fields = ", ".join(_toml_string(f) for f in self.fields)
+        return "\n".join(
+            [
+                "[signing]",
+                f"fields = [{fields}]",
+                f"separator = {_toml_string(self.separator)}",
+                f"secret_encoding = {_toml_string(self.secret_encoding)}",
+                f"signature_encoding = {_toml_string(self.signature_encoding)}",
+                f"timestamp_unit = {_toml_string(self.timestamp_unit)}",
+            ]
+        )
+
+
+def _toml_string(value: str) -> str:
+    # A TOML basic string: JSON's escapes are a subset TOML reads the same way.
+    escaped = "".join(
+        {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c)
+        or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+        for c in value
+    )
+    return f'"{escaped}"'
 
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """The API id and the secret that keys the HMAC."""
+    """The API id and the HMAC key (the secret, already decoded)."""
 
     api_id: str
-    secret: bytes = field(repr=False)
+    key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,77 +123,265 @@ class Signed:
     string_to_sign: bytes = field(repr=False)
 
 
-def _text(value: str) -> bytes:
-    # Header values arrive decoded with surrogateescape; this gives back the exact bytes.
+def text(value: str) -> bytes:
+    """A text value's bytes: UTF-8, giving back the exact bytes of a header value that
+    arrived decoded with surrogateescape."""
     return value.encode("utf-8", "surrogateescape")
 
 
-def _header_value(headers: Mapping[str, str], name: str) -> str:
+def header_value(headers: Mapping[str, str], name: str) -> str:
+    """A header's value; several field lines of one name combine with ", " (RFC 9110 §5.3)."""
     getall = getattr(headers, "getall", None)
     if getall is not None:
-        # Several field lines of one name combine with ", " (RFC 9110 §5.3).
         return ", ".join(getall(name, ()))
     return headers.get(name, "")
 
 
-_FieldGetter = Callable[[RequestParts, str, str, str], bytes]
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The values of one attempt that are not in the request itself."""
 
-_FIELDS: dict[str, _FieldGetter] = {
-    "api_id": lambda p, api_id, rid, ts: _text(api_id),
-    "request_id": lambda p, api_id, rid, ts: _text(rid),
-    "timestamp": lambda p, api_id, rid, ts: _text(ts),
-    "method": lambda p, api_id, rid, ts: _text(p.method.upper()),
-    "path_and_query": lambda p, api_id, rid, ts: _text(p.path_and_query),
-    "content_type": lambda p, api_id, rid, ts: _text(_header_value(p.headers, "Content-Type")),
-    "body": lambda p, api_id, rid, ts: p.body,
-    "url": lambda p, api_id, rid, ts: _text(f"{p.scheme}://{p.host}{p.path_and_query}"),
-    "host": lambda p, api_id, rid, ts: _text(p.host),
-    "path": lambda p, api_id, rid, ts: _text(p.path),
-    "query": lambda p, api_id, rid, ts: _text(p.query),
+    api_id: str
+    request_id: str
+    timestamp: str
+
+
+Getter = Callable[[RequestParts, Context], bytes]
+
+FIELDS: dict[str, Getter] = {
+    "api_id": lambda p, c: text(c.api_id),
+    "request_id": lambda p, c: text(c.request_id),
+    "timestamp": lambda p, c: text(c.timestamp),
+    "method": lambda p, c: text(p.method.upper()),
+    "path_and_query": lambda p, c: text(p.path_and_query),
+    "content_type": lambda p, c: text(header_value(p.headers, "Content-Type")),
+    "body": lambda p, c: p.body,
+    "url": lambda p, c: text(f"{p.scheme}://{p.host}{p.path_and_query}"),
+    "host": lambda p, c: text(p.host),
+    "path": lambda p, c: text(p.path),
+    "query": lambda p, c: text(p.query),
 }
 
-FIELD_NAMES: frozenset[str] = frozenset(_FIELDS)
+
+def _header_getter(name: str) -> Getter:
+    return lambda p, c: text(header_value(p.headers, name))
 
 
-def field_problem(name: str) -> str | None:
-    """Why ``name`` is not a signable field, or None when it is."""
-    if name in _FIELDS:
-        return None
+# .NET's HttpUtility.UrlEncode: these kept, space as "+", every other byte %xx (lower).
+_URLENCODE_KEPT = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!*()"
+)
+_URLENCODE = [
+    bytes([b]) if b in _URLENCODE_KEPT else b"+" if b == 0x20 else b"%%%02x" % b for b in range(256)
+]
+
+
+def _urlencode(value: bytes) -> bytes:
+    return b"".join([_URLENCODE[b] for b in value])
+
+
+def _digest(algorithm: str) -> Callable[[bytes], bytes]:
+    # Of an empty value, empty: so an optional field stays empty through a digest.
+    return lambda v: hashlib.new(algorithm, v).digest() if v else b""
+
+
+TRANSFORMS: dict[str, Callable[[bytes], bytes]] = {
+    "lower": bytes.lower,  # ASCII only, as bytes.lower is
+    "upper": bytes.upper,
+    "urlencode": _urlencode,
+    # RFC 3986 §2.3: unreserved kept, every other byte %XX (upper-case hex).
+    "percent": lambda v: quote_from_bytes(v, safe="").encode("ascii"),
+    "md5": _digest("md5"),
+    "sha256": _digest("sha256"),
+    "base64": base64.b64encode,
+    "hex": lambda v: v.hex().encode("ascii"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPlan:
+    """One parsed field expression: ``name|transform|...`` and an optional ``?``."""
+
+    expression: str
+    name: str
+    transforms: tuple[str, ...]
+    optional: bool
+    get: Getter = field(repr=False, compare=False)
+    apply: tuple[Callable[[bytes], bytes], ...] = field(repr=False, compare=False)
+
+    def value(self, parts: RequestParts, context: Context) -> bytes:
+        """The field's bytes, transforms applied."""
+        value = self.get(parts, context)
+        for transform in self.apply:
+            value = transform(value)
+        return value
+
+
+class SchemeError(ValueError):
+    """A scheme that cannot be compiled; ``problems`` names every bad part."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def parse_field(expression: str) -> FieldPlan:
+    """Parse one field expression; raise ValueError saying what is wrong with it."""
+    body = expression.removesuffix(OPTIONAL_SUFFIX)
+    if OPTIONAL_SUFFIX in body:
+        raise ValueError(f"{expression!r}: '?' may only end the expression")
+    name, *transforms = body.split("|")
     if name.startswith(HEADER_FIELD_PREFIX):
         header = name[len(HEADER_FIELD_PREFIX) :]
-        if _TOKEN.match(header):
-            return None
-        return f"{name!r} does not name a valid header"
-    known = ", ".join(sorted(_FIELDS))
-    return f"unknown field {name!r} (known: {known}, header:<Name>)"
+        if not _TOKEN.match(header):
+            raise ValueError(f"{expression!r} does not name a valid header")
+        getter = _header_getter(header)
+    elif name in FIELDS:
+        getter = FIELDS[name]
+    else:
+        known = ", ".join(sorted(FIELDS))
+        raise ValueError(f"{expression!r}: unknown field {name!r} (known: {known}, header:<Name>)")
+    unknown = [t for t in transforms if t not in TRANSFORMS]
+    if unknown:
+        raise ValueError(
+            f"{expression!r}: unknown transform(s) {', '.join(map(repr, unknown))}"
+            f" (known: {', '.join(TRANSFORMS)})"
+        )
+    return FieldPlan(
+        expression=expression,
+        name=name,
+        transforms=tuple(transforms),
+        optional=expression.endswith(OPTIONAL_SUFFIX),
+        get=getter,
+        apply=tuple(TRANSFORMS[t] for t in transforms),
+    )
 
 
-def field_values(
-    fields: Sequence[str], parts: RequestParts, api_id: str, request_id: str, timestamp: int
-) -> list[bytes]:
-    """Each signed field's bytes, in ``fields`` order; text as UTF-8, the body raw."""
-    ts = str(timestamp)
-    values: list[bytes] = []
-    for name in fields:
-        getter = _FIELDS.get(name)
-        if getter is not None:
-            values.append(getter(parts, api_id, request_id, ts))
-        else:  # header:<Name>, validated when the settings were loaded
-            values.append(_text(_header_value(parts.headers, name[len(HEADER_FIELD_PREFIX) :])))
-    return values
+def decode_secret(secret: bytes, encoding: str) -> bytes:
+    """The HMAC key from the secret as stored; ValueError (never naming the value) if it
+    does not decode under ``encoding``."""
+    if encoding == "hex":
+        if not _HEX.match(secret):
+            raise ValueError("is not hex (secret_encoding = 'hex': an even number of 0-9a-f)")
+        return bytes.fromhex(secret.decode("ascii"))
+    if encoding == "base64":
+        try:
+            key = base64.b64decode(secret, validate=True)
+        except binascii.Error:
+            raise ValueError("is not base64 (secret_encoding = 'base64')") from None
+        if not key:
+            raise ValueError("is empty once base64-decoded")
+        return key
+    return secret
 
 
-def string_to_sign(
-    fields: Sequence[str], parts: RequestParts, api_id: str, request_id: str, timestamp: int
-) -> bytes:
-    """The signed field values joined by a Unix newline."""
-    return b"\n".join(field_values(fields, parts, api_id, request_id, timestamp))
+class Plan:
+    """A compiled scheme: what the request path runs for every attempt."""
+
+    __slots__ = ("_encode", "_ms", "fields", "scheme", "separator")
+
+    def __init__(self, scheme: Scheme, fields: tuple[FieldPlan, ...]) -> None:
+        self.scheme = scheme
+        self.fields = fields
+        self.separator = text(scheme.separator)
+        self._ms = scheme.timestamp_unit == "ms"
+        hex_sig = scheme.signature_encoding == "hex"
+        self._encode: Callable[[bytes], str] = (
+            bytes.hex if hex_sig else lambda d: base64.b64encode(d).decode("ascii")
+        )
+
+    def timestamp(self, clock_s: float) -> int:
+        """The header's timestamp for a clock reading in seconds."""
+        return int(clock_s * 1000) if self._ms else int(clock_s)
+
+    def seconds(self, timestamp: int) -> float:
+        """A header timestamp in seconds, for replay windows."""
+        return timestamp / 1000 if self._ms else float(timestamp)
+
+    def values(self, parts: RequestParts, context: Context) -> list[bytes | None]:
+        """Each field's bytes in order; None for an optional field left out (empty)."""
+        values: list[bytes | None] = []
+        for f in self.fields:
+            value = f.value(parts, context)
+            values.append(None if f.optional and not value else value)
+        return values
+
+    def string_to_sign(self, parts: RequestParts, context: Context) -> bytes:
+        """The signed values joined by the separator, left-out fields and all."""
+        return self.separator.join([v for v in self.values(parts, context) if v is not None])
+
+    def signature(self, key: bytes, message: bytes) -> str:
+        """HMAC-SHA256 of ``message``, encoded as the scheme says."""
+        return self._encode(hmac.new(key, message, hashlib.sha256).digest())
+
+    def sign(
+        self, parts: RequestParts, credentials: Credentials, request_id: str, timestamp: int
+    ) -> Signed:
+        """Sign one attempt of ``parts``."""
+        context = Context(credentials.api_id, request_id, str(timestamp))
+        message = self.string_to_sign(parts, context)
+        sig = self.signature(credentials.key, message)
+        return Signed(
+            authorization=authorization(credentials.api_id, sig, request_id, timestamp),
+            request_id=request_id,
+            timestamp=timestamp,
+            string_to_sign=message,
+        )
+
+    def verify(self, parts: RequestParts, key: bytes, auth: Authorization) -> bool:
+        """Constant-time check of ``auth.signature`` against a fresh computation."""
+        context = Context(auth.api_id, auth.request_id, str(auth.timestamp))
+        expected = self.signature(key, self.string_to_sign(parts, context))
+        return hmac.compare_digest(expected, auth.signature)
+
+    def explain(self, parts: RequestParts, context: Context, body_preview: int = 512) -> list[str]:
+        """One line per field expression with its value escaped; never the secret."""
+        lines = []
+        for f, value in zip(self.fields, self.values(parts, context), strict=True):
+            if value is None:
+                lines.append(f"{f.expression}: (empty: left out, with its separator)")
+                continue
+            suffix = ""
+            if len(value) > body_preview:
+                digest = hashlib.sha256(value).hexdigest()
+                suffix = f" ... ({len(value)} bytes, sha256 {digest})"
+                value = value[:body_preview]
+            # bytes repr escapes control bytes, backslashes and non-ASCII unambiguously.
+            lines.append(f"{f.expression}: {repr(value)[2:-1]}{suffix}")
+        return lines
 
 
-def signature(secret: bytes, message: bytes) -> str:
-    """Base64 (standard alphabet, padded) HMAC-SHA256 of ``message``."""
-    digest = hmac.new(secret, message, hashlib.sha256).digest()
-    return base64.b64encode(digest).decode("ascii")
+def scheme_problems(scheme: Scheme) -> list[str]:
+    """Everything wrong with ``scheme``, one message each (empty when it compiles)."""
+    problems = []
+    for expression in scheme.fields:
+        try:
+            parse_field(expression)
+        except ValueError as exc:
+            problems.append(str(exc))
+    # Each value at most once: "body" and "body|md5" sign the same request part twice.
+    names = [e.removesuffix(OPTIONAL_SUFFIX).split("|")[0] for e in scheme.fields]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"duplicate field(s) {', '.join(duplicates)}")
+    if not scheme.fields:
+        problems.append("fields must name at least one field")
+    for key, value, allowed in (
+        ("secret_encoding", scheme.secret_encoding, SECRET_ENCODINGS),
+        ("signature_encoding", scheme.signature_encoding, SIGNATURE_ENCODINGS),
+        ("timestamp_unit", scheme.timestamp_unit, TIMESTAMP_UNITS),
+    ):
+        if value not in allowed:
+            problems.append(f"{key} {value!r} must be one of {', '.join(allowed)}")
+    return problems
+
+
+def compile_scheme(scheme: Scheme) -> Plan:
+    """Parse ``scheme`` once into a plan; raise SchemeError listing every problem."""
+    problems = scheme_problems(scheme)
+    if problems:
+        raise SchemeError(problems)
+    return Plan(scheme, tuple(parse_field(e) for e in scheme.fields))
 
 
 def authorization(api_id: str, sig: str, request_id: str, timestamp: int) -> str:
@@ -183,24 +419,6 @@ def new_request_id() -> str:
     return format((_random.take16() & _UUID4_CLEAR) | _UUID4_SET, "032x")
 
 
-def sign(
-    fields: Sequence[str],
-    parts: RequestParts,
-    credentials: Credentials,
-    request_id: str,
-    timestamp: int,
-) -> Signed:
-    """Sign one attempt of ``parts``."""
-    message = string_to_sign(fields, parts, credentials.api_id, request_id, timestamp)
-    sig = signature(credentials.secret, message)
-    return Signed(
-        authorization=authorization(credentials.api_id, sig, request_id, timestamp),
-        request_id=request_id,
-        timestamp=timestamp,
-        string_to_sign=message,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Authorization:
     """A parsed ``amx`` Authorization value."""
@@ -210,9 +428,17 @@ class Authorization:
     request_id: str
     timestamp: int
 
+    @property
+    def signature_encoding(self) -> str:
+        """``base64`` or ``hex``, read off the signature's form."""
+        return "hex" if _HEX_SIGNATURE.match(self.signature) else "base64"
+
 
 def parse_authorization(value: str) -> Authorization | None:
-    """Parse ``amx api_id:signature:request_id:timestamp``; None when malformed."""
+    """Parse ``amx api_id:signature:request_id:timestamp``; None when malformed.
+
+    The signature is 44 base64 characters or 64 lowercase hex ones (SPEC §2.1).
+    """
     scheme, _, credentials = value.partition(" ")
     if scheme != SCHEME:
         return None
@@ -220,35 +446,13 @@ def parse_authorization(value: str) -> Authorization | None:
     if len(pieces) != 4:
         return None
     api_id, sig, request_id, ts = pieces
-    if not api_id or len(sig) != 44 or not ts.isdigit() or not ts.isascii():
+    if not api_id or not ts.isdigit() or not ts.isascii():
+        return None
+    if not (_BASE64_SIGNATURE.match(sig) or _HEX_SIGNATURE.match(sig)):
         return None
     if not _REQUEST_ID.match(request_id):
         return None
     return Authorization(api_id, sig, request_id, int(ts))
 
 
-def verify(fields: Sequence[str], parts: RequestParts, secret: bytes, auth: Authorization) -> bool:
-    """Constant-time check of ``auth.signature`` against a fresh computation."""
-    message = string_to_sign(fields, parts, auth.api_id, auth.request_id, auth.timestamp)
-    return hmac.compare_digest(signature(secret, message), auth.signature)
-
-
-def explain(
-    fields: Sequence[str],
-    parts: RequestParts,
-    api_id: str,
-    request_id: str,
-    timestamp: int,
-    body_preview: int = 512,
-) -> list[str]:
-    """One line per signed field with its value escaped; never the secret."""
-    lines = []
-    values = field_values(fields, parts, api_id, request_id, timestamp)
-    for name, value in zip(fields, values, strict=True):
-        suffix = ""
-        if name == "body" and len(value) > body_preview:
-            suffix = f" ... ({len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()})"
-            value = value[:body_preview]
-        # bytes repr escapes control bytes, backslashes and non-ASCII unambiguously.
-        lines.append(f"{name}: {repr(value)[2:-1]}{suffix}")
-    return lines
+DEFAULT_PLAN = compile_scheme(Scheme())

@@ -18,9 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
+from gateway import signing
 from gateway.client_ip import parse_network
 from gateway.config import (
     AccessSettings,
@@ -43,6 +45,8 @@ from gateway.mock.upstream import (
 )
 from gateway.server import Bound, GatewayServer, bind
 
+from . import reference
+from .reference import RefRequest, RefScheme
 from .wire import Relay, check_framing
 
 ANY_PORT = ListenAddress("127.0.0.1", 0)
@@ -233,6 +237,29 @@ class Recorded:
 
     def header(self, name: str) -> list[str]:
         return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+DEFAULT_SCHEME = RefScheme()
+
+
+def verify_recorded(
+    recorded: Recorded, scheme: RefScheme = DEFAULT_SCHEME, secret: bytes = DEMO_SECRET
+) -> signing.Authorization:
+    """The Authorization that reached the upstream is what the reference signer (written
+    from SPEC, not gateway.signing) makes of the bytes that reached it."""
+    headers = CIMultiDict(recorded.headers)
+    auth = signing.parse_authorization(headers["Authorization"])
+    assert auth is not None
+    request = RefRequest(
+        method=recorded.request_line.split(b" ")[0].decode(),
+        url=f"http://{headers['Host']}{recorded.target}",
+        headers={k: ", ".join(headers.getall(k)) for k in headers},
+        body=recorded.body,
+    )
+    assert headers["Authorization"] == reference.authorization(
+        scheme, request, auth.api_id, secret, auth.request_id, auth.timestamp
+    )
+    return auth
 
 
 @dataclass

@@ -14,11 +14,13 @@ import aiohttp
 from gateway.mock.upstream import DEMO_SECRET
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
-KAT = {
-    "secret": "kat-secret",
-    "request_id": "0123456789abcdef0123456789abcdef",
-    "signature": "YWdqaqzWssqNTeClyw8kjk9cHovAGkOFuDVUKwQBMJs=",  # openssl, see test_signing
-}
+# Aleacc's own example (SPEC §2): its header was reproduced with openssl, see test_signing.
+EXAMPLE_SECRET = "1234567890123456789012345678901212345678901234567890123456789012"
+EXAMPLE_BODY = '{\n  "Username": "test",\n  "Password": "testar"\n}'
+EXAMPLE_HEADER = (
+    "Authorization: amx 12345678901234567890123456789012:"
+    "pYEt3GtOHzf1Y16hb3fSlnbpGTB+cdXo6EEx9WgfR1w=:1:1433313039"
+)
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -61,22 +63,64 @@ async def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     assert "signing.api_id: required" in err
 
 
-async def test_sign_prints_the_known_answer_and_explains_without_the_secret() -> None:
+async def test_sign_prints_aleaccs_example_header_and_explains_without_the_secret() -> None:
     code, out, _ = await run(
-        "sign", "POST", "https://aleacc.example.com/api/player/signin",
+        "sign", "POST", "https://aleacc.example.com/player/signin",
         "--api-id", "12345678901234567890123456789012", "--secret-env", "KAT_SECRET",
-        "--request-id", KAT["request_id"], "--timestamp", "1433313039",
-        "-H", "Content-Type: application/json", "--data", '{"username":"ann","password":"pw"}',
+        "--request-id", "1", "--timestamp", "1433313039",
+        "-H", "Content-Type: application/json", "--data", EXAMPLE_BODY,
         "--explain",
-        env={"KAT_SECRET": KAT["secret"]},
+        env={"KAT_SECRET": EXAMPLE_SECRET},
     )  # fmt: skip
     assert code == 0
-    assert out.splitlines()[-1] == (
-        "Authorization: amx 12345678901234567890123456789012:"
-        f"{KAT['signature']}:{KAT['request_id']}:1433313039"
+    assert out.splitlines()[-1] == EXAMPLE_HEADER
+    assert out.splitlines()[1:-1] == [
+        "  api_id: 12345678901234567890123456789012",
+        "  request_id: 1",
+        "  timestamp: 1433313039",
+        "  header:X-Player-Session-Id?: (empty: left out, with its separator)",
+        "  header:X-Client-Ip?: (empty: left out, with its separator)",
+        "  path_and_query: /player/signin",
+        '  body: {\\n  "Username": "test",\\n  "Password": "testar"\\n}',
+        '  (109 bytes, fields joined by "\\n")',
+    ]
+    assert EXAMPLE_SECRET not in out
+
+
+async def test_sign_takes_the_scheme_from_flags() -> None:
+    code, out, _ = await run(
+        "sign", "GET", "https://h/x", "--api-id", "a", "--secret-env", "KAT_SECRET",
+        "--request-id", "1", "--timestamp", "1433313039", "--fields", "api_id,method|lower",
+        "--separator", "\\t", "--secret-encoding", "utf-8", "--signature-encoding", "hex",
+        "--explain",
+        env={"KAT_SECRET": "kat-secret"},
+    )  # fmt: skip
+    assert code == 0, out
+    # printf 'a\tget' | openssl dgst -sha256 -hmac kat-secret
+    signature = "b6046eb6e2be2909a7a664a35e0bef07c676b99ef78d3d938f17a0446db0891d"
+    assert out.splitlines()[-1] == f"Authorization: amx a:{signature}:1:1433313039"
+    assert '(5 bytes, fields joined by "\\t")' in out
+
+
+async def test_a_secret_that_is_not_hex_is_refused_by_name(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("not-hex-but-secret\n")
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        '[upstream]\nurl = "http://127.0.0.1:9/api"\n'
+        f'[signing]\napi_id = "a"\nsecret_file = "{secret_file}"\n'
     )
-    assert "  path_and_query: /api/player/signin" in out
-    assert KAT["secret"] not in out
+    expected = f"signing: secret file {secret_file} is not hex (secret_encoding = 'hex'"
+    for command in ("check-config", "serve", "mock-upstream"):
+        code, out, err = await run(command, "--config", str(config))
+        assert code == 1, (command, out, err)
+        assert expected in err, (command, err)
+        assert "Traceback" not in err
+        assert "not-hex-but-secret" not in out + err
+    code, _, err = await run("sign", "GET", "https://h/x", "--config", str(config))
+    assert code == 2
+    assert f"sign: secret file {secret_file} is not hex" in err
 
 
 async def test_sign_without_credentials_is_a_clear_error() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import signing
 from gateway.config import ConfigError, load_settings, parse_settings
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
@@ -42,7 +43,8 @@ def test_defaults() -> None:
     assert s.upstream.idle_timeout_s == 4
     assert s.upstream.base_path == "/api"
     assert s.upstream.host_header == "aleacc.example.com"
-    assert s.signing.fields[0] == "api_id"
+    assert s.signing.scheme == signing.Scheme()  # Aleacc's scheme (SPEC §2)
+    assert s.signing.scheme.secret_encoding == "hex"
     assert s.limits.max_body_bytes == 1048576
     assert [str(n) for n in s.access.allowed_clients] == ["127.0.0.0/8", "::1/128"]
 
@@ -80,9 +82,15 @@ def test_upstream_host_and_base_path(url: str, host: str, base: str) -> None:
         ({"upstream": {"idle_timeout_s": 0}}, "upstream.idle_timeout_s:"),
         ({"upstream": {"forward_proxy_headers": "yes"}}, "upstream.forward_proxy_headers:"),
         ({"signing": {"api_id": "a:b"}}, "signing.api_id:"),
-        ({"signing": {"fields": ["api_id", "bodyy"]}}, "signing.fields: unknown field 'bodyy'"),
+        ({"signing": {"fields": ["api_id", "bodyy"]}}, "signing.fields: 'bodyy': unknown field"),
         ({"signing": {"fields": []}}, "signing.fields:"),
         ({"signing": {"fields": ["body", "body"]}}, "signing.fields: duplicate field(s) body"),
+        ({"signing": {"fields": ["body|md4"]}}, "signing.fields: 'body|md4': unknown transform"),
+        ({"signing": {"fields": "api_id"}}, "signing.fields: must be a non-empty list"),
+        ({"signing": {"separator": 1}}, "signing.separator: must be a string"),
+        ({"signing": {"secret_encoding": "hexa"}}, "signing.secret_encoding: 'hexa' must be"),
+        ({"signing": {"signature_encoding": "b64"}}, "signing.signature_encoding:"),
+        ({"signing": {"timestamp_unit": "us"}}, "signing.timestamp_unit:"),
         (
             {"signing": {"secret_file": "/x"}},
             "signing: set exactly one of secret_file and secret_env",
@@ -108,6 +116,19 @@ def test_neither_secret_source_is_a_problem() -> None:
     data = merged()
     del data["signing"]["secret_env"]  # type: ignore[attr-defined]
     assert problems(data) == ["signing: set exactly one of secret_file and secret_env"]
+
+
+def test_every_bad_field_expression_is_its_own_problem() -> None:
+    found = problems(merged(signing={"fields": ["api_id", "bodyy", "body|md4", "header:a b?"]}))
+    assert [p.split(":")[0] for p in found] == ["signing.fields"] * 3
+    for problem, name in zip(found, ("'bodyy'", "'md4'", "'header:a b?'"), strict=True):
+        assert name in problem
+
+
+def test_the_old_layout_is_a_configuration() -> None:
+    old = ["api_id", "request_id", "timestamp", "method", "path_and_query", "content_type", "body"]
+    s = parse_settings(merged(signing={"fields": old, "secret_encoding": "utf-8"}))
+    assert s.signing.scheme == signing.Scheme(fields=tuple(old), secret_encoding="utf-8")
 
 
 def test_all_problems_are_reported_at_once() -> None:

@@ -25,7 +25,7 @@ from .support import (
 )
 
 StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
-NEW_SECRET = b"rotated-secret-for-tests"
+NEW_SECRET = b"0123456789abcdef" * 4  # a rotated key, 64 hex characters
 
 
 async def readiness(client: aiohttp.ClientSession, gateway: GatewayProcess) -> int:

@@ -12,8 +12,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from gateway import signing
-from gateway.mock.upstream import DEMO_API_ID, DEMO_SECRET, journal
+from gateway.mock.upstream import DEMO_API_ID, journal
 
 from .support import (
     SESSION_ID,
@@ -24,6 +23,7 @@ from .support import (
     networks,
     serve_handler,
     settings_for,
+    verify_recorded,
 )
 
 XFF = {"X-Forwarded-For": "198.51.100.23, 10.0.0.5"}
@@ -38,27 +38,6 @@ async def signin(client: aiohttp.ClientSession, gateway: Gateway) -> str:
     async with client.post(gateway.url / "player/signin", data=body, headers=hdrs) as r:
         assert r.status == 200
         return str((await r.json())["session_id"])
-
-
-def verify_recorded(
-    recorded, fields=signing.DEFAULT_FIELDS, secret=DEMO_SECRET
-) -> signing.Authorization:  # type: ignore[no-untyped-def]
-    """Check the signature against the bytes that reached the upstream, independently parsed."""
-    from multidict import CIMultiDict
-
-    headers = CIMultiDict(recorded.headers)
-    auth = signing.parse_authorization(headers["Authorization"])
-    assert auth is not None
-    parts = signing.RequestParts(
-        method=recorded.request_line.split(b" ")[0].decode(),
-        scheme="http",
-        host=headers["Host"],
-        path_and_query=recorded.target,
-        headers=headers,
-        body=recorded.body,
-    )
-    assert signing.verify(fields, parts, secret, auth)
-    return auth
 
 
 async def test_player_walk_through_the_stand_in(
@@ -292,7 +271,7 @@ async def test_upstream_401_and_403_relayed_unchanged(
     async with client.get(gw.url / "player/balance", headers=XFF) as r:
         assert r.status == 401
         assert await r.json() == {"error": "missing_session_id"}
-    wrong = await start_gateway(settings_for(mock.url), environ={"TEST_ALEACC_SECRET": "wrong"})
+    wrong = await start_gateway(settings_for(mock.url), environ={"TEST_ALEACC_SECRET": "ab" * 32})
     async with client.get(wrong.url / "player/balance", headers=XFF) as r:
         assert r.status == 403
         assert await r.json() == {"error": "invalid_signature"}

@@ -1,8 +1,13 @@
-"""Known-answer vectors for the signature. Expected values were computed with
-`openssl dgst -sha256 -hmac kat-secret -binary | base64`, not with this code."""
+"""Known-answer vectors for the signature, then the scheme's parts.
+
+Every expected signature was computed outside this code, with openssl:
+`printf '<string to sign>' | openssl dgst -sha256 -mac HMAC -macopt hexkey:<secret> -binary
+| base64` (or `-hmac kat-secret` for a UTF-8 key). The first vector is Aleacc's own example.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 
@@ -11,11 +16,18 @@ from multidict import CIMultiDict
 
 from gateway import signing
 
-SECRET = b"kat-secret"
 API_ID = "12345678901234567890123456789012"
-REQUEST_ID = "0123456789abcdef0123456789abcdef"
+# Aleacc's example secret: the api_id twice, 64 hex characters, hex-decoded into the key.
+HEX_SECRET = API_ID.encode() * 2
+UTF8_SECRET = b"kat-secret"
 TS = 1433313039
-PREFIX = b"12345678901234567890123456789012\n0123456789abcdef0123456789abcdef\n1433313039\n"
+EXAMPLE_BODY = b'{\n  "Username": "test",\n  "Password": "testar"\n}'
+SESSION = "5f2b8e0c9d1a4e6f"
+LEGACY_FIELDS = (
+    "api_id", "request_id", "timestamp", "method", "path_and_query", "content_type", "body"
+)  # fmt: skip
+LEGACY_PREFIX = b"12345678901234567890123456789012\n0123456789abcdef0123456789abcdef\n1433313039\n"
+LEGACY_ID = "0123456789abcdef0123456789abcdef"
 
 
 def parts(
@@ -35,98 +47,236 @@ def parts(
     )
 
 
+DEFAULT = signing.Scheme()
+LEGACY = signing.Scheme(fields=LEGACY_FIELDS, secret_encoding="utf-8")
+
+# (scheme, secret as stored, request_id, timestamp, request, string to sign, signature)
 VECTORS = [
     pytest.param(
-        signing.DEFAULT_FIELDS,
-        parts("GET", "/api/player/balance"),
-        PREFIX + b"GET\n/api/player/balance\n\n",
-        "wdw8c7veWcG+5tx0CVysxFI3D5oEtruqY2HZshEQgHo=",
-        id="get-without-body",
+        DEFAULT, HEX_SECRET, "1", TS,
+        parts("POST", "/player/signin", EXAMPLE_BODY, Content_Type="application/json"),
+        b"12345678901234567890123456789012\n1\n1433313039\n/player/signin\n" + EXAMPLE_BODY,
+        "pYEt3GtOHzf1Y16hb3fSlnbpGTB+cdXo6EEx9WgfR1w=",
+        id="aleacc-example",
     ),
     pytest.param(
-        signing.DEFAULT_FIELDS,
-        parts(
-            "POST",
-            "/api/player/signin",
-            b'{"username":"ann","password":"pw"}',
-            Content_Type="application/json",
-        ),
-        PREFIX + b'POST\n/api/player/signin\napplication/json\n{"username":"ann","password":"pw"}',
-        "YWdqaqzWssqNTeClyw8kjk9cHovAGkOFuDVUKwQBMJs=",
-        id="post-json-body",
+        DEFAULT, HEX_SECRET, "1", TS,
+        parts("GET", "/player/balance", X_Player_Session_Id=SESSION, X_Client_Ip="203.0.113.7"),
+        b"12345678901234567890123456789012\n1\n1433313039\n5f2b8e0c9d1a4e6f\n203.0.113.7\n"
+        b"/player/balance\n",
+        "9p1vpJ+CLJ6S77M5CTFU7RevaXiCuyXs2QEv52xhUBU=",
+        id="session-and-client-ip-present-empty-body",
     ),
     pytest.param(
-        signing.DEFAULT_FIELDS,
-        parts("GET", "/api/player/signin?a=1&b=%20x"),
-        PREFIX + b"GET\n/api/player/signin?a=1&b=%20x\n\n",
-        "litHDDAi2kmG7xnzxGL+/sR9DVxxhPs8VWandl756Ek=",
+        DEFAULT, HEX_SECRET, "1", TS,
+        parts("POST", "/player/signin", b'{"Username":"test","Password":"testar"}',
+              X_Client_Ip="203.0.113.7"),
+        b"12345678901234567890123456789012\n1\n1433313039\n203.0.113.7\n/player/signin\n"
+        b'{"Username":"test","Password":"testar"}',
+        "Hni64HL3/oOGRyJcEJu5TfK1jODMZ9WU9/uY583J/k4=",
+        id="client-ip-present-session-absent",
+    ),
+    pytest.param(
+        DEFAULT, HEX_SECRET, "1", TS,
+        parts("GET", "/player/history?from=2015-06-01&q=a%20b", X_Client_Ip="203.0.113.7"),
+        b"12345678901234567890123456789012\n1\n1433313039\n203.0.113.7\n"
+        b"/player/history?from=2015-06-01&q=a%20b\n",
+        "jLQGKDCNd4vRbkpDAs5pCMoBrSA6pyw0lkw2D4HCw+Q=",
         id="query-kept-raw",
     ),
     pytest.param(
-        signing.DEFAULT_FIELDS,
-        parts("put", "/api/x", b"\xc3\xa4\xff\n\x00end", Content_Type="application/octet-stream"),
-        PREFIX + b"PUT\n/api/x\napplication/octet-stream\n\xc3\xa4\xff\n\x00end",
-        "c7SxsoRTmtLOg3/SinLHsZwGy3QeQzz8prS/j8hEOMo=",
-        id="non-ascii-body-bytes-and-lowercase-method",
+        DEFAULT, HEX_SECRET, "1", TS,
+        parts("POST", "/api/player/signin", EXAMPLE_BODY),
+        b"12345678901234567890123456789012\n1\n1433313039\n/api/player/signin\n" + EXAMPLE_BODY,
+        "Dhsu5hRhRS4j9yfyj/TndhmZ4zf3f1WWXyjbHcPd7FM=",
+        id="base-path",
     ),
     pytest.param(
-        ("url",),
+        DEFAULT, HEX_SECRET, "1", TS,
+        parts("GET", "/player/balance"),
+        b"12345678901234567890123456789012\n1\n1433313039\n/player/balance\n",
+        "lZ+bM2xz6QgElbuyKzOh6SXbC/+2oEfn1+0NssJAldc=",
+        id="empty-body-is-an-empty-last-line",
+    ),
+    pytest.param(
+        signing.Scheme(signature_encoding="hex", timestamp_unit="ms"), HEX_SECRET, "1",
+        TS * 1000,
+        parts("GET", "/player/balance"),
+        b"12345678901234567890123456789012\n1\n1433313039000\n/player/balance\n",
+        "91e06c82079f361641be984aa6c012d91d963e641a21f5cbdf9f062f03e8f7c0",
+        id="hex-signature-milliseconds",
+    ),
+    pytest.param(
+        signing.Scheme(
+            fields=("api_id", "method", "url|lower|urlencode", "timestamp", "request_id",
+                    "body|md5|base64"),
+            separator="", secret_encoding="base64",
+        ),
+        b"a2F0LXNlY3JldA==", "1", TS,
+        parts("POST", "/API/Player/Signin?Lang=EN", b'{"a":1}', host="Aleacc.example.com"),
+        b"12345678901234567890123456789012POST"
+        b"https%3a%2f%2faleacc.example.com%2fapi%2fplayer%2fsignin%3flang%3den"
+        b"14333130391u2y1xo30ZSlByvZSo2by2A==",
+        "rqgtN1kEd1Enx3dSD3vEjbCDCBLpjup6/2TORi3hcZA=",
+        id="amx-classic-layout-base64-key",
+    ),
+    pytest.param(
+        signing.Scheme(
+            fields=("method|lower", "path|percent", "query", "body|sha256|hex", "content_type?"),
+            separator="&", secret_encoding="utf-8",
+        ),
+        UTF8_SECRET, "1", TS,
+        parts("PUT", "/api/a~b%20c?q=1", b"hello"),
+        b"put&%2Fapi%2Fa~b%2520c&q=1&"
+        b"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        "Yqf8fI2uEAuj2INYGEsbD5GE1cduyZu4mMeRUKdDPac=",
+        id="percent-sha256-hex-and-an-absent-optional-last-field",
+    ),
+    # The layout the gateway signed before Aleacc's example was reproduced: still
+    # available with secret_encoding = "utf-8" and the old field list.
+    pytest.param(
+        LEGACY, UTF8_SECRET, LEGACY_ID, TS,
+        parts("POST", "/api/player/signin", b'{"username":"ann","password":"pw"}',
+              Content_Type="application/json"),
+        LEGACY_PREFIX
+        + b'POST\n/api/player/signin\napplication/json\n{"username":"ann","password":"pw"}',
+        "YWdqaqzWssqNTeClyw8kjk9cHovAGkOFuDVUKwQBMJs=",
+        id="legacy-layout-post",
+    ),
+    pytest.param(
+        LEGACY, UTF8_SECRET, LEGACY_ID, TS,
+        parts("put", "/api/x", b"\xc3\xa4\xff\n\x00end", Content_Type="application/octet-stream"),
+        LEGACY_PREFIX + b"PUT\n/api/x\napplication/octet-stream\n\xc3\xa4\xff\n\x00end",
+        "c7SxsoRTmtLOg3/SinLHsZwGy3QeQzz8prS/j8hEOMo=",
+        id="legacy-layout-non-ascii-body-and-lowercase-method",
+    ),
+    pytest.param(
+        signing.Scheme(fields=("url",), secret_encoding="utf-8"), UTF8_SECRET, LEGACY_ID, TS,
         parts("GET", "/api/x?a=1"),
         b"https://aleacc.example.com/api/x?a=1",
         "Jc0tekUUQTYMXfzsScXitsoRhFjbJPavhym9qsz6ZhU=",
         id="field-url",
     ),
     pytest.param(
-        ("host",),
+        signing.Scheme(fields=("host",), secret_encoding="utf-8"), UTF8_SECRET, LEGACY_ID, TS,
         parts(host="aleacc.example.com:8443"),
         b"aleacc.example.com:8443",
         "dQetEev3+v7fBp1jVswGDeB/remb1BTgNhegNtduFw4=",
         id="field-host",
     ),
     pytest.param(
-        ("path",),
+        signing.Scheme(fields=("path",), secret_encoding="utf-8"), UTF8_SECRET, LEGACY_ID, TS,
         parts("GET", "/api/x?a=1"),
         b"/api/x",
         "cXl6XEuvTuv5veL4nyrnwbg55clznKdzqRPJ1Dmu6Uc=",
         id="field-path",
     ),
     pytest.param(
-        ("query",),
+        signing.Scheme(fields=("query",), secret_encoding="utf-8"), UTF8_SECRET, LEGACY_ID, TS,
         parts("GET", "/api/x?a=1"),
         b"a=1",
         "fSfD51Awa6SWUzlX6Y8d80IaTnbiQ3kuWl5oWPiNnRw=",
         id="field-query",
     ),
     pytest.param(
-        ("header:X-Client-Ip", "header:X-Absent"),
+        signing.Scheme(fields=("header:X-Client-Ip", "header:X-Absent"), secret_encoding="utf-8"),
+        UTF8_SECRET, LEGACY_ID, TS,
         parts(X_Client_Ip="203.0.113.7"),
         b"203.0.113.7\n",
         "IPewnR+nrA9qLWNydGilI+IY/l/ddvdIH5Bb09rNljU=",
-        id="field-header-present-and-absent",
+        id="header-present-and-absent-without-question-mark-keeps-its-line",
     ),
-]
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("fields", "request_parts", "expected_string", "expected_sig"), VECTORS)
+@pytest.mark.parametrize(
+    ("scheme", "secret", "request_id", "timestamp", "request_parts", "expected_string",
+     "expected_sig"),
+    VECTORS,
+)  # fmt: skip
 def test_known_answers(
-    fields: tuple[str, ...],
+    scheme: signing.Scheme,
+    secret: bytes,
+    request_id: str,
+    timestamp: int,
     request_parts: signing.RequestParts,
     expected_string: bytes,
     expected_sig: str,
 ) -> None:
-    signed = signing.sign(
-        fields, request_parts, signing.Credentials(API_ID, SECRET), REQUEST_ID, TS
-    )
+    plan = signing.compile_scheme(scheme)
+    key = signing.decode_secret(secret, scheme.secret_encoding)
+    signed = plan.sign(request_parts, signing.Credentials(API_ID, key), request_id, timestamp)
     assert signed.string_to_sign == expected_string
-    assert signed.authorization == f"amx {API_ID}:{expected_sig}:{REQUEST_ID}:{TS}"
-    assert len(expected_sig) == 44
+    assert signed.authorization == f"amx {API_ID}:{expected_sig}:{request_id}:{timestamp}"
+    auth = signing.parse_authorization(signed.authorization)
+    assert auth is not None
+    assert auth.signature_encoding == scheme.signature_encoding
+    assert plan.verify(request_parts, key, auth)
+
+
+def test_the_default_is_aleaccs_scheme() -> None:
+    assert signing.Scheme() == signing.Scheme(
+        fields=("api_id", "request_id", "timestamp", "header:X-Player-Session-Id?",
+                "header:X-Client-Ip?", "path_and_query", "body"),
+        separator="\n", secret_encoding="hex", signature_encoding="base64", timestamp_unit="s",
+    )  # fmt: skip
 
 
 def test_aleacc_example_header_parses() -> None:
     sig = "pYEt3GtOHzf1Y16hb3fSlnbpGTB+cdXo6EEx9WgfR1w="
-    # Aleacc's documented example uses request_id "1"; the stand-in must accept that form.
     example = f"amx {API_ID}:{sig}:1:1433313039"
-    assert signing.parse_authorization(example) == signing.Authorization(API_ID, sig, "1", TS)
+    auth = signing.parse_authorization(example)
+    assert auth == signing.Authorization(API_ID, sig, "1", TS)
+    assert auth.signature_encoding == "base64"
+
+
+@pytest.mark.parametrize(
+    ("transform", "value", "expected"),
+    [
+        # .NET HttpUtility.UrlEncode: these kept, space "+", the rest %xx in lower case.
+        ("urlencode", b"AZaz09-_.!*()", b"AZaz09-_.!*()"),
+        ("urlencode", b"a b~'/?=&%\xc3\xbc", b"a+b%7e%27%2f%3f%3d%26%25%c3%bc"),
+        # RFC 3986: unreserved kept (tilde too), the rest %XX in upper case.
+        ("percent", b"AZaz09-_.~", b"AZaz09-_.~"),
+        ("percent", b"a b!*()/\xc3\xbc", b"a%20b%21%2A%28%29%2F%C3%BC"),
+        ("lower", b"ABC\xc3\x84", b"abc\xc3\x84"),  # ASCII only
+        ("upper", b"abc\xc3\xa4", b"ABC\xc3\xa4"),
+        ("md5", b"", b""),
+        ("md5", b"hello", bytes.fromhex("5d41402abc4b2a76b9719d911017c592")),
+        ("sha256", b"", b""),
+        ("base64", b"", b""),
+        ("base64", b"\xff\x00", b"/wA="),
+        ("hex", b"\xff\x00", b"ff00"),
+    ],
+)
+def test_transforms(transform: str, value: bytes, expected: bytes) -> None:
+    assert signing.TRANSFORMS[transform](value) == expected
+
+
+@pytest.mark.parametrize(
+    ("secret", "encoding", "key"),
+    [
+        (b"00ff", "hex", b"\x00\xff"),
+        (b"00FF", "hex", b"\x00\xff"),
+        (b"a2F0", "base64", b"kat"),
+        (b"kat secret", "utf-8", b"kat secret"),
+    ],
+)
+def test_secret_decodes_into_the_key(secret: bytes, encoding: str, key: bytes) -> None:
+    assert signing.decode_secret(secret, encoding) == key
+
+
+@pytest.mark.parametrize(
+    ("secret", "encoding"),
+    [(b"kat-secret", "hex"), (b"abc", "hex"), (b"00 ff", "hex"), (b"a2F0*", "base64"),
+     (b"a2F", "base64"), (b"====", "base64")],
+)  # fmt: skip
+def test_a_secret_that_does_not_decode_is_refused_without_its_value(
+    secret: bytes, encoding: str
+) -> None:
+    with pytest.raises(ValueError, match=encoding) as raised:
+        signing.decode_secret(secret, encoding)
+    assert secret.decode() not in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -134,13 +284,16 @@ def test_aleacc_example_header_parses() -> None:
     [
         "",
         "amx",
-        "AMX a:" + "A" * 44 + f":{REQUEST_ID}:1",
-        "amx a:" + "A" * 43 + f":{REQUEST_ID}:1",
-        "amx a:" + "A" * 44 + f":{REQUEST_ID}:-1",
-        "amx a:" + "A" * 44 + "::1",
-        "amx a:" + "A" * 44 + ":id with space:1",
-        "amx :" + "A" * 44 + f":{REQUEST_ID}:1",
-        "amx a:" + "A" * 44 + f":{REQUEST_ID}:1:extra",
+        "AMX a:" + "A" * 43 + f"=:{LEGACY_ID}:1",
+        "amx a:" + "A" * 43 + f":{LEGACY_ID}:1",
+        "amx a:" + "A" * 44 + f":{LEGACY_ID}:1",  # base64 of 32 bytes ends in one "="
+        "amx a:" + "a" * 63 + f":{LEGACY_ID}:1",
+        "amx a:" + "A" * 64 + f":{LEGACY_ID}:1",  # hex is lower case
+        "amx a:" + "A" * 43 + f"=:{LEGACY_ID}:-1",
+        "amx a:" + "A" * 43 + "=::1",
+        "amx a:" + "A" * 43 + "=:id with space:1",
+        "amx :" + "A" * 43 + f"=:{LEGACY_ID}:1",
+        "amx a:" + "A" * 43 + f"=:{LEGACY_ID}:1:extra",
         "Bearer token",
     ],
 )
@@ -149,16 +302,20 @@ def test_malformed_authorization_is_refused(value: str) -> None:
 
 
 def test_verify_is_the_inverse_of_sign() -> None:
-    p = parts("POST", "/api/x?y=2", b"{}", Content_Type="application/json")
-    signed = signing.sign(
-        signing.DEFAULT_FIELDS, p, signing.Credentials(API_ID, SECRET), REQUEST_ID, TS
-    )
+    plan = signing.DEFAULT_PLAN
+    key = signing.decode_secret(HEX_SECRET, "hex")
+    p = parts("POST", "/api/x?y=2", b"{}", X_Client_Ip="192.0.2.1")
+    signed = plan.sign(p, signing.Credentials(API_ID, key), LEGACY_ID, TS)
     auth = signing.parse_authorization(signed.authorization)
     assert auth is not None
-    assert signing.verify(signing.DEFAULT_FIELDS, p, SECRET, auth)
-    assert not signing.verify(signing.DEFAULT_FIELDS, p, b"other", auth)
-    tampered = parts("POST", "/api/x?y=3", b"{}", Content_Type="application/json")
-    assert not signing.verify(signing.DEFAULT_FIELDS, tampered, SECRET, auth)
+    assert plan.verify(p, key, auth)
+    assert not plan.verify(p, b"other", auth)
+    for tampered in (
+        parts("POST", "/api/x?y=3", b"{}", X_Client_Ip="192.0.2.1"),
+        parts("POST", "/api/x?y=2", b"{}", X_Client_Ip="192.0.2.2"),
+        parts("POST", "/api/x?y=2", b"{}", X_Client_Ip="192.0.2.1", X_Player_Session_Id="s"),
+    ):
+        assert not plan.verify(tampered, key, auth)
 
 
 def test_request_ids_are_fresh_uuid4_hex() -> None:
@@ -185,34 +342,61 @@ def test_a_forked_worker_never_repeats_its_parents_request_ids() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "problem"),
+    ("fields", "problems"),
     [
-        ("api_id", None),
-        ("header:X-Player-Session-Id", None),
-        ("header:", "does not name a valid header"),
-        ("header:Bad Name", "does not name a valid header"),
-        ("bodyy", "unknown field 'bodyy'"),
+        (("api_id", "header:X-Player-Session-Id?", "body|md5|base64", "url|lower|urlencode?"), []),
+        (("header:",), ["does not name a valid header"]),
+        (("header:Bad Name?",), ["does not name a valid header"]),
+        (("bodyy",), ["unknown field 'bodyy'"]),
+        (("body|md4",), ["unknown transform(s) 'md4'"]),
+        (("body?|md5",), ["'?' may only end the expression"]),
+        (("body", "body|md5"), ["duplicate field(s) body"]),
+        (("api_id", "api_id?"), ["duplicate field(s) api_id"]),
+        (("bodyy", "body|md4", "x"),
+         ["unknown field 'bodyy'", "unknown transform(s) 'md4'", "unknown field 'x'"]),
+        ((), ["at least one field"]),
     ],
-)
-def test_field_names(name: str, problem: str | None) -> None:
-    result = signing.field_problem(name)
-    assert (result is None) if problem is None else (result is not None and problem in result)
+)  # fmt: skip
+def test_every_bad_expression_is_reported(fields: tuple[str, ...], problems: list[str]) -> None:
+    found = signing.scheme_problems(signing.Scheme(fields=fields))
+    assert len(found) == len(problems)
+    for message, expected in zip(found, problems, strict=True):
+        assert expected in message
+    if not problems:
+        signing.compile_scheme(signing.Scheme(fields=fields))
+    else:
+        with pytest.raises(signing.SchemeError):
+            signing.compile_scheme(signing.Scheme(fields=fields))
 
 
-def test_explain_shows_fields_escaped_and_never_the_secret() -> None:
+def test_explain_marks_left_out_fields_escapes_values_and_never_shows_the_secret() -> None:
     body = b'{"a":"\xc3\xa4"}\n\x00' + b"x" * 600
-    p = parts("POST", "/api/x", body, Content_Type="application/json")
-    lines = signing.explain(signing.DEFAULT_FIELDS, p, API_ID, REQUEST_ID, TS)
+    p = parts("POST", "/api/x", body, X_Client_Ip="203.0.113.7")
+    context = signing.Context(API_ID, LEGACY_ID, str(TS))
+    lines = signing.DEFAULT_PLAN.explain(p, context)
     assert lines[:6] == [
         f"api_id: {API_ID}",
-        f"request_id: {REQUEST_ID}",
+        f"request_id: {LEGACY_ID}",
         f"timestamp: {TS}",
-        "method: POST",
+        "header:X-Player-Session-Id?: (empty: left out, with its separator)",
+        "header:X-Client-Ip?: 203.0.113.7",
         "path_and_query: /api/x",
-        "content_type: application/json",
     ]
     assert lines[6].startswith('body: {"a":"\\xc3\\xa4"}\\n\\x00xxx')
-    assert lines[6].endswith(
-        f"... ({len(body)} bytes, sha256 " + __import__("hashlib").sha256(body).hexdigest() + ")"
+    assert lines[6].endswith(f"... ({len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()})")
+    assert all(HEX_SECRET.decode() not in line for line in lines)
+
+
+def test_scheme_toml_reads_back_as_the_same_scheme() -> None:
+    import tomllib
+
+    scheme = signing.Scheme(
+        fields=("api_id", 'header:X-"Odd"?', "body|md5|base64"),
+        separator="\n\t\\\x01",
+        secret_encoding="base64",
+        signature_encoding="hex",
+        timestamp_unit="ms",
     )
-    assert all("kat-secret" not in line for line in lines)
+    table = tomllib.loads(scheme.toml())["signing"]
+    table["fields"] = tuple(table["fields"])
+    assert signing.Scheme(**table) == scheme

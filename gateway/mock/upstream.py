@@ -24,9 +24,10 @@ REPLAY_WINDOW_S = 300
 JOURNAL_SIZE = 200
 FAULT_HEADER = "X-Mock-Fault"
 
-# The credentials `demo` and the stand-in use when given no others. Not a real secret.
+# The credentials `demo` and the stand-in use when given no others: those of Aleacc's
+# own example header (the secret is the api_id twice, 64 hex characters). Not a real secret.
 DEMO_API_ID = "12345678901234567890123456789012"
-DEMO_SECRET = b"demo-secret-not-for-production"
+DEMO_SECRET = DEMO_API_ID.encode() * 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,9 @@ class MockSettings:
 
     api_id: str = DEMO_API_ID
     # More than one while a rotation is under way: Aleacc accepts old and new for a while.
+    # Each as stored (decoded into a key under ``scheme.secret_encoding``).
     secrets: tuple[bytes, ...] = field(default=(DEMO_SECRET,), repr=False)
-    fields: tuple[str, ...] = signing.DEFAULT_FIELDS
+    scheme: signing.Scheme = field(default_factory=signing.Scheme)
     faults: bool = False
     clock_offset_s: float = 0.0
     base_path: str = ""
@@ -77,8 +79,17 @@ class MockState:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """The compiled scheme and the decoded keys, built once per app."""
+
+    plan: signing.Plan
+    keys: tuple[bytes, ...] = field(repr=False)
+
+
 SETTINGS = web.AppKey("mock_settings", MockSettings)
 STATE = web.AppKey("mock_state", MockState)
+VERIFIER = web.AppKey("mock_verifier", Verifier)
 _Api = Callable[[web.Request, bytes], Awaitable[web.Response]]
 
 
@@ -92,9 +103,12 @@ class Refused(Exception):
 
 
 def create_mock_app(settings: MockSettings, state: MockState | None = None) -> web.Application:
-    """Build the stand-in application."""
+    """Build the stand-in application; ValueError if its scheme or a secret is bad."""
+    encoding = settings.scheme.secret_encoding
+    keys = tuple(signing.decode_secret(s, encoding) for s in settings.secrets)
     app = web.Application()
     app[SETTINGS] = settings
+    app[VERIFIER] = Verifier(signing.compile_scheme(settings.scheme), keys)
     app[STATE] = state or MockState()
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
@@ -111,7 +125,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     secret_index = None
     try:
-        secret_index = verify(request, body, settings, state)
+        secret_index = verify(request, body, request.app[VERIFIER], settings, state)
         path = request.path
         if not path.startswith(settings.base_path + "/"):
             raise Refused(404, "not_found")
@@ -143,7 +157,13 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def verify(request: web.Request, body: bytes, settings: MockSettings, state: MockState) -> int:
+def verify(
+    request: web.Request,
+    body: bytes,
+    verifier: Verifier,
+    settings: MockSettings,
+    state: MockState,
+) -> int:
     """Which accepted secret signed the request; Refused unless valid, fresh, unreplayed."""
     header = request.headers.get("Authorization")
     if header is None:
@@ -154,7 +174,7 @@ def verify(request: web.Request, body: bytes, settings: MockSettings, state: Moc
     if auth.api_id != settings.api_id:
         raise Refused(403, "unknown_api_id")
     clock = now(settings)
-    if abs(clock - auth.timestamp) > REPLAY_WINDOW_S:
+    if abs(clock - verifier.plan.seconds(auth.timestamp)) > REPLAY_WINDOW_S:
         raise Refused(403, "timestamp_out_of_window")
     parts = signing.RequestParts(
         method=request.method,
@@ -165,11 +185,7 @@ def verify(request: web.Request, body: bytes, settings: MockSettings, state: Moc
         body=body,
     )
     index = next(
-        (
-            i
-            for i, s in enumerate(settings.secrets)
-            if signing.verify(settings.fields, parts, s, auth)
-        ),
+        (i for i, key in enumerate(verifier.keys) if verifier.plan.verify(parts, key, auth)),
         None,
     )
     if index is None:
