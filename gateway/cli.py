@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import signing
+from . import learn_command, probe, signing
 from .config import (
     ConfigError,
     Settings,
@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--timestamp", type=int, help="default: now")
     sign.add_argument("--explain", action="store_true", help="also print the string to sign")
     sign.set_defaults(run=_sign)
+
+    learn_command.add_parser(commands)
+    probe.add_parser(commands)
     return parser
 
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import re
 import ssl
 import sys
@@ -109,6 +110,18 @@ def settings_for(upstream_url: URL | str, /, **sections: Any) -> Settings:
 
 def networks(*cidrs: str) -> tuple[Any, ...]:
     return tuple(map(parse_network, cidrs))
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``aleacc-gateway ARGS`` as a real process: its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, URL]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import aiohttp
 
 from gateway.mock.upstream import DEMO_SECRET
+
+from .support import run_cli as run
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 # Aleacc's own example (SPEC §2): its header was reproduced with openssl, see test_signing.
@@ -21,17 +22,6 @@ EXAMPLE_HEADER = (
     "Authorization: amx 12345678901234567890123456789012:"
     "pYEt3GtOHzf1Y16hb3fSlnbpGTB+cdXo6EEx9WgfR1w=:1:1433313039"
 )
-
-
-async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_check_config_accepts_the_examples() -> None:

@@ -1,0 +1,415 @@
+"""Which signing scheme reproduces requests that Aleacc accepted: a search, pure.
+
+The space (README, "Finding Aleacc's field list"): ordered choices of fields, each
+group at most once, each with its plausible transform chains; the two separators; the
+secret decoded each way it decodes. The header gives the rest: the timestamp's unit
+from its size, the signature's encoding from its form.
+
+The search walks sequences depth first on the first sample, carrying the HMAC's inner
+state along (one ``update`` per field, a copy per branch), and checks the other samples
+only where the first one matches. Sibling fields with the same values on every sample
+lead to the same strings, so only one of them is walked; the fits are widened back to
+every such alternative afterwards and grouped into schemes that sign every request
+alike (told apart on a set of probe requests).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict
+
+from .samples import Sample
+from .signing import (
+    SECRET_ENCODINGS,
+    Context,
+    FieldPlan,
+    RequestParts,
+    Scheme,
+    compile_scheme,
+    decode_secret,
+    parse_field,
+)
+
+SEPARATORS = ("\n", "")
+MAX_FIELDS = 7  # the longest field list searched: Aleacc's default with both headers
+SESSION = "X-Player-Session-Id"
+CLIENT_IP = "X-Client-Ip"
+_BODY_CHAINS = ("", "|md5|base64", "|sha256|base64", "|md5|hex", "|sha256|hex")
+
+# (group, expressions): a sequence takes at most one expression of a group. The order
+# is the order they are tried and, among equal fits, preferred.
+VOCABULARY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("api_id", ("api_id",)),
+    ("request_id", ("request_id",)),
+    ("timestamp", ("timestamp",)),
+    ("session", (f"header:{SESSION}?", f"header:{SESSION}")),
+    ("client_ip", (f"header:{CLIENT_IP}?", f"header:{CLIENT_IP}")),
+    ("method", ("method", "method|lower")),
+    # The target as Aleacc's example signs it, as the 2015 sample does (the absolute
+    # URI lower-cased and URL-encoded), and the plain forms between.
+    (
+        "target",
+        (
+            "path_and_query",
+            "path_and_query|lower|urlencode",
+            "url",
+            "url|lower",
+            "url|lower|urlencode",
+            "path",
+        ),
+    ),
+    ("query", ("query",)),
+    ("content_type", ("content_type",)),
+    ("body", tuple(f"body{c}" for c in _BODY_CHAINS)),
+)
+# A sequence is a candidate only when it signs these: the header's own values (a
+# signature without the request id and time could be replayed) and the target (or it
+# could be moved to another path).
+REQUIRED = frozenset({"api_id", "request_id", "timestamp", "target"})
+
+
+class LearnError(ValueError):
+    """The samples cannot be searched (they disagree on a fact of their headers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Atom:
+    """One field expression and its value on every sample (None: left out)."""
+
+    group: str
+    expression: str
+    values: tuple[bytes | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the samples' headers say for themselves."""
+
+    api_id: str
+    timestamp_unit: str
+    signature_encoding: str
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One part of the space: a key, a separator and the first field of the sequence."""
+
+    secret_encoding: str
+    separator: str
+    first: int  # index into the atom pool
+    key: bytes = field(repr=False)
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome: fitting schemes grouped by how they sign, and the space's size."""
+
+    classes: list[list[Scheme]]
+    tried: int
+    facts: Facts
+    differ_on: list[str] = field(default_factory=list)
+    unseen: list[str] = field(default_factory=list)
+
+    @property
+    def fit(self) -> Scheme | None:
+        """The one scheme found, when exactly one kind fits."""
+        return self.classes[0][0] if len(self.classes) == 1 else None
+
+
+def read_facts(samples: Sequence[Sample]) -> Facts:
+    """The api_id, timestamp unit and signature encoding; LearnError if samples disagree."""
+    if not samples:
+        raise LearnError("no samples")
+    units = {"ms" if s.auth.timestamp >= 10**11 else "s" for s in samples}
+    encodings = {s.auth.signature_encoding for s in samples}
+    api_ids = {s.auth.api_id for s in samples}
+    for what, found in (("api_id", api_ids), ("timestamp unit", units), ("signature encoding", encodings)):  # fmt: skip # noqa: E501
+        if len(found) > 1:
+            raise LearnError(f"the samples disagree on the {what}: {', '.join(sorted(found))}")
+    return Facts(api_ids.pop(), units.pop(), encodings.pop())
+
+
+def tasks(secret: bytes, pool: Sequence[Atom]) -> list[Task]:
+    """The space cut into parts: every key the secret decodes to, both separators, and
+    each distinct first field."""
+    found: list[Task] = []
+    for encoding in SECRET_ENCODINGS:
+        try:
+            key = decode_secret(secret, encoding)
+        except ValueError:
+            continue
+        for separator in SEPARATORS:
+            found.extend(
+                Task(encoding, separator, i, key) for i in _distinct(pool, range(len(pool)), set())
+            )
+    return found
+
+
+def _distinct(pool: Sequence[Atom], indexes: Iterable[int], used: set[str]) -> Iterator[int]:
+    """The atoms worth walking next: unused groups, one of each set that has the same
+    values on every sample and the same group (or no required one): the rest lead to
+    the same strings (``widen`` restores them)."""
+    seen: set[tuple[str | None, tuple[bytes | None, ...]]] = set()
+    for i in indexes:
+        atom = pool[i]
+        if atom.group in used:
+            continue
+        alike = (atom.group if atom.group in REQUIRED else None, atom.values)
+        if alike not in seen:
+            seen.add(alike)
+            yield i
+
+
+def atoms(samples: Sequence[Sample]) -> list[Atom]:
+    """Every vocabulary expression with its values on the samples.
+
+    Left out: an optional header absent from every sample (adding it changes nothing).
+    """
+    found = []
+    for group, expressions in VOCABULARY:
+        for expression in expressions:
+            plan = parse_field(expression)
+            values = tuple(_value(plan, s) for s in samples)
+            if all(v is None for v in values):
+                continue
+            found.append(Atom(group, expression, values))
+    return found
+
+
+def _value(plan: FieldPlan, sample: Sample) -> bytes | None:
+    context = Context(sample.auth.api_id, sample.auth.request_id, str(sample.auth.timestamp))
+    value = plan.value(sample.parts, context)
+    return None if plan.optional and not value else value
+
+
+def _target(sample: Sample, encoding: str) -> bytes:
+    if encoding == "hex":
+        return bytes.fromhex(sample.auth.signature)
+    return base64.b64decode(sample.auth.signature)
+
+
+def search(
+    task: Task,
+    samples: Sequence[Sample],
+    pool: Sequence[Atom],
+    facts: Facts,
+    max_fields: int = MAX_FIELDS,
+) -> tuple[list[tuple[Atom, ...]], int]:
+    """The sequences that reproduce every sample under ``task``; and how many were tried."""
+    block = hashlib.sha256().block_size
+    key = task.key if len(task.key) <= block else hashlib.sha256(task.key).digest()
+    key = key.ljust(block, b"\0")
+    inner0 = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer0 = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    target = _target(samples[0], facts.signature_encoding)
+    separator = task.separator.encode()
+    first = [a.values[0] for a in pool]
+    fits: list[tuple[Atom, ...]] = []
+    tried = 0
+    chosen: list[Atom] = []
+    # Plain ints and lists in the hot loop: a tuple of values hashes anew every time.
+    groups = sorted({a.group for a in pool})
+    group_of = [groups.index(a.group) for a in pool]
+    required = [a.group in REQUIRED for a in pool]
+    classes: dict[tuple[str | None, tuple[bytes | None, ...]], int] = {}
+    alike = [
+        classes.setdefault((a.group if a.group in REQUIRED else None, a.values), len(classes))
+        for a in pool
+    ]
+    used = [False] * len(groups)
+    everything = range(len(pool))
+
+    # A copy and an update per node; a copy, an update and two digests per complete
+    # sequence; no call for the last level.
+    def walk(inner: hashlib._Hash, started: bool, nexts: Iterable[int], missing: int) -> None:
+        nonlocal tried
+        room = max_fields - len(chosen) - 1  # fields left after this one
+        seen: set[int] = set()
+        for i in nexts:
+            if used[group_of[i]] or alike[i] in seen:
+                continue
+            # Same values on every sample, same group (or no required one): the same
+            # strings below; walk one of them (``widen`` restores the rest).
+            seen.add(alike[i])
+            value = first[i]
+            state = inner.copy()
+            if value is not None:
+                state.update(separator + value if started else value)
+            left = missing - required[i]
+            chosen.append(pool[i])
+            if not left:
+                tried += 1
+                outer = outer0.copy()
+                outer.update(state.digest())
+                if outer.digest() == target and _all_match(task, samples, chosen, facts):
+                    fits.append(tuple(chosen))
+            if room and room >= left:
+                used[group_of[i]] = True
+                walk(state, started or value is not None, everything, left)
+                used[group_of[i]] = False
+            chosen.pop()
+
+    walk(inner0, False, [task.first], len(REQUIRED))
+    return fits, tried
+
+
+def scheme_of(sequence: Iterable[Atom], task: Task, facts: Facts) -> Scheme:
+    """The scheme a found sequence stands for."""
+    return Scheme(
+        fields=tuple(a.expression for a in sequence),
+        separator=task.separator,
+        secret_encoding=task.secret_encoding,
+        signature_encoding=facts.signature_encoding,
+        timestamp_unit=facts.timestamp_unit,
+    )
+
+
+def _all_match(task: Task, samples: Sequence[Sample], chosen: list[Atom], facts: Facts) -> bool:
+    # The real signing code has the last word: a fit is what the gateway would sign.
+    plan = compile_scheme(scheme_of(chosen, task, facts))
+    for sample in samples:
+        context = Context(sample.auth.api_id, sample.auth.request_id, str(sample.auth.timestamp))
+        message = plan.string_to_sign(sample.parts, context)
+        if not hmac.compare_digest(plan.signature(task.key, message), sample.auth.signature):
+            return False
+    return True
+
+
+def widen(fit: tuple[Atom, ...], pool: Sequence[Atom]) -> Iterator[tuple[Atom, ...]]:
+    """``fit`` and every sequence that differs from it only by fields with the same
+    values on every sample (what the walk skipped)."""
+    seen = {fit}
+    queue = [fit]
+    while queue:
+        current = queue.pop()
+        yield current
+        groups = {a.group for a in current}
+        for i, atom in enumerate(current):
+            for other in pool:
+                if other is atom or other.values != atom.values:
+                    continue
+                if other.group != atom.group and other.group in groups:
+                    # Swap two equal-valued fields of different groups, or skip.
+                    j = next((k for k, a in enumerate(current) if a.group == other.group), None)
+                    if j is None or current[j] is not other:
+                        continue
+                    swapped = list(current)
+                    swapped[i], swapped[j] = other, atom
+                    candidate = tuple(swapped)
+                else:
+                    candidate = (*current[:i], other, *current[i + 1 :])
+                if candidate not in seen and {a.group for a in candidate} >= REQUIRED:
+                    seen.add(candidate)
+                    queue.append(candidate)
+
+
+# Requests that tell schemes apart: a label each, for "add <label>". Each carries
+# X-Client-Ip, as every request the gateway sends does: schemes that differ only on
+# requests without it sign the gateway's requests alike.
+def _probe(
+    label: str, method: str, target: str, body: bytes = b"", **headers: str
+) -> tuple[str, RequestParts]:
+    h: CIMultiDict[str] = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
+    return label, RequestParts(method, "https", "aleacc.example.com", target, h, body)
+
+
+TELLERS: tuple[tuple[str, RequestParts], ...] = (
+    _probe("a POST with a JSON body", "POST", "/api/player/signin", b'{"A": 1}', Content_Type="application/json", X_Client_Ip="192.0.2.1"),  # noqa: E501
+    _probe(f"a request carrying {SESSION}", "GET", "/api/player/balance", X_Player_Session_Id="f00d", X_Client_Ip="192.0.2.1"),  # noqa: E501
+    _probe(f"a request without {SESSION}", "GET", "/api/player/balance", X_Client_Ip="192.0.2.1"),
+    _probe("a request with a query", "GET", "/api/player/history?From=1&to=%20x", X_Client_Ip="192.0.2.1"),  # noqa: E501
+    _probe("a path with upper-case letters", "GET", "/api/Player/Balance", X_Client_Ip="192.0.2.1"),
+    _probe("a path with characters that need escaping", "GET", "/api/a%20b~c", X_Client_Ip="192.0.2.1"),  # noqa: E501
+    _probe("a request with another method (e.g. DELETE)", "DELETE", "/api/player/balance", X_Client_Ip="192.0.2.1"),  # noqa: E501
+    _probe("a POST whose body is not JSON (another Content-Type)", "POST", "/api/x", b"a=1", Content_Type="text/plain", X_Client_Ip="192.0.2.1"),  # noqa: E501
+)  # fmt: skip
+
+
+def _signature_on(scheme: Scheme, key: bytes) -> tuple[str, ...]:
+    plan = compile_scheme(scheme)
+    context = Context("api", "1", "1433313039")
+    return tuple(plan.signature(key, plan.string_to_sign(parts, context)) for _, parts in TELLERS)
+
+
+def classify(schemes: Sequence[Scheme], secret: bytes) -> tuple[list[list[Scheme]], list[str]]:
+    """Group schemes that sign every probe request alike; the labels of the probe
+    requests on which the groups differ."""
+    groups: dict[tuple[str, ...], list[Scheme]] = {}
+    for scheme in schemes:
+        key = decode_secret(secret, scheme.secret_encoding)
+        groups.setdefault(_signature_on(scheme, key), []).append(scheme)
+    classes = sorted(groups.values(), key=lambda c: _preference(c[0]))
+    signatures = list(groups)
+    differ = [label for i, (label, _) in enumerate(TELLERS) if len({s[i] for s in signatures}) > 1]
+    return [sorted(c, key=_preference) for c in classes], differ
+
+
+def _preference(scheme: Scheme) -> tuple[int, ...]:
+    # Fewer and simpler fields first, then the vocabulary's own order.
+    order = {e: i for i, e in enumerate(e for _, es in VOCABULARY for e in es)}
+    return (
+        len(scheme.fields),
+        sum(e.count("|") for e in scheme.fields),
+        SEPARATORS.index(scheme.separator),
+        *(order.get(e, 99) for e in scheme.fields),
+    )
+
+
+Found = tuple[list[tuple[Atom, ...]], int]
+Runner = Callable[[Callable[[Task], Found], list[Task]], Iterable[Found]]
+
+
+def learn(
+    samples: Sequence[Sample],
+    secret: bytes,
+    run: Runner = map,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+    max_fields: int = MAX_FIELDS,
+) -> Result:
+    """Search the whole space for ``samples``.
+
+    ``run`` maps the search over the space's parts (the builtin ``map``, or a process
+    pool's); ``progress`` hears (parts done, parts in all) as they finish.
+    """
+    facts = read_facts(samples)
+    pool = atoms(samples)
+    work = tasks(secret, pool)
+    fits: list[Scheme] = []
+    tried = 0
+    for done, (task, (found, count)) in enumerate(
+        zip(work, run(_Searcher(samples, pool, facts, max_fields), work), strict=True), 1
+    ):
+        progress(done, len(work))
+        tried += count
+        for fit in found:
+            fits.extend(scheme_of(s, task, facts) for s in widen(fit, pool))
+    classes, differ = classify(list(dict.fromkeys(fits)), secret) if fits else ([], [])
+    unseen = [
+        name for name in (SESSION, CLIENT_IP) if not any(name in s.parts.headers for s in samples)
+    ]
+    return Result(classes, tried, facts, differ, unseen)
+
+
+@dataclass(frozen=True, slots=True)
+class _Searcher:
+    """``search`` with the samples bound: picklable, for a process pool's map."""
+
+    samples: Sequence[Sample]
+    pool: Sequence[Atom]
+    facts: Facts
+    max_fields: int
+
+    def __call__(self, task: Task) -> tuple[list[tuple[Atom, ...]], int]:
+        return search(task, self.samples, self.pool, self.facts, self.max_fields)
+
+
+def explain_first(scheme: Scheme, samples: Sequence[Sample]) -> list[str]:
+    """The first sample's string to sign under ``scheme``, as ``sign --explain`` shows it."""
+    sample = samples[0]
+    context = Context(sample.auth.api_id, sample.auth.request_id, str(sample.auth.timestamp))
+    return compile_scheme(scheme).explain(sample.parts, context)

@@ -1,0 +1,167 @@
+"""``aleacc-gateway learn``: samples and the secret in, the fitting scheme printed.
+
+Offline: nothing is sent anywhere. The search itself is ``learn.py``; this module reads
+the inputs, runs the search over every core with a progress bar on a terminal, and
+words the answer. It never prints the secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from pathlib import Path
+from typing import NoReturn
+
+from tqdm import tqdm
+
+from .candidates import CANDIDATES
+from .config import ConfigError, SigningSettings, load_settings
+from .learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
+from .samples import Sample, SampleError, parse_curl, parse_har, parse_raw
+from .secret import SecretUnavailable, read_secret
+
+FOUND, NONE, SEVERAL = 0, 1, 2
+MISS_CAUSES = (
+    "a body changed on its way into the sample (re-indented, re-encoded, or cut by the "
+    "copy): compare the body in the sample with the bytes that were sent",
+    "a proxy that rewrote the path or query before Aleacc saw it (a base path added, "
+    "a query re-ordered): the sample must show the URL Aleacc received",
+    "a different secret or api_id than the one that signed the samples",
+    "a layout outside the space searched (see --max-fields; api_id, request_id, "
+    "timestamp and the target always signed; the README lists the fields and transforms)",
+)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``learn`` subcommand's arguments."""
+    learn = commands.add_parser(
+        "learn",
+        help="find the signing scheme from requests Aleacc accepted (offline)",
+        description="Search the signing schemes for the one that reproduces every sample.",
+    )
+    learn.add_argument("--curl", action="append", default=[], metavar="CMD",
+                       help="a 'Copy as cURL' command line (repeatable)")  # fmt: skip
+    learn.add_argument("--har", action="append", default=[], type=Path, metavar="FILE",
+                       help="a HAR export: every amx-signed entry (repeatable)")  # fmt: skip
+    learn.add_argument("--raw", action="append", default=[], type=Path, metavar="FILE",
+                       help="an HTTP/1.1 request as bytes (repeatable)")  # fmt: skip
+    learn.add_argument("--raw-scheme", choices=("https", "http"), default="https",
+                       help="the scheme of --raw requests' URLs (default: https)")  # fmt: skip
+    source = learn.add_mutually_exclusive_group(required=True)
+    source.add_argument("--secret-env", metavar="NAME", help="variable holding the secret")
+    source.add_argument("--secret-file", type=Path, metavar="PATH")
+    source.add_argument("--config", type=Path, help="take the secret from this gateway config")
+    learn.add_argument("--toml", action="store_true", help="print only the [signing] table")
+    learn.add_argument("--max-fields", type=int, default=MAX_FIELDS, choices=range(4, 10),
+                       metavar="N", help=f"the longest field list searched, 4-9 (default: "
+                       f"{MAX_FIELDS}; each more is about seven times the time)")  # fmt: skip
+    learn.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command: 0 one fit, 1 none, 2 several (or bad input, said in one line)."""
+    try:
+        samples = read_samples(args)
+        secret = _secret(args)
+        started = time.perf_counter()
+        with closing(_Progress()) as progress:
+            result = learn(
+                samples, secret, run=_parallel, progress=progress, max_fields=args.max_fields
+            )
+        elapsed = time.perf_counter() - started
+    except (SampleError, LearnError, SecretUnavailable, ValueError) as exc:
+        print(f"learn: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"learn: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return report(result, samples, elapsed, toml_only=args.toml)
+
+
+def read_samples(args: argparse.Namespace) -> list[Sample]:
+    """Every sample named on the command line, in order."""
+    samples = [parse_curl(cmd, f"--curl #{i}") for i, cmd in enumerate(args.curl, 1)]
+    for path in args.har:
+        samples.extend(parse_har(path.read_text(encoding="utf-8"), str(path)))
+    samples.extend(parse_raw(p.read_bytes(), str(p), args.raw_scheme) for p in args.raw)
+    if not samples:
+        raise SampleError("give at least one sample: --curl, --har or --raw")
+    return samples
+
+
+def _secret(args: argparse.Namespace) -> bytes:
+    if args.config is not None:
+        try:
+            settings = load_settings(args.config).signing
+        except ConfigError as exc:
+            raise ValueError(f"{args.config}: " + "; ".join(exc.problems)) from None
+    else:
+        settings = SigningSettings("learn", args.secret_file, args.secret_env)
+    return read_secret(settings)
+
+
+def _parallel(search: Callable[[Task], Found], work: list[Task]) -> Iterable[Found]:
+    # The parts are independent and CPU-bound: one process per core.
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        yield from pool.map(search, work)
+
+
+class _Progress:
+    """A progress bar on a terminal (stderr); nothing in a pipe."""
+
+    def __init__(self) -> None:
+        self._bar: tqdm[NoReturn] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=total, disable=None, file=sys.stderr, unit="part",
+                             desc="searching", leave=False)  # fmt: skip
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def report(result: Result, samples: list[Sample], elapsed: float, toml_only: bool) -> int:
+    """Print the answer; the exit code."""
+    classes = result.classes
+    if toml_only and len(classes) == 1 and not result.unseen:
+        print(classes[0][0].toml())
+        return FOUND
+    out = sys.stdout if classes else sys.stderr
+    size = f"{len(samples)} sample(s), {result.tried:,} schemes tried in {elapsed:.1f} s"
+    if not classes:
+        print(f"learn: no scheme reproduces every sample ({size}).", file=out)
+        print("The nearest candidates, the string to sign of the first sample under each:",
+              file=out)  # fmt: skip
+        for _, scheme in CANDIDATES[:2]:
+            print(f"\n{scheme.toml()}", file=out)
+            for line in explain_first(scheme, samples):
+                print(f"  {line}", file=out)
+        print("\nWhat usually causes a miss:", file=out)
+        for cause in MISS_CAUSES:
+            print(f"  - {cause}", file=out)
+        return NONE
+    advice = [f"add {label}" for label in result.differ_on] + [
+        f"add a request carrying {name} (where it is signed is not known yet)"
+        for name in result.unseen
+    ]
+    if len(classes) == 1 and not result.unseen:
+        print(f"learn: one scheme fits every sample ({size}):\n")
+        print(classes[0][0].toml())
+        print("\nThe first sample's string to sign (as `sign --explain` shows it):")
+        for line in explain_first(classes[0][0], samples):
+            print(f"  {line}")
+        return FOUND
+    kinds = f"{len(classes)} kinds of scheme fit" if len(classes) > 1 else "a scheme fits"
+    print(f"learn: {kinds} every sample, and the samples cannot settle it ({size}).")
+    print("To tell them apart: " + "; ".join(advice) + ".")
+    for number, group in enumerate(classes[:3], 1):
+        print(f"\n# fit {number} of {len(classes)}\n{group[0].toml()}")
+    return SEVERAL
