@@ -31,7 +31,7 @@ from .logs import configure_logging
 from .logs import flush as flush_logs
 from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
 from .secret import SecretInvalid, SecretUnavailable, load_key, read_secret
-from .server import GatewayServer, ShutdownSignals, bind, format_address
+from .server import GatewayServer, ListenError, ShutdownSignals, bind, format_address
 from .workers import Supervisor
 
 log = structlog.get_logger("aleacc_gateway")
@@ -154,13 +154,17 @@ def _serve(args: argparse.Namespace) -> int:
     except SecretUnavailable:
         pass
     configure_logging(args.log_format)
-    if args.worker is not None:
-        structlog.contextvars.bind_contextvars(worker=args.worker)
-        return _run(_run_gateway(settings, worker=True))
-    if settings.server.workers > 1:
-        supervisor = Supervisor(settings, args.config, args.log_format)
-        return _run(supervisor.run(_summary(settings)))
-    return _run(_run_gateway(settings))
+    try:
+        if args.worker is not None:
+            structlog.contextvars.bind_contextvars(worker=args.worker)
+            return _run(_run_gateway(settings, worker=True))
+        if settings.server.workers > 1:
+            supervisor = Supervisor(settings, args.config, args.log_format)
+            return _run(supervisor.run(_summary(settings)))
+        return _run(_run_gateway(settings))
+    except ListenError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _run_gateway(settings: Settings, worker: bool = False) -> int:
@@ -233,7 +237,11 @@ def _mock_upstream(args: argparse.Namespace) -> int:
         base_path=args.base_path.rstrip("/"),
     )
     app = create_mock_app(mock)
-    sock = bind(listen)
+    try:
+        sock = bind(listen, setting="--listen")
+    except ListenError as exc:
+        print(f"mock-upstream: {exc}", file=sys.stderr)
+        return 1
     log.info(
         "mock_upstream_started", listen=format_address(sock.getsockname()[:2]), faults=args.faults
     )

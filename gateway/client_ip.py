@@ -37,6 +37,10 @@ def parse_address(value: str) -> Address | None:
     ``[2001:db8::1]:443``.
     """
     text = value.strip()
+    if "%" in text:
+        # An IPv6 zone ("fe80::1%eth0"): ipaddress takes any text after the "%", which
+        # would then be sent upstream as the player's address. Malformed here.
+        return None
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -58,7 +62,8 @@ def parse_address(value: str) -> Address | None:
 @functools.lru_cache(maxsize=4096)
 def _peer(peer: str) -> tuple[Address | None, str]:
     """The peer's address and its text as reported (canonical when it parses)."""
-    address = parse_address(peer) if peer else None
+    # A link-local peer may carry its interface's zone: the address without it.
+    address = parse_address(peer.partition("%")[0]) if peer else None
     return address, str(address) if address is not None else peer
 
 

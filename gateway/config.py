@@ -37,6 +37,13 @@ DEFAULT_LOOPBACK = ("127.0.0.0/8", "::1/128")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_CLIENT_CONNECTIONS = 1024
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+# A connection that has sent nothing (since accept, or since its last answer) this long
+# is closed: below Node's and nginx's keep-alive defaults, above a browser's think time
+# between pooled requests.
+DEFAULT_CLIENT_IDLE_TIMEOUT_S = 5.0
+# A caller that takes no answer bytes for this long is cut (and its upstream connection
+# closed), so a reader that never reads cannot hold an upstream connection.
+DEFAULT_SEND_TIMEOUT_S = 30.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_RETRY_BACKOFF_S = 0.1
 MAX_RETRIES = 5
@@ -139,6 +146,8 @@ class LimitsSettings:
     max_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    idle_timeout_s: float = DEFAULT_CLIENT_IDLE_TIMEOUT_S
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +244,8 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         ),
         header_timeout_s=r.get("limits", "header_timeout_s", _seconds, DEFAULT_HEADER_TIMEOUT_S),
         body_timeout_s=r.get("limits", "body_timeout_s", _seconds, DEFAULT_BODY_TIMEOUT_S),
+        idle_timeout_s=r.get("limits", "idle_timeout_s", _seconds, DEFAULT_CLIENT_IDLE_TIMEOUT_S),
+        send_timeout_s=r.get("limits", "send_timeout_s", _seconds, DEFAULT_SEND_TIMEOUT_S),
     )
     if server.workers > 1 and server.listen.port == 0:
         r.problem("server.workers: more than one worker needs a fixed server.listen port")

@@ -1,20 +1,24 @@
 """The HTTP/1 edge: aiohttp's protocol with the gateway's connection-level rules.
 
-What no request handler can see happens here: how many connections are open, how long a
-client may take to send its request headers, and how a request that aiohttp's parser
-rejects is answered (as SPEC §6 JSON, without quoting the request back).
+What no request handler can see happens here: how many connections are open, which
+peers may connect at all, how long a connection may sit idle (from accept, and between
+requests) and how long a client may take to send a request's headers, and how a request
+that aiohttp's parser rejects is answered (as JSON, without quoting the request back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from .client_ip import TrustedNetworks, parse_address
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -25,6 +29,9 @@ class EdgeLimits:
 
     max_connections: int
     header_timeout_s: float
+    # From accept to a request's first byte, and from an answer to the next request's.
+    idle_timeout_s: float
+    allowed: TrustedNetworks
     # After an early answer (413, 408) aiohttp keeps reading the unsent rest of the body
     # for this long, so the client sees the answer instead of a reset.
     lingering_s: float = 2.0
@@ -40,6 +47,9 @@ def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
 
 
 _OVERLOADED = _raw_error(503, "Service Unavailable", "overloaded", "too many connections")
+_NOT_ALLOWED = _raw_error(
+    403, "Forbidden", "client_not_allowed", "this client may not use the gateway"
+)
 _HEADER_TIMEOUT = _raw_error(
     408, "Request Timeout", "request_timeout", "the request headers took too long"
 )
@@ -48,9 +58,10 @@ _HEADER_TIMEOUT = _raw_error(
 class EdgeGuard:
     """Shared by every connection of one listener: the open-connection count."""
 
-    def __init__(self, limits: EdgeLimits) -> None:
+    def __init__(self, limits: EdgeLimits, on_close: Callable[[str], None]) -> None:
         self.limits = limits
         self.open_connections = 0
+        self.on_close = on_close  # counts a connection the gateway closed, by reason
 
     def protocol_factory(
         self, server: web.Server, loop: asyncio.AbstractEventLoop
@@ -67,23 +78,50 @@ class GatewayProtocol(RequestHandler):
     def __init__(self, manager: web.Server, *, guard: EdgeGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
-        self._header_deadline: asyncio.TimerHandle | None = None
+        # One timer at a time: the idle deadline while no request has begun (from accept,
+        # and after a keep-alive answer), the header deadline once its first byte is in.
+        self._deadline: asyncio.TimerHandle | None = None
         # True while the next bytes can only be a new request's headers: at the start and
         # after a keep-alive answer (not after a closing one, when what still arrives is
         # the unread rest of a refused body).
         self._awaiting_headers = True
+        self._header_started = False
         self._rejected = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._guard.open_connections += 1
-        if self._guard.open_connections > self._guard.limits.max_connections:
+        guard = self._guard
+        guard.open_connections += 1
+        refusal = None
+        if guard.open_connections > guard.limits.max_connections:
+            refusal = "overloaded", _OVERLOADED
+        elif not self._peer_allowed(transport):
+            # Decided by the peer's address alone, before a byte is read: a peer outside
+            # access.allowed_clients can neither hold a connection nor send headers.
+            refusal = "not_allowed", _NOT_ALLOWED
+        if refusal is not None:
             # Refuse before aiohttp starts a task for it: a flood costs one write each.
+            # (A stream transport: uvloop's does not subclass asyncio.Transport.)
             self._rejected = True
-            assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP listener
-            transport.write(_OVERLOADED)
-            transport.close()
+            stream = cast(asyncio.Transport, transport)
+            stream.write(refusal[1])
+            # Half-close and discard what the client still sends, for a moment: closing
+            # with its request unread would send a reset, which can destroy the answer
+            # before the client reads it (RFC 9112 §9.6).
+            stream.write_eof()
+            self._deadline = asyncio.get_running_loop().call_later(
+                guard.limits.lingering_s, stream.close
+            )
+            guard.on_close(refusal[0])
             return
         super().connection_made(transport)
+        self._arm(guard.limits.idle_timeout_s, self._idle_too_long)
+
+    def _peer_allowed(self, transport: asyncio.BaseTransport) -> bool:
+        peername = transport.get_extra_info("peername")
+        if not isinstance(peername, tuple):
+            return True  # not an IP socket (tests on a Unix socket): nothing to check
+        address = parse_address(str(peername[0]).partition("%")[0])
+        return address is not None and address in self._guard.limits.allowed
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.open_connections -= 1
@@ -94,13 +132,11 @@ class GatewayProtocol(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return
-        # The first bytes of a request start its header deadline: all its headers must
-        # arrive within header_timeout_s (slow-header attacks).
-        if self._awaiting_headers and self._header_deadline is None:
-            loop = asyncio.get_running_loop()
-            self._header_deadline = loop.call_later(
-                self._guard.limits.header_timeout_s, self._headers_too_slow
-            )
+        # The first bytes of a request end its idle wait and start its header deadline:
+        # all its headers must arrive within header_timeout_s (slow-header attacks).
+        if self._awaiting_headers and not self._header_started:
+            self._header_started = True
+            self._arm(self._guard.limits.header_timeout_s, self._headers_too_slow)
         super().data_received(data)
 
     def request_started(self) -> None:
@@ -111,21 +147,43 @@ class GatewayProtocol(RequestHandler):
     def request_finished(self, keep_alive: bool) -> None:
         """Called by the app when the request is answered."""
         self._awaiting_headers = keep_alive
+        self._header_started = False
+        if keep_alive:
+            # The next request must begin within idle_timeout_s. This also bounds the
+            # rest of a request pipelined behind this one, whose bytes are already in
+            # (no data_received will start its header deadline).
+            self._arm(self._guard.limits.idle_timeout_s, self._idle_too_long)
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_deadline()
+        self._deadline = asyncio.get_running_loop().call_later(delay, callback)
 
     def _cancel_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _idle_too_long(self) -> None:
+        self._deadline = None
+        if self._awaiting_headers:
+            # No request under way: closing says all there is to say (RFC 9112 §9.5).
+            self._close_connection("idle_timeout", None)
 
     def _headers_too_slow(self) -> None:
-        self._header_deadline = None
+        self._deadline = None
+        if self._awaiting_headers:
+            log.warning("request_header_timeout", timeout_s=self._guard.limits.header_timeout_s)
+            self._close_connection("header_timeout", _HEADER_TIMEOUT)
+
+    def _close_connection(self, reason: str, answer: bytes | None) -> None:
         transport = self.transport
-        if not self._awaiting_headers or transport is None:
+        if transport is None:
             return
-        log.warning("request_header_timeout", timeout_s=self._guard.limits.header_timeout_s)
-        transport.write(_HEADER_TIMEOUT)
+        if answer is not None:
+            transport.write(answer)
         self.force_close()
         transport.close()
+        self._guard.on_close(reason)
 
     def handle_error(
         self,

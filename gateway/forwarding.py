@@ -47,6 +47,10 @@ def check_target(method: str, raw_target: str) -> None:
     """Raise BadRequest unless ``raw_target`` is a safe origin-form target."""
     if method == "CONNECT":
         raise BadRequest("CONNECT is not supported")
+    if method in ("TRACE", "TRACK"):
+        # An upstream that echoes TRACE (RFC 9110 §9.3.8) would show the caller the
+        # signed Authorization header; nothing in a player API needs it.
+        raise BadRequest("TRACE is not forwarded")
     if not raw_target.startswith("/") or raw_target.startswith("//"):
         # absolute-form, authority-form, asterisk-form and scheme-relative "//host"
         raise BadRequest("the request target must be an origin-form path")
@@ -84,6 +88,10 @@ def check_headers(headers: MultiMapping[str], version: tuple[int, int]) -> None:
     if len(headers.getall("Content-Length", ())) > 1:
         raise BadRequest("Content-Length is repeated")
     codings = ",".join(headers.getall("Transfer-Encoding", ())).replace(" ", "").lower()
+    if codings and version == (1, 0):
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; refused (the
+        # 400 closes the connection), never kept alive for a request smuggled behind.
+        raise BadRequest("Transfer-Encoding is not HTTP/1.0")
     if codings and codings != "chunked":
         # The gateway undoes chunked and nothing else; any other coding would reach the
         # upstream with a body whose meaning changed (RFC 9112 §6.1).

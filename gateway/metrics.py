@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", "send_timeout")
+
 # From 100 µs (the gateway's own overhead) to a minute (a slow upstream call).
 DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -90,6 +92,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.connections_closed = Counter(
+            "aleacc_gateway_connections_closed",
+            "Client connections the gateway closed itself, by reason: overloaded, "
+            "not_allowed, idle_timeout, header_timeout, send_timeout.",
+            ["reason"],
+            registry=registry,
+        )
         # Make the zero series visible before the first event, so rate() and alerts work.
         for source in ("xff", "peer", "fallback"):
             self.client_ip.labels(source)
@@ -97,6 +106,8 @@ class Metrics:
             self.secret_reloads.labels(result)
         for reason in ("secret_unavailable", "invalid_request"):
             self.signing_failures.labels(reason)
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason)
 
     def count(self, counter: Counter, *labels: str) -> None:
         """``counter.labels(*labels).inc()`` with the child cached, for per-request counts.

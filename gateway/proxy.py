@@ -35,7 +35,7 @@ from .forwarding import (
 from .metrics import Metrics
 from .secret import SecretStore
 from .skew import SkewWatch
-from .upstream import Pool, Response, UpstreamFault, request_head
+from .upstream import POOL_TIMEOUT, Pool, Response, UpstreamFault, request_head
 
 Clock = Callable[[], float]
 
@@ -87,6 +87,7 @@ class Proxy:
         self._retry_backoff_s = upstream.retry_backoff_s
         self._routes = settings.access.routes
         self._body_timeout_s = settings.limits.body_timeout_s
+        self._send_timeout_s = settings.limits.send_timeout_s
         self._allowed = TrustedNetworks(settings.access.allowed_clients)
         self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
         self._max_body = settings.limits.max_body_bytes
@@ -184,7 +185,7 @@ class Proxy:
             except UpstreamFault as fault:
                 error = _upstream_error(fault)
                 self._metrics.upstream_errors.labels(error.kind).inc()
-                if fault.sent or attempt == self._attempts:
+                if not fault.retryable or attempt == self._attempts:
                     # Bytes may have reached the upstream: never send them twice.
                     raise error from None
                 # Nothing was written to the upstream: safe to try again, signed afresh.
@@ -237,9 +238,17 @@ class Proxy:
             if not chunk:
                 break
             try:
-                await response.write(chunk)
+                # A caller that takes nothing for send_timeout_s is cut: else a reader
+                # that never reads holds this upstream connection for ever.
+                async with asyncio.timeout(self._send_timeout_s):
+                    await response.write(chunk)
             except ConnectionResetError:
                 exchange.error = "client_disconnected"
+                return response
+            except TimeoutError:
+                exchange.error = "client_send_timeout"
+                self._metrics.count(self._metrics.connections_closed, "send_timeout")
+                _abort(request)
                 return response
             exchange.bytes_out += len(chunk)
         await response.write_eof()
@@ -295,7 +304,7 @@ async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) ->
 
 def _upstream_error(fault: UpstreamFault) -> UpstreamError:
     """The answer for a failure before the response headers: 504 if it timed out, else 502."""
-    if fault.kind in ("timeout", "connect_timeout"):
+    if fault.kind in ("timeout", "connect_timeout", POOL_TIMEOUT):
         return UpstreamTimeout(fault.kind)
     return UpstreamUnavailable(fault.kind)
 

@@ -35,6 +35,7 @@ class _FileStamp:
     device: int
     size: int
     mtime_ns: int
+    mode: int  # a chmod that makes the file unreadable changes nothing else
 
 
 def read_secret(settings: SigningSettings, environ: Mapping[str, str] = os.environ) -> bytes:
@@ -81,7 +82,7 @@ def _stamp(path: Path) -> _FileStamp | None:
         st = path.stat()
     except OSError:
         return None
-    return _FileStamp(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+    return _FileStamp(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_mode)
 
 
 class SecretStore:
@@ -115,7 +116,11 @@ class SecretStore:
         """Re-read the secret if its file changed (or ``force``); keep the old one on error."""
         path = self._settings.secret_file
         stamp = _stamp(path) if path is not None else None
-        if not force and path is not None and stamp == self._stamp and self._secret is not None:
+        unchanged = stamp is not None and stamp == self._stamp
+        if not force and unchanged and self.problem is None and self._secret is not None:
+            # Nothing to re-read. A source with a problem is read again at every poll,
+            # even when the file came back exactly as it was (a mount hiccup, a file
+            # moved away and back): readiness follows the source's health.
             return "unchanged"
         try:
             value = load_key(self._settings, self._environ)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from .admin import create_admin_app
 from .app import Lifecycle, ProxyService
+from .client_ip import TrustedNetworks
 from .config import ListenAddress, Settings
 from .edge import EdgeGuard, EdgeLimits
 from .logs import flush_periodically
@@ -27,16 +28,35 @@ from .secret import ReloadResult, SecretStore
 log = structlog.get_logger("aleacc_gateway")
 
 
-def bind(address: ListenAddress, reuse_port: bool = False) -> socket.socket:
+class ListenError(Exception):
+    """A listener could not be bound; the message is one line naming the setting."""
+
+
+def bind(
+    address: ListenAddress, reuse_port: bool = False, setting: str = "server.listen"
+) -> socket.socket:
     """A listening TCP socket on ``address`` (port 0 picks a free one).
 
     ``reuse_port``: several worker processes bind the same port and the kernel spreads
-    new connections among them (SO_REUSEPORT).
+    new connections among them (SO_REUSEPORT). Raises ListenError naming ``setting``.
     """
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    return socket.create_server(
-        (address.host, address.port), family=family, backlog=1024, reuse_port=reuse_port
-    )
+    try:
+        return socket.create_server(
+            (address.host, address.port), family=family, backlog=1024, reuse_port=reuse_port
+        )
+    except OSError as exc:  # in use, permission denied, no such address, ...
+        reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        raise ListenError(f"{setting} {address}: {reason}") from None
+
+
+def check_free(address: ListenAddress, setting: str = "server.listen") -> None:
+    """ListenError unless ``address`` is free for us alone.
+
+    Bound without SO_REUSEPORT, so that a port another gateway already serves with
+    SO_REUSEPORT counts as taken: a second instance must not quietly share its traffic.
+    """
+    bind(address, setting=setting).close()
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -146,7 +166,7 @@ class GatewayServer:
         admin_runner = await self._setup(
             web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=drain_s)
         )
-        admin_sock = bind(self.settings.server.admin_listen)
+        admin_sock = bind(self.settings.server.admin_listen, setting="server.admin_listen")
         await web.SockSite(admin_runner, admin_sock).start()
         return Bound(proxy=proxy, admin=admin_sock.getsockname()[:2])
 
@@ -162,7 +182,15 @@ class GatewayServer:
         # The proxy listener speaks through EdgeGuard's protocol (connection cap, header
         # deadline, JSON errors); its connections still register with the runner, so
         # runner.cleanup() drains them.
-        guard = EdgeGuard(EdgeLimits(limits.max_connections, limits.header_timeout_s))
+        guard = EdgeGuard(
+            EdgeLimits(
+                max_connections=limits.max_connections,
+                header_timeout_s=limits.header_timeout_s,
+                idle_timeout_s=limits.idle_timeout_s,
+                allowed=TrustedNetworks(self.settings.access.allowed_clients),
+            ),
+            on_close=lambda reason: self.metrics.count(self.metrics.connections_closed, reason),
+        )
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(
             lambda: guard.protocol_factory(server, loop), sock=proxy_sock

@@ -35,17 +35,26 @@ _HIGH_WATER = 256 * 1024
 # the count is aiohttp's own default, which the gateway's callers may well share.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
+# Interim (1xx) answers before the final one, at most: more is an upstream gone wrong.
+MAX_INTERIM = 8
 
 
 class UpstreamFault(Exception):
     """Talking to the upstream failed. ``kind`` is a metric label; ``sent`` says whether
-    any byte of the request may have reached the upstream (and so whether a retry is safe).
+    any byte of the request may have reached the upstream (and so whether a retry is safe);
+    ``retryable`` whether another attempt could fare better.
     """
 
     def __init__(self, kind: str, *, sent: bool) -> None:
         super().__init__(kind)
         self.kind = kind
         self.sent = sent
+        # A pool wait that ran out took the whole timeout_s already, and a new attempt
+        # would only wait in the same queue again.
+        self.retryable = not sent and kind != POOL_TIMEOUT
+
+
+POOL_TIMEOUT = "pool_timeout"
 
 
 def request_head(method: str, target: str, headers: CIMultiDict[str], body_length: int) -> bytes:
@@ -111,12 +120,13 @@ class Pool:
         if not self._slots.locked():
             await self._slots.acquire()
             return
-        # Every connection is busy: the wait is bounded like a connect, nothing sent yet.
+        # Every connection is busy: wait at most timeout_s for one. Not a connect: its
+        # own kind, and never retried (UpstreamFault.retryable).
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._slots.acquire()
         except TimeoutError:
-            raise UpstreamFault("connect_timeout", sent=False) from None
+            raise UpstreamFault(POOL_TIMEOUT, sent=False) from None
 
     async def close(self) -> None:
         """Close every connection, busy or idle."""
@@ -256,6 +266,7 @@ class Response:
         self._keep_alive = False
         self._received_early = 0
         self._head_bytes = 0
+        self._interim = 0
         self._fault: str | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
@@ -379,8 +390,16 @@ class Response:
     def on_headers_complete(self) -> None:
         parser = self._connection._parser
         status = parser.get_status_code()
-        if 100 <= status < 200:
-            return  # an interim answer (103 Early Hints, a stray 100): the final one follows
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: three digits from 100 to 599. "099" would be relayed as an
+            # invalid "99", and 0 is what this class takes for "no final answer yet".
+            raise UpstreamFault("protocol", sent=True)
+        if status < 200:
+            # An interim answer (103 Early Hints, a stray 100): the final one follows.
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise UpstreamFault("protocol", sent=True)
+            return
         self.status = status
         self.reason = self._reason.decode("latin-1")
         headers = CIMultiDict(self._raw_headers)

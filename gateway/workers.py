@@ -26,7 +26,14 @@ from .admin import create_admin_app
 from .app import Lifecycle
 from .config import Settings
 from .secret import SecretStore
-from .server import ShutdownSignals, bind, cancel_all, format_address, start_housekeeping
+from .server import (
+    ShutdownSignals,
+    bind,
+    cancel_all,
+    check_free,
+    format_address,
+    start_housekeeping,
+)
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY_S = 1.0
@@ -57,7 +64,9 @@ class Supervisor:
             admin = create_admin_app(secrets=secrets, registry=registry, lifecycle=self.lifecycle)
             runner = web.AppRunner(admin, access_log=None)
             await runner.setup()
-            sock = bind(self.settings.server.admin_listen)
+            sock = bind(self.settings.server.admin_listen, setting="server.admin_listen")
+            # Before any worker starts (each would fail to bind, again and again).
+            check_free(self.settings.server.listen)
             await web.SockSite(runner, sock).start()
             environ = {**os.environ, METRICS_DIR_ENV: metrics_dir}
             for number in range(self.settings.server.workers):

@@ -119,7 +119,14 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
-    out, err = await process.communicate()
+    try:
+        # A guard, not a wait: every command here ends by itself.
+        async with asyncio.timeout(120):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"aleacc-gateway {' '.join(args)} did not end") from None
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -428,6 +435,7 @@ def config_file(
     secret_file: Path,
     server: dict[str, float] | None = None,
     signing: dict[str, float] | None = None,
+    limits: dict[str, float] | None = None,
 ) -> Path:
     """A gateway config on free loopback ports pointing at ``upstream``."""
 
@@ -440,5 +448,7 @@ def config_file(
         + f'[upstream]\nurl = "{upstream}"\n'
         + f'[signing]\napi_id = "{DEMO_API_ID}"\nsecret_file = "{secret_file}"\n'
         + lines(signing)
+        + "[limits]\n"
+        + lines(limits)
     )
     return path
