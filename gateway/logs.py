@@ -50,10 +50,15 @@ class _LineSink:
             return
         data = "".join(self._pending).encode("utf-8", "backslashreplace")
         self._pending.clear()
-        for chunk in line_chunks(data, PIPE_BUF):
-            view = memoryview(chunk)
-            while view:  # a pipe write of <= PIPE_BUF bytes is whole; a file's may be short
-                view = view[os.write(self._fd, view) :]
+        try:
+            for chunk in line_chunks(data, PIPE_BUF):
+                view = memoryview(chunk)
+                while view:  # a pipe write of <= PIPE_BUF bytes is whole; a file's may be short
+                    view = view[os.write(self._fd, view) :]
+        except BrokenPipeError:
+            # Whoever read our output is gone (a log collector that died, a closed
+            # pipe): the lines cannot be delivered, and serving goes on without them.
+            return
 
 
 def line_chunks(data: bytes, limit: int) -> list[bytes]:

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
+import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -364,3 +366,24 @@ async def test_a_second_instance_does_not_join_a_shared_port(tmp_path: Path) -> 
         first.listen()
         config, code, err, line = await serve_on_taken_port(tmp_path, first, "listen", 2)
     assert (code, err) == (1, f"{config}: {line}\n")
+
+
+# Found by the soak: a reader of the gateway's output that goes away.
+async def test_a_closed_log_pipe_is_no_traceback(tmp_path: Path, raw_upstream: RawUpstream) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(DEMO_SECRET)
+    config = config_file(tmp_path / "gw.toml", raw_upstream.url, secret)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    while json.loads(await process.stdout.readline())["event"] != "started":
+        pass
+    process._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):  # a guard: the drain delay is 5 s
+        err = await process.stderr.read()
+        assert await process.wait() == 0
+    assert b"Traceback" not in err
