@@ -143,26 +143,18 @@ def tasks(secret: bytes, pool: Sequence[Atom]) -> list[Task]:
             key = decode_secret(secret, encoding)
         except ValueError:
             continue
+        # The first field of each part: one atom of each alike set (see _alike).
+        firsts = {_alike(a): i for i, a in reversed(list(enumerate(pool)))}
         for separator in SEPARATORS:
-            found.extend(
-                Task(encoding, separator, i, key) for i in _distinct(pool, range(len(pool)), set())
-            )
+            found.extend(Task(encoding, separator, i, key) for i in sorted(firsts.values()))
     return found
 
 
-def _distinct(pool: Sequence[Atom], indexes: Iterable[int], used: set[str]) -> Iterator[int]:
-    """The atoms worth walking next: unused groups, one of each set that has the same
-    values on every sample and the same group (or no required one): the rest lead to
-    the same strings (``widen`` restores them)."""
-    seen: set[tuple[str | None, tuple[bytes | None, ...]]] = set()
-    for i in indexes:
-        atom = pool[i]
-        if atom.group in used:
-            continue
-        alike = (atom.group if atom.group in REQUIRED else None, atom.values)
-        if alike not in seen:
-            seen.add(alike)
-            yield i
+def _alike(atom: Atom) -> tuple[str | None, tuple[bytes | None, ...]]:
+    """Atoms with the same values on every sample, and the same group or no required
+    one, lead to the same strings: the search walks one of each (``widen`` restores the
+    rest)."""
+    return (atom.group if atom.group in REQUIRED else None, atom.values)
 
 
 def atoms(samples: Sequence[Sample]) -> list[Atom]:
@@ -217,10 +209,7 @@ def search(
     group_of = [groups.index(a.group) for a in pool]
     required = [a.group in REQUIRED for a in pool]
     classes: dict[tuple[str | None, tuple[bytes | None, ...]], int] = {}
-    alike = [
-        classes.setdefault((a.group if a.group in REQUIRED else None, a.values), len(classes))
-        for a in pool
-    ]
+    alike = [classes.setdefault(_alike(a), len(classes)) for a in pool]
     used = [False] * len(groups)
     everything = range(len(pool))
 
@@ -233,8 +222,6 @@ def search(
         for i in nexts:
             if used[group_of[i]] or alike[i] in seen:
                 continue
-            # Same values on every sample, same group (or no required one): the same
-            # strings below; walk one of them (``widen`` restores the rest).
             seen.add(alike[i])
             value = first[i]
             state = inner.copy()
