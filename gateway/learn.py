@@ -115,11 +115,6 @@ class Result:
     differ_on: list[str] = field(default_factory=list)
     unseen: list[str] = field(default_factory=list)
 
-    @property
-    def fit(self) -> Scheme | None:
-        """The one scheme found, when exactly one kind fits."""
-        return self.classes[0][0] if len(self.classes) == 1 else None
-
 
 def read_facts(samples: Sequence[Sample]) -> Facts:
     """The api_id, timestamp unit and signature encoding; LearnError if samples disagree."""
