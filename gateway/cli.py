@@ -31,8 +31,15 @@ from .logs import configure_logging
 from .logs import flush as flush_logs
 from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
 from .secret import SecretInvalid, SecretUnavailable, load_key, read_secret
-from .server import GatewayServer, ListenError, ShutdownSignals, bind, format_address
-from .workers import Supervisor
+from .server import (
+    GatewayServer,
+    ListenError,
+    ShutdownSignals,
+    bind,
+    cancel_all,
+    format_address,
+)
+from .workers import Supervisor, report_ready
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -58,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, required=True)
     # Set by the supervisor when it starts worker N (server.workers > 1).
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    # The worker's end of its link to the supervisor (see workers.py).
+    serve.add_argument("--link-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check-config", help="report every problem in a config file")
@@ -157,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if args.worker is not None:
             structlog.contextvars.bind_contextvars(worker=args.worker)
-            return _run(_run_gateway(settings, worker=True))
+            return _run(_run_gateway(settings, link_fd=args.link_fd))
         if settings.server.workers > 1:
             supervisor = Supervisor(settings, args.config, args.log_format)
             return _run(supervisor.run(_summary(settings)))
@@ -167,12 +176,20 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _run_gateway(settings: Settings, worker: bool = False) -> int:
-    server = GatewayServer(settings, worker=worker)
-    if worker:
+async def _run_gateway(settings: Settings, link_fd: int | None = None) -> int:
+    """Serve until a signal (or, for a worker, until its supervisor is gone); then drain."""
+    server = GatewayServer(settings, worker=link_fd is not None)
+    signals = ShutdownSignals(on_reload=lambda: server.secrets.refresh(force=True))
+    link: list[asyncio.Task[None]] = []
+    if link_fd is not None:
         log.info(
             "worker_started", proxy=format_address(await server.start_proxy()), pid=os.getpid()
         )
+
+        def supervisor_gone() -> None:
+            signals.stop_now("supervisor_gone", hurry=True)
+
+        link.append(await report_ready(link_fd, supervisor_gone))
     else:
         bound = await server.start()
         log.info(
@@ -181,10 +198,10 @@ async def _run_gateway(settings: Settings, worker: bool = False) -> int:
             admin=format_address(bound.admin),
             **_summary(settings),
         )
-    signals = ShutdownSignals(on_reload=lambda: server.secrets.refresh(force=True))
     await signals.stop.wait()
     log.info("stopping", signal=signals.received)
     await server.drain(hurry=signals.hurry)
+    await cancel_all(link)
     log.info("stopped")
     return 0
 

@@ -78,9 +78,13 @@ class ShutdownSignals:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
 
     def _stop(self, sig: signal.Signals) -> None:
-        if self.stop.is_set():
+        self.stop_now(sig.name, hurry=self.stop.is_set())
+
+    def stop_now(self, reason: str, hurry: bool = False) -> None:
+        """Stop as a signal would; ``hurry`` skips the drain delay."""
+        if hurry:
             self.hurry.set()
-        self.received = sig.name
+        self.received = reason
         self.stop.set()
 
     def _reload(self) -> None:

@@ -4,6 +4,11 @@ Workers are fresh processes (``serve --worker N``), not forks: prometheus-client
 its multi-process storage at import time from PROMETHEUS_MULTIPROC_DIR, which must be set
 before the worker starts. Each worker binds the proxy port with SO_REUSEPORT; the
 supervisor's /metrics adds up every worker's counters from that directory.
+
+Each worker shares a socket pair with the supervisor (the link): the worker writes one
+byte once its listener accepts, so the supervisor reports "started" and /readyz 200 only
+when every worker serves; and the worker stops when the supervisor's end closes, so
+killing the supervisor (even with SIGKILL) leaves no orphan serving the port.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -40,7 +47,25 @@ RESTART_DELAY_S = 1.0
 # Beyond the drain a worker is given this long before it is killed.
 KILL_GRACE_S = 5.0
 
+LINK_READY = b"1"
+
 log = structlog.get_logger("aleacc_gateway")
+
+
+async def report_ready(link_fd: int, on_supervisor_gone: Callable[[], None]) -> asyncio.Task[None]:
+    """Worker side of the link: say "listening", then watch for the supervisor's end to
+    close; the returned task calls ``on_supervisor_gone`` when it does."""
+    link = socket.socket(fileno=link_fd)
+    link.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(link, LINK_READY)
+
+    async def watch() -> None:
+        with link:
+            await loop.sock_recv(link, 1)  # nothing is ever sent: this returns at close
+        on_supervisor_gone()
+
+    return asyncio.create_task(watch(), name="supervisor-link")
 
 
 class Supervisor:
@@ -50,8 +75,13 @@ class Supervisor:
         self.settings = settings
         self.config = config
         self.log_format = log_format
-        self.lifecycle = Lifecycle()
+        # Until a worker reports that it listens, it counts as down (readiness 503).
+        self.lifecycle = Lifecycle(workers_down=settings.server.workers)
         self.workers: dict[int, asyncio.subprocess.Process] = {}
+        self._links: dict[int, socket.socket] = {}
+        self._awaiting: dict[int, asyncio.Task[None]] = {}
+        self._ready: set[int] = set()  # pids of the workers that listen
+        self._all_ready = asyncio.Event()
 
     async def run(self, summary: dict[str, object]) -> int:
         """Serve until SIGTERM/SIGINT, then drain every worker; 0 if all left cleanly."""
@@ -69,33 +99,65 @@ class Supervisor:
             check_free(self.settings.server.listen)
             await web.SockSite(runner, sock).start()
             environ = {**os.environ, METRICS_DIR_ENV: metrics_dir}
-            for number in range(self.settings.server.workers):
-                self.workers[number] = await self._spawn(number, environ)
             signals = ShutdownSignals(on_reload=lambda: self._reload(secrets))
-            log.info(
-                "started",
-                proxy=str(self.settings.server.listen),
-                admin=format_address(sock.getsockname()[:2]),
-                workers=len(self.workers),
-                **summary,
-            )
-            await self._supervise(environ, metrics_dir, signals.stop)
+            for number in range(self.settings.server.workers):
+                await self._spawn(number, environ)
+            supervise = asyncio.create_task(self._supervise(environ, metrics_dir, signals.stop))
+            all_ready = asyncio.create_task(self._all_ready.wait())
+            # "started" once every worker listens (a worker that fails first is restarted).
+            await asyncio.wait({all_ready, supervise}, return_when=asyncio.FIRST_COMPLETED)
+            if all_ready.done():
+                log.info(
+                    "started",
+                    proxy=str(self.settings.server.listen),
+                    admin=format_address(sock.getsockname()[:2]),
+                    workers=len(self.workers),
+                    **summary,
+                )
+            all_ready.cancel()
+            await supervise
             code = await self._stop_workers(signals.hurry)
             await runner.cleanup()
             log.info("stopped")
             return code
         finally:
+            for number in list(self._links):
+                self._forget(number)
             await cancel_all(tasks)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
-    async def _spawn(self, number: int, environ: dict[str, str]) -> asyncio.subprocess.Process:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--config", str(self.config),
-            "--log-format", self.log_format, "--worker", str(number),
-            env=environ,
-        )  # fmt: skip
+    async def _spawn(self, number: int, environ: dict[str, str]) -> None:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        with theirs:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "serve", "--config", str(self.config),
+                "--log-format", self.log_format, "--worker", str(number),
+                "--link-fd", str(theirs.fileno()),
+                env=environ, pass_fds=(theirs.fileno(),),
+            )  # fmt: skip
         log.info("worker_spawned", worker=number, pid=process.pid)
-        return process
+        self.workers[number] = process
+        self._links[number] = ours
+        self._awaiting[number] = asyncio.create_task(self._await_ready(process.pid, ours))
+
+    async def _await_ready(self, pid: int, link: socket.socket) -> None:
+        """Count the worker up when it reports that it listens (its end closes if it
+        exits first, and nothing changes)."""
+        if await asyncio.get_running_loop().sock_recv(link, 1) == LINK_READY:
+            self._ready.add(pid)
+            self.lifecycle.workers_down -= 1
+            if not self.lifecycle.workers_down:
+                self._all_ready.set()
+
+    def _forget(self, number: int) -> None:
+        """Let go of an exited worker's link; it counts as down again if it was up."""
+        self._awaiting.pop(number).cancel()
+        self._links.pop(number).close()
+        pid = self.workers[number].pid
+        if pid in self._ready:
+            self._ready.discard(pid)
+            self.lifecycle.workers_down += 1
 
     def _reload(self, secrets: SecretStore) -> None:
         secrets.refresh(force=True)
@@ -123,13 +185,12 @@ class Supervisor:
                 process = self.workers[number]
                 log.error("worker_exited", worker=number, pid=process.pid, code=process.returncode)
                 mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
-                self.lifecycle.workers_down += 1
+                self._forget(number)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), RESTART_DELAY_S)
                 if stopping.is_set():
                     break
-                self.workers[number] = await self._spawn(number, environ)
-                self.lifecycle.workers_down -= 1
+                await self._spawn(number, environ)
         stop.cancel()
 
     async def _stop_workers(self, hurry: asyncio.Event) -> int:

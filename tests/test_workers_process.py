@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
+from gateway.config import ListenAddress
 from gateway.mock.upstream import DEMO_SECRET
+from gateway.server import check_free
 
 from .support import GatewayProcess, RawUpstream, config_file
 from .test_observability_functional import wait_for_status
@@ -26,8 +30,10 @@ def free_port() -> int:
 
 
 async def start_two_workers(
-    gateway_process: StartProcess, tmp_path: Path, upstream: RawUpstream
+    gateway_process: StartProcess, tmp_path: Path, upstream: RawUpstream, wait: bool = True
 ) -> GatewayProcess:
+    """A supervisor with two workers; ``wait``: until both have logged worker_started
+    (which comes after "started", their lines being buffered)."""
     secret = tmp_path / "secret"
     secret.write_bytes(DEMO_SECRET)
     config = config_file(
@@ -40,9 +46,41 @@ async def start_two_workers(
     # More than one worker needs a fixed port (they share it); the admin port may be 0.
     config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{free_port()}", 1))
     supervisor = await gateway_process(config)
-    for number in (1, 2):
-        await supervisor.wait_for("worker_started", count=number)
+    if wait:
+        await supervisor.wait_for("worker_started", count=2)
     return supervisor
+
+
+async def test_started_means_every_worker_listens(
+    gateway_process: StartProcess, tmp_path: Path, raw_upstream: RawUpstream
+) -> None:
+    # Before the fix "started" came as the workers were spawned, and the first new
+    # connections after it were refused.
+    supervisor = await start_two_workers(gateway_process, tmp_path, raw_upstream, wait=False)
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        async with client.get(supervisor.admin / "readyz") as r:
+            assert r.status == 200
+        statuses = await asyncio.gather(*(get_status(client, supervisor.proxy) for _ in range(40)))
+    assert statuses == [200] * 40
+
+
+async def get_status(client: aiohttp.ClientSession, url: URL) -> int:
+    async with client.get(url / "x") as r:
+        return r.status
+
+
+async def test_a_killed_supervisor_takes_its_workers_along(
+    gateway_process: StartProcess, tmp_path: Path, raw_upstream: RawUpstream
+) -> None:
+    supervisor = await start_two_workers(gateway_process, tmp_path, raw_upstream)
+    supervisor.process.kill()  # SIGKILL: no drain, no chance to stop the workers
+    # The workers see their link close and stop: their (inherited) stdout ends...
+    await supervisor.exit_code()
+    stopping = supervisor.events("stopping")
+    assert [line["signal"] for line in stopping] == ["supervisor_gone"] * 2
+    # ...and no orphan keeps serving the port.
+    check_free(ListenAddress(supervisor.proxy.host or "", supervisor.proxy.port or 0))
 
 
 async def answered_by_worker(supervisor: GatewayProcess, count: int) -> dict[int, int]:
@@ -93,6 +131,11 @@ async def test_a_killed_worker_is_replaced(
     assert (exited["worker"], exited["pid"], exited["code"]) == (
         victim["worker"], victim["pid"], -signal.SIGKILL,
     )  # fmt: skip
+    async with aiohttp.ClientSession() as client:
+        # Down until the replacement listens (the restart waits a second first).
+        async with client.get(supervisor.admin / "readyz") as r:
+            assert (r.status, (await r.json())["reasons"]) == (503, ["1 worker(s) restarting"])
+        await wait_for_status(client, supervisor.admin / "readyz", 200)
     replacement = await supervisor.wait_for("worker_started", count=3)
     assert replacement["worker"] == victim["worker"]
     assert replacement["pid"] != victim["pid"]
