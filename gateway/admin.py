@@ -7,8 +7,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from .app import LIFECYCLE, SECRETS, Lifecycle
 from .secret import SecretStore
+from .tls import CertificateStore
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+CERTIFICATES: web.AppKey[CertificateStore | None] = web.AppKey("certificates")
 
 
 def create_admin_app(
@@ -16,10 +18,13 @@ def create_admin_app(
     secrets: SecretStore,
     registry: CollectorRegistry,
     lifecycle: Lifecycle,
+    certificates: CertificateStore | None = None,
 ) -> web.Application:
-    """Build the admin application; whoever owns ``secrets`` keeps it fresh."""
+    """Build the admin application; whoever owns ``secrets`` (and ``certificates``, the
+    proxy listener's TLS files) keeps them fresh."""
     app = web.Application()
     app[SECRETS] = secrets
+    app[CERTIFICATES] = certificates
     app[REGISTRY] = registry
     app[LIFECYCLE] = lifecycle
     app.router.add_get("/healthz", _healthz)
@@ -43,6 +48,11 @@ async def _readyz(request: web.Request) -> web.Response:
         # instance out of rotation so the broken mount is noticed before it matters.
         reasons.append(
             f"secret source broken, signing with the last good secret: {secrets.problem}"
+        )
+    certificates = request.app[CERTIFICATES]
+    if certificates is not None and certificates.problem is not None:
+        reasons.append(
+            f"TLS files broken, serving the last good certificate: {certificates.problem}"
         )
     lifecycle = request.app[LIFECYCLE]
     if lifecycle.draining:

@@ -10,14 +10,17 @@ refused properly; nor does the low-level server send "100 Continue" before any c
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 
 from .config import Settings
-from .edge import mark_request_finished, mark_request_started
+from .edge import client_name, mark_request_finished, mark_request_started
+from .egress import forward_proxy
 from .errors import GatewayError, error_response
 from .logs import access_logger, session_tag
 from .metrics import Metrics, method_label
@@ -51,6 +54,7 @@ class ProxyService:
         metrics: Metrics,
         lifecycle: Lifecycle,
         clock: Clock = time.time,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
         upstream = settings.upstream
         self.pool = Pool(
@@ -59,6 +63,7 @@ class ProxyService:
             connect_timeout_s=upstream.connect_timeout_s,
             timeout_s=upstream.timeout_s,
             idle_timeout_s=upstream.idle_timeout_s,
+            proxy=forward_proxy(upstream, environ),  # EgressError: a configuration error
         )
         self._metrics = metrics
         self._lifecycle = lifecycle
@@ -124,6 +129,7 @@ class ProxyService:
                 upstream_status=exchange.upstream_status,
                 duration_ms=round(duration * 1000, 3),
                 client_ip=exchange.client_ip,
+                client_name=client_name(request),
                 bytes_in=exchange.bytes_in,
                 bytes_out=exchange.bytes_out,
                 error=exchange.error,

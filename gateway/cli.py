@@ -11,6 +11,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import learn_command, probe, signing
+from . import learn_command, probe, signing, tls
 from .config import (
     ConfigError,
     Settings,
@@ -27,6 +28,7 @@ from .config import (
     load_settings,
     parse_listen,
 )
+from .egress import EgressError, EgressFileMissing, forward_proxy
 from .logs import configure_logging
 from .logs import flush as flush_logs
 from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
@@ -136,16 +138,36 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 1
+    problems, warnings = [], []
     try:
         load_key(settings.signing)
     except SecretInvalid as exc:
-        print(f"{args.config}: 1 problem(s):\n  - signing: {exc}", file=sys.stderr)
-        return 1
+        problems.append(f"signing: {exc}")
     except SecretUnavailable as exc:
         # Not a config error: in Kubernetes the secret is mounted only where it runs.
-        print(f"{args.config}: ok (warning: {exc})")
-        return 0
-    print(f"{args.config}: ok")
+        warnings.append(str(exc))
+    if settings.server.tls is not None:
+        try:
+            loaded = tls.load(settings.server.tls)
+        except tls.TlsFileMissing as exc:
+            warnings.append(f"{exc}, not checked")  # mounted only where it runs, too
+        except tls.TlsError as exc:
+            problems.append(str(exc))
+        else:
+            error, warning = tls.expiry_problems(loaded.not_after, datetime.now(UTC))
+            problems += [error] if error else []
+            warnings += [warning] if warning else []
+    try:
+        forward_proxy(settings.upstream, os.environ)
+    except EgressFileMissing as exc:
+        warnings.append(f"{exc}, not checked")
+    except EgressError as exc:
+        problems.append(str(exc))
+    if problems:
+        lines = [f"{args.config}: {len(problems)} problem(s):", *(f"  - {p}" for p in problems)]
+        print("\n".join(lines), file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok" + (f" (warning: {'; '.join(warnings)})" if warnings else ""))
     return 0
 
 
@@ -162,6 +184,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     except SecretUnavailable:
         pass
+    try:  # before anything starts or logs
+        if settings.server.tls is not None:
+            tls.load(settings.server.tls)
+        forward_proxy(settings.upstream, os.environ)  # reads proxy_auth_file
+    except (tls.TlsError, EgressError) as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
     configure_logging(args.log_format)
     try:
         if args.worker is not None:
@@ -171,7 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
             supervisor = Supervisor(settings, args.config, args.log_format)
             return _run(supervisor.run(_summary(settings)))
         return _run(_run_gateway(settings))
-    except ListenError as exc:
+    except (ListenError, tls.TlsError, EgressError) as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 1
 
@@ -223,6 +252,12 @@ def _summary(settings: Settings) -> dict[str, object]:
         "trusted_proxies": [str(n) for n in settings.client_ip.trusted_proxies],
         "allowed_clients": [str(n) for n in settings.access.allowed_clients],
         "max_body_bytes": settings.limits.max_body_bytes,
+        "tls": settings.server.tls is not None,
+        "client_certificates": bool(settings.server.tls and settings.server.tls.client_ca_file),
+        # host:port only: the credentials never reach a log line.
+        "egress_proxy": str(proxy)
+        if (proxy := forward_proxy(settings.upstream, os.environ))
+        else None,
     }
 
 

@@ -71,12 +71,28 @@ class ListenAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS on the proxy listener: PEM files, re-read when they change."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: a client certificate from this CA is required
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.cert_file, self.key_file) + (
+            (self.client_ca_file,) if self.client_ca_file else ()
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: ListenAddress
     admin_listen: ListenAddress
     drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     workers: int = 1
+    tls: TlsSettings | None = None  # None: the proxy listener speaks plain HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,10 @@ class UpstreamSettings:
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     forward_proxy_headers: bool = False
     clock_skew_warning_s: float = DEFAULT_CLOCK_SKEW_WARNING_S
+    # Egress through an HTTP proxy: this one, or the environment's (HTTPS_PROXY, ...).
+    proxy_url: URL | None = None
+    proxy_auth_file: Path | None = None  # user:password, never in the URL
+    proxy_from_env: bool = False
 
     @property
     def host_header(self) -> str:
@@ -138,6 +158,8 @@ class AccessSettings:
         default_factory=lambda: tuple(parse_network(n) for n in DEFAULT_LOOPBACK)
     )
     routes: tuple[Route, ...] | None = None  # None: every route is allowed
+    # With client certificates: the identities allowed (None: any the CA issued).
+    allowed_client_names: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +210,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         drain_delay_s=r.get("server", "drain_delay_s", _seconds_or_zero, DEFAULT_DRAIN_DELAY_S),
         drain_timeout_s=r.get("server", "drain_timeout_s", _seconds, DEFAULT_DRAIN_TIMEOUT_S),
         workers=r.get("server", "workers", _int_range(1, 64), 1),
+        tls=_tls(r),
     )
     url = r.get("upstream", "url", _upstream_url, None)
     upstream = UpstreamSettings(
@@ -208,7 +231,16 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         clock_skew_warning_s=r.get(
             "upstream", "clock_skew_warning_s", _seconds, DEFAULT_CLOCK_SKEW_WARNING_S
         ),
+        proxy_url=r.get("upstream", "proxy_url", _proxy_url, None),
+        proxy_auth_file=r.get("upstream", "proxy_auth_file", _path, None),
+        proxy_from_env=r.get("upstream", "proxy_from_env", _bool, False),
     )
+    if upstream.proxy_url is not None and upstream.proxy_from_env:
+        r.problem("upstream: set proxy_url or proxy_from_env, not both")
+    elif upstream.proxy_auth_file is not None and not (
+        upstream.proxy_url or upstream.proxy_from_env
+    ):
+        r.problem("upstream.proxy_auth_file: needs proxy_url or proxy_from_env")
     secret_file = r.get("signing", "secret_file", _path, None)
     secret_env = r.get("signing", "secret_env", _env_name, None)
     if (
@@ -234,7 +266,12 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
             "access", "allowed_clients", _networks, AccessSettings().allowed_clients
         ),
         routes=r.get("access", "routes", _routes, None),
+        allowed_client_names=r.get("access", "allowed_client_names", _names, None),
     )
+    if access.allowed_client_names is not None and (
+        server.tls is None or server.tls.client_ca_file is None
+    ):
+        r.problem("access.allowed_client_names: needs server.tls_client_ca_file")
     limits = LimitsSettings(
         max_body_bytes=r.get(
             "limits", "max_body_bytes", _int_range(0, 1 << 30), DEFAULT_MAX_BODY_BYTES
@@ -350,6 +387,24 @@ def _upstream_url(value: Any) -> URL:
     return url
 
 
+def _proxy_url(value: Any) -> URL:
+    example = "like 'http://proxy.internal:3128'"
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string {example}")
+    try:
+        url = URL(value, encoded=True)
+        url.port  # noqa: B018 - an out-of-range port raises here
+    except ValueError:
+        raise ValueError(f"must be a URL {example}") from None
+    if url.scheme != "http" or not url.raw_host:
+        raise ValueError(f"must be an http:// URL {example}")
+    if url.raw_user or url.raw_password:
+        raise ValueError("must not carry credentials: put them in upstream.proxy_auth_file")
+    if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
+        raise ValueError(f"must be the proxy's address only, {example}")
+    return url
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number of seconds")
@@ -397,6 +452,29 @@ def _api_id(value: Any) -> str:
     if not value.isascii() or not value.isprintable() or ":" in value or " " in value:
         raise ValueError("must be printable ASCII without ':' or spaces")
     return value
+
+
+def _tls(r: _Reader) -> TlsSettings | None:
+    cert = r.get("server", "tls_cert_file", _path, None)
+    key = r.get("server", "tls_key_file", _path, None)
+    client_ca = r.get("server", "tls_client_ca_file", _path, None)
+    if cert is None and key is None:
+        if client_ca is not None:
+            r.problem("server.tls_client_ca_file: needs server.tls_cert_file and tls_key_file")
+        return None
+    if cert is None or key is None:
+        if r.valid("server", "tls_cert_file") and r.valid("server", "tls_key_file"):
+            r.problem("server: set both tls_cert_file and tls_key_file, or neither")
+        return None
+    return TlsSettings(cert, key, client_ca)
+
+
+def _names(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(
+            'must be a non-empty list like ["frontend.casino.svc", "spiffe://casino/frontend"]'
+        )
+    return frozenset(value)
 
 
 def _scheme(r: _Reader) -> signing.Scheme:

@@ -4,12 +4,15 @@ What no request handler can see happens here: how many connections are open, whi
 peers may connect at all, how long a connection may sit idle (from accept, and between
 requests) and how long a client may take to send a request's headers, and how a request
 that aiohttp's parser rejects is answered (as JSON, without quoting the request back).
+With TLS on the listener, the handshake runs here too (with the current certificate,
+so a rotated one serves new connections at once), and so does the client name check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -19,6 +22,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .client_ip import TrustedNetworks, parse_address
+from .tls import CertificateStore, client_names, name_allowed
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -32,6 +36,8 @@ class EdgeLimits:
     # From accept to a request's first byte, and from an answer to the next request's.
     idle_timeout_s: float
     allowed: TrustedNetworks
+    # With client certificates: the names allowed (None: any the CA issued).
+    allowed_names: frozenset[str] | None = None
     # After an early answer (413, 408) aiohttp keeps reading the unsent rest of the body
     # for this long, so the client sees the answer instead of a reset.
     lingering_s: float = 2.0
@@ -56,12 +62,21 @@ _HEADER_TIMEOUT = _raw_error(
 
 
 class EdgeGuard:
-    """Shared by every connection of one listener: the open-connection count."""
+    """Shared by every connection of one listener: the open-connection count, and the
+    certificates when the listener speaks TLS."""
 
-    def __init__(self, limits: EdgeLimits, on_close: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        limits: EdgeLimits,
+        on_close: Callable[[str], None],
+        certificates: CertificateStore | None = None,
+        on_tls_refused: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self.limits = limits
         self.open_connections = 0
         self.on_close = on_close  # counts a connection the gateway closed, by reason
+        self.certificates = certificates
+        self.on_tls_refused = on_tls_refused  # counts a TLS client refused, by reason
 
     def protocol_factory(
         self, server: web.Server, loop: asyncio.AbstractEventLoop
@@ -87,6 +102,11 @@ class GatewayProtocol(RequestHandler):
         self._awaiting_headers = True
         self._header_started = False
         self._rejected = False
+        self._handshake: asyncio.Task[None] | None = None
+        self._abandoned = False
+        self._timed_out = False
+        # The client certificate's first name (DNS or URI SAN, or CN), for the access line.
+        self.client_name: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
@@ -98,16 +118,78 @@ class GatewayProtocol(RequestHandler):
             # Decided by the peer's address alone, before a byte is read: a peer outside
             # access.allowed_clients can neither hold a connection nor send headers.
             refusal = "not_allowed", _NOT_ALLOWED
+        if guard.certificates is None:
+            self._open(transport, refusal)
+            return
+        # TLS: the handshake first, within the idle deadline; the refusal (if any) is
+        # answered over it, where the client can read it.
+        stream = cast(asyncio.Transport, transport)
+        stream.pause_reading()  # start_tls takes the bytes over and resumes
+        self._arm(guard.limits.idle_timeout_s, lambda: self._handshake_too_slow(stream))
+        self._handshake = asyncio.get_running_loop().create_task(
+            self._secure(stream, guard.certificates.context, refusal)
+        )
+
+    async def _secure(
+        self,
+        raw: asyncio.Transport,
+        context: ssl.SSLContext,
+        refusal: tuple[str, bytes] | None,
+    ) -> None:
+        guard = self._guard
+        failure: OSError | None = None
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                raw, self, context, server_side=True
+            )
+        except OSError as exc:  # ssl.SSLError and ConnectionError are OSErrors
+            secure, failure = None, exc
+        self._cancel_deadline()
+        # A connection lost during the handshake may also come back as a closed transport.
+        if secure is None or secure.is_closing():
+            self._abandon(raw)
+            if self._timed_out:
+                guard.on_close("idle_timeout")
+                return
+            guard.on_tls_refused("handshake")
+            reason = getattr(failure, "reason", None) or str(failure or "connection closed")
+            log.info("tls_handshake_failed", reason=reason)
+            return
+        names = client_names(secure.get_extra_info("peercert"))
+        self.client_name = names[0] if names else None
+        if refusal is None and not name_allowed(names, guard.limits.allowed_names):
+            guard.on_tls_refused("name")
+            log.info("tls_client_not_allowed", client_name=self.client_name)
+            refusal = "not_allowed", _NOT_ALLOWED
+        self._open(secure, refusal)
+
+    def _handshake_too_slow(self, raw: asyncio.Transport) -> None:
+        """The idle deadline covers the handshake: a client that connects and sends
+        nothing (or stalls in the handshake) holds no connection for long."""
+        self._deadline = None
+        self._timed_out = True
+        raw.abort()  # start_tls then fails, and _secure counts it
+
+    def _abandon(self, raw: asyncio.Transport) -> None:
+        """Give up a connection whose handshake failed (start_tls closed it)."""
+        self._abandoned = True
+        self._guard.open_connections -= 1
+        raw.close()
+
+    def _open(self, transport: asyncio.BaseTransport, refusal: tuple[str, bytes] | None) -> None:
+        """Serve the connection, or answer its refusal and close it."""
+        guard = self._guard
         if refusal is not None:
             # Refuse before aiohttp starts a task for it: a flood costs one write each.
             # (A stream transport: uvloop's does not subclass asyncio.Transport.)
             self._rejected = True
             stream = cast(asyncio.Transport, transport)
             stream.write(refusal[1])
-            # Half-close and discard what the client still sends, for a moment: closing
-            # with its request unread would send a reset, which can destroy the answer
-            # before the client reads it (RFC 9112 §9.6).
-            stream.write_eof()
+            # Half-close (TLS has no half-close) and discard what the client still
+            # sends, for a moment: closing with its request unread would send a reset,
+            # which can destroy the answer before the client reads it (RFC 9112 §9.6).
+            if stream.can_write_eof():
+                stream.write_eof()
             self._deadline = asyncio.get_running_loop().call_later(
                 guard.limits.lingering_s, stream.close
             )
@@ -124,6 +206,8 @@ class GatewayProtocol(RequestHandler):
         return address is not None and address in self._guard.limits.allowed
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._abandoned:
+            return  # a failed handshake, already let go of
         self._guard.open_connections -= 1
         self._cancel_deadline()
         if not self._rejected:
@@ -227,3 +311,9 @@ def mark_request_finished(request: web.BaseRequest, keep_alive: bool) -> None:
     protocol = request.protocol
     if isinstance(protocol, GatewayProtocol):
         protocol.request_finished(keep_alive)
+
+
+def client_name(request: web.BaseRequest) -> str | None:
+    """The name in the caller's client certificate (None without one)."""
+    protocol = request.protocol
+    return protocol.client_name if isinstance(protocol, GatewayProtocol) else None

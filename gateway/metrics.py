@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+TLS_REFUSALS = ("handshake", "name")
 CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", "send_timeout")
 
 # From 100 µs (the gateway's own overhead) to a minute (a slow upstream call).
@@ -50,7 +51,8 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "aleacc_gateway_upstream_errors",
-            "Failed upstream attempts, by kind (connect, timeout, reset, cut, protocol).",
+            "Failed upstream attempts, by kind (connect, connect_timeout, timeout, "
+            "pool_timeout, reset, cut, protocol, proxy).",
             ["kind"],
             registry=registry,
         )
@@ -99,11 +101,33 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.tls_reloads = Counter(
+            "aleacc_gateway_tls_reloads",
+            "Listener certificate (re)loads, by result: loaded or error.",
+            ["result"],
+            registry=registry,
+        )
+        self.tls_refusals = Counter(
+            "aleacc_gateway_tls_refusals",
+            "TLS clients refused, by reason: handshake (no or untrusted certificate, "
+            "protocol) or name (not in access.allowed_client_names).",
+            ["reason"],
+            registry=registry,
+        )
+        self.tls_certificate_expiry = Gauge(
+            "aleacc_gateway_tls_certificate_expiry_seconds",
+            "When the listener's certificate expires, as a Unix time.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
         # Make the zero series visible before the first event, so rate() and alerts work.
         for source in ("xff", "peer", "fallback"):
             self.client_ip.labels(source)
         for result in ("loaded", "error"):
             self.secret_reloads.labels(result)
+            self.tls_reloads.labels(result)
+        for reason in TLS_REFUSALS:
+            self.tls_refusals.labels(reason)
         for reason in ("secret_unavailable", "invalid_request"):
             self.signing_failures.labels(reason)
         for reason in CLOSE_REASONS:

@@ -7,17 +7,13 @@ key, so a half-finished rotation never takes the gateway down.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from .config import SigningSettings
+from .reloading import FileStamp, OnReload, Reloading, ReloadResult, file_stamp
 from .signing import decode_secret
-
-ReloadResult = Literal["loaded", "unchanged", "error"]
 
 
 class SecretUnavailable(Exception):
@@ -27,15 +23,6 @@ class SecretUnavailable(Exception):
 class SecretInvalid(SecretUnavailable):
     """The secret was read but does not decode under ``secret_encoding``: a
     configuration error, not a mount that is still on its way."""
-
-
-@dataclass(frozen=True, slots=True)
-class _FileStamp:
-    inode: int
-    device: int
-    size: int
-    mtime_ns: int
-    mode: int  # a chmod that makes the file unreadable changes nothing else
 
 
 def read_secret(settings: SigningSettings, environ: Mapping[str, str] = os.environ) -> bytes:
@@ -76,29 +63,20 @@ def _read_file(path: Path) -> bytes:
     return value
 
 
-def _stamp(path: Path) -> _FileStamp | None:
-    # stat() follows symlinks, so a Kubernetes "..data" symlink swap shows as a new inode.
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return _FileStamp(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_mode)
-
-
-class SecretStore:
+class SecretStore(Reloading):
     """Holds the current secret; ``refresh`` re-reads the file when it has changed."""
 
     def __init__(
         self,
         settings: SigningSettings,
         environ: Mapping[str, str] = os.environ,
-        on_reload: Callable[[ReloadResult, str | None], None] | None = None,
+        on_reload: OnReload | None = None,
     ) -> None:
+        super().__init__(on_reload)
         self._settings = settings
         self._environ = environ
-        self._on_reload = on_reload
         self._secret: bytes | None = None
-        self._stamp: _FileStamp | None = None
+        self._stamp: FileStamp | None = None
         self.problem: str | None = None
         self.refresh(force=True)
 
@@ -115,7 +93,7 @@ class SecretStore:
     def refresh(self, force: bool = False) -> ReloadResult:
         """Re-read the secret if its file changed (or ``force``); keep the old one on error."""
         path = self._settings.secret_file
-        stamp = _stamp(path) if path is not None else None
+        stamp = file_stamp(path) if path is not None else None
         unchanged = stamp is not None and stamp == self._stamp
         if not force and unchanged and self.problem is None and self._secret is not None:
             # Nothing to re-read. A source with a problem is read again at every poll,
@@ -134,14 +112,3 @@ class SecretStore:
             return "unchanged"
         self._secret = value
         return self._report("loaded", None)
-
-    async def watch(self, interval_s: float) -> None:
-        """Re-read the file every ``interval_s`` until cancelled (run as a task)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            self.refresh()
-
-    def _report(self, result: ReloadResult, problem: str | None) -> ReloadResult:
-        if self._on_reload is not None:
-            self._on_reload(result, problem)
-        return result

@@ -23,7 +23,9 @@ from .edge import EdgeGuard, EdgeLimits
 from .logs import flush_periodically
 from .metrics import Metrics
 from .proxy import Clock
-from .secret import ReloadResult, SecretStore
+from .reloading import ReloadResult
+from .secret import SecretStore
+from .tls import CertificateStore
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -92,12 +94,17 @@ class ShutdownSignals:
         self._on_reload()
 
 
-def start_housekeeping(secrets: SecretStore, poll_s: float) -> list[asyncio.Task[None]]:
-    """The tasks beside a listener: flushing buffered log lines and, when the secret
-    comes from a file, re-reading it every ``poll_s``. Stop them with cancel_all()."""
+def start_housekeeping(
+    secrets: SecretStore, poll_s: float, certificates: CertificateStore | None
+) -> list[asyncio.Task[None]]:
+    """The tasks beside a listener: flushing buffered log lines and, every ``poll_s``,
+    re-reading the secret (when it comes from a file) and the listener's TLS files.
+    Stop them with cancel_all()."""
     tasks = [asyncio.create_task(flush_periodically(), name="log-flush")]
     if secrets.watches_file:
         tasks.append(asyncio.create_task(secrets.watch(poll_s), name="secret"))
+    if certificates is not None:
+        tasks.append(asyncio.create_task(certificates.watch(poll_s), name="tls"))
     return tasks
 
 
@@ -142,19 +149,31 @@ class GatewayServer:
         self.secrets = SecretStore(
             settings.signing, environ=environ, on_reload=self._secret_reloaded
         )
+        tls = settings.server.tls
+        # TlsError here: the first pair cannot be used, a configuration error.
+        self.certificates = (
+            CertificateStore(tls, on_reload=self._certificate_reloaded) if tls else None
+        )
+        if self.certificates is not None:
+            self.metrics.tls_certificate_expiry.set(self.certificates.not_after.timestamp())
         self.proxy = ProxyService(
             settings,
             secrets=self.secrets,
             metrics=self.metrics,
             lifecycle=self.lifecycle,
             clock=clock,
+            environ=environ,
         )
         self.admin_app = create_admin_app(
-            secrets=self.secrets, registry=self.registry, lifecycle=self.lifecycle
+            secrets=self.secrets,
+            registry=self.registry,
+            lifecycle=self.lifecycle,
+            certificates=self.certificates,
         )
         self._runners: list[web.BaseRunner] = []
         self._listeners: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.edge: EdgeGuard | None = None  # the proxy listener's, once started
 
     def _secret_reloaded(self, result: ReloadResult, problem: str | None) -> None:
         if result == "error":
@@ -162,6 +181,15 @@ class GatewayServer:
         else:
             log.info("secret_loaded")
         self.metrics.secret_reloads.labels(result).inc()
+
+    def _certificate_reloaded(self, result: ReloadResult, problem: str | None) -> None:
+        assert self.certificates is not None  # noqa: S101 - only it calls back
+        if result == "error":
+            log.error("tls_reload_failed", problem=problem)
+        else:
+            log.info("tls_loaded", expires=self.certificates.not_after.isoformat())
+            self.metrics.tls_certificate_expiry.set(self.certificates.not_after.timestamp())
+        self.metrics.tls_reloads.labels(result).inc()
 
     async def start(self) -> Bound:
         """Bind both listeners and start serving."""
@@ -176,7 +204,9 @@ class GatewayServer:
 
     async def start_proxy(self) -> tuple[str, int]:
         """Bind the proxy listener only (all a worker serves) and start serving."""
-        self._tasks = start_housekeeping(self.secrets, self.settings.signing.secret_poll_s)
+        self._tasks = start_housekeeping(
+            self.secrets, self.settings.signing.secret_poll_s, self.certificates
+        )
         limits = self.settings.limits
         server = self.proxy.server()
         # shutdown_timeout: how long stop() lets in-flight requests finish.
@@ -192,9 +222,13 @@ class GatewayServer:
                 header_timeout_s=limits.header_timeout_s,
                 idle_timeout_s=limits.idle_timeout_s,
                 allowed=TrustedNetworks(self.settings.access.allowed_clients),
+                allowed_names=self.settings.access.allowed_client_names,
             ),
             on_close=lambda reason: self.metrics.count(self.metrics.connections_closed, reason),
+            certificates=self.certificates,
+            on_tls_refused=lambda reason: self.metrics.count(self.metrics.tls_refusals, reason),
         )
+        self.edge = guard
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(
             lambda: guard.protocol_factory(server, loop), sock=proxy_sock

@@ -27,6 +27,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from .egress import ForwardProxy
+
 # The request methods that carry "Content-Length: 0" when sent without a body (RFC 9110 §8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Reading from the upstream pauses while this much of an answer waits for the caller.
@@ -50,11 +52,13 @@ class UpstreamFault(Exception):
         self.kind = kind
         self.sent = sent
         # A pool wait that ran out took the whole timeout_s already, and a new attempt
-        # would only wait in the same queue again.
-        self.retryable = not sent and kind != POOL_TIMEOUT
+        # would only wait in the same queue again; a forward proxy that failed or refused
+        # would do so again.
+        self.retryable = not sent and kind not in (POOL_TIMEOUT, PROXY)
 
 
 POOL_TIMEOUT = "pool_timeout"
+PROXY = "proxy"
 
 
 def request_head(method: str, target: str, headers: CIMultiDict[str], body_length: int) -> bytes:
@@ -81,10 +85,29 @@ class Pool:
         connect_timeout_s: float,
         timeout_s: float,
         idle_timeout_s: float,
+        proxy: ForwardProxy | None = None,
     ) -> None:
         self._host = url.raw_host or ""
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
+        self._proxy = proxy
+        # Through a proxy: an https upstream is reached through a CONNECT tunnel; to an
+        # http one each request goes in absolute form (the origin before the path).
+        self._absolute = (
+            f"http://{url.raw_authority}".encode("ascii")
+            if proxy is not None and self._ssl is None
+            else None
+        )
+        self._proxy_authorization = (
+            f"Proxy-Authorization: {proxy.authorization}\r\n".encode("ascii")
+            if proxy is not None and proxy.authorization
+            else b""
+        )
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        origin = f"{host}:{self._port}".encode("ascii")
+        self._tunnel_request = b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+            origin, origin, self._proxy_authorization,
+        )  # fmt: skip
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._idle_timeout_s = idle_timeout_s
@@ -107,6 +130,8 @@ class Pool:
         except BaseException:
             self._slots.release()
             raise
+        if self._absolute is not None:
+            head = self._absolute_form(head)
         response = Response(self, connection, method)
         connection.start(response, head, body)
         try:
@@ -114,7 +139,20 @@ class Pool:
         except BaseException:  # a fault, or the caller went away: the connection goes
             response.release()
             raise
+        if self._absolute is not None and response.status == 407:
+            # The proxy wants (other) credentials: its answer, not the upstream's.
+            response.release()
+            raise UpstreamFault(PROXY, sent=True)
         return response
+
+    def _absolute_form(self, head: bytes) -> bytes:
+        """``GET /x HTTP/1.1`` -> ``GET http://host:port/x HTTP/1.1``, plus credentials."""
+        assert self._absolute is not None  # noqa: S101 - only called through a proxy
+        method, _, rest = head.partition(b" ")
+        line, _, headers = rest.partition(b"\r\n")
+        return b"%s %s%s\r\n%s%s" % (
+            method, self._absolute, line, self._proxy_authorization, headers,
+        )  # fmt: skip
 
     async def _acquire_slot(self) -> None:
         if not self._slots.locked():
@@ -145,16 +183,52 @@ class Pool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        stage = "connect"
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self._open), self._host, self._port, ssl=self._ssl
+                if self._proxy is None:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(self._open), self._host, self._port, ssl=self._ssl
+                    )
+                    return connection
+                stage = PROXY  # until the tunnel stands, a failure is the proxy's
+                if self._ssl is None:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(self._open), self._proxy.host, self._proxy.port
+                    )
+                    return connection
+                raw = await self._tunnel(loop, self._proxy)
+                stage = "connect"
+                connection = _Connection(self._open)
+                secure = await loop.start_tls(
+                    raw, connection, self._ssl, server_hostname=self._host
                 )
+                if secure is None:  # pragma: no cover - only for a transport already closing
+                    raise ConnectionResetError
+                connection.connection_made(secure)
+                return connection
         except TimeoutError:
-            raise UpstreamFault("connect_timeout", sent=False) from None
+            kind = PROXY if stage == PROXY else "connect_timeout"
+            raise UpstreamFault(kind, sent=False) from None
         except OSError:  # refused, unreachable, name not found, TLS handshake failed
-            raise UpstreamFault("connect", sent=False) from None
-        return connection
+            raise UpstreamFault(stage, sent=False) from None
+
+    async def _tunnel(
+        self, loop: asyncio.AbstractEventLoop, proxy: ForwardProxy
+    ) -> asyncio.Transport:
+        """A TCP connection to the proxy, turned into a tunnel to the upstream by CONNECT.
+        Raises OSError when the proxy cannot be reached or does not answer 2xx."""
+        stream, reply = await loop.create_connection(_ConnectReply, proxy.host, proxy.port)
+        try:
+            stream.write(self._tunnel_request)
+            status = await reply.status
+        except BaseException:
+            stream.abort()
+            raise
+        if not 200 <= status < 300:
+            stream.abort()
+            raise ConnectionRefusedError(f"the proxy answered CONNECT with {status}")
+        return stream
 
     def _done(self, connection: _Connection, reusable: bool) -> None:
         """A response is finished with: keep its connection for the next one, or close it."""
@@ -164,6 +238,35 @@ class Pool:
             self._idle.append(connection)
         else:
             connection.close()
+
+
+class _ConnectReply(asyncio.Protocol):
+    """Reads a proxy's answer to CONNECT up to the end of its head; ``status`` is its code."""
+
+    def __init__(self) -> None:
+        self.status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._received = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.status.done():
+            return
+        self._received += data
+        head, found, rest = self._received.partition(b"\r\n\r\n")
+        if not found:
+            if len(self._received) > MAX_HEAD_BYTES:
+                self.status.set_exception(ConnectionError("no end to the proxy's answer"))
+            return
+        parts = head.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            self.status.set_exception(ConnectionError("not an HTTP answer to CONNECT"))
+        elif rest and parts[1].startswith(b"2"):  # bytes before our TLS handshake began
+            self.status.set_exception(ConnectionError("data after the proxy's 2xx"))
+        else:
+            self.status.set_result(int(parts[1]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.status.done():
+            self.status.set_exception(exc or ConnectionResetError("the proxy closed"))
 
 
 class _Connection(asyncio.Protocol):

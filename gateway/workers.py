@@ -41,6 +41,7 @@ from .server import (
     format_address,
     start_housekeeping,
 )
+from .tls import CertificateStore
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY_S = 1.0
@@ -86,12 +87,20 @@ class Supervisor:
     async def run(self, summary: dict[str, object]) -> int:
         """Serve until SIGTERM/SIGINT, then drain every worker; 0 if all left cleanly."""
         metrics_dir = tempfile.mkdtemp(prefix="aleacc-gateway-metrics-")
-        secrets = SecretStore(self.settings.signing)  # only for /readyz here
-        tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s)
+        # Only for /readyz here: the workers sign and serve TLS with their own.
+        secrets = SecretStore(self.settings.signing)
+        tls = self.settings.server.tls
+        certificates = CertificateStore(tls) if tls else None
+        tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s, certificates)
         try:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
-            admin = create_admin_app(secrets=secrets, registry=registry, lifecycle=self.lifecycle)
+            admin = create_admin_app(
+                secrets=secrets,
+                registry=registry,
+                lifecycle=self.lifecycle,
+                certificates=certificates,
+            )
             runner = web.AppRunner(admin, access_log=None)
             await runner.setup()
             sock = bind(self.settings.server.admin_listen, setting="server.admin_listen")

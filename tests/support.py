@@ -8,7 +8,9 @@ import dataclasses
 import io
 import json
 import os
+import random
 import re
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -88,6 +90,22 @@ def remember_sensitive(authorization: str | None, session_id: str | None) -> Non
         SENSITIVE.update(authorization.split(":")[1:2])
     if session_id:
         SENSITIVE.add(session_id)
+
+
+def unused_port() -> int:
+    """A loopback port that is free now, for a process under test to bind later.
+
+    Taken from below the kernel's ephemeral range: a port from bind(0) lies inside it,
+    where any outgoing connection on the machine may take it in the meantime.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(10000, max(low, 10001)), 100):
+        with contextlib.suppress(OSError), socket.create_server(("127.0.0.1", port)):
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def settings_for(upstream_url: URL | str, /, **sections: Any) -> Settings:

@@ -104,12 +104,60 @@ def test_upstream_host_and_base_path(url: str, host: str, base: str) -> None:
         ({"limits": {"max_body_bytes": -1}}, "limits.max_body_bytes:"),
         ({"limits": {"max_bodybytes": 1}}, "limits.max_bodybytes: unknown key"),
         ({"extra": {"a": 1}}, "[extra]: unknown table"),
+        (
+            {"server": {"tls_cert_file": "/tls.crt"}},
+            "server: set both tls_cert_file and tls_key_file, or neither",
+        ),
+        ({"server": {"tls_key_file": ""}}, "server.tls_key_file: must be a non-empty path"),
+        (
+            {"server": {"tls_client_ca_file": "/ca.crt"}},
+            "server.tls_client_ca_file: needs server.tls_cert_file and tls_key_file",
+        ),
+        (
+            {"access": {"allowed_client_names": ["frontend"]}},
+            "access.allowed_client_names: needs server.tls_client_ca_file",
+        ),
+        (
+            {"upstream": {"proxy_url": "http://u:p@proxy:3128"}},
+            "upstream.proxy_url: must not carry credentials: put them in upstream.proxy_auth_file",
+        ),
+        ({"upstream": {"proxy_url": "https://proxy:3128"}}, "upstream.proxy_url: must be an http"),
+        ({"upstream": {"proxy_url": "http://proxy:3128/x"}}, "upstream.proxy_url: must be the"),
+        (
+            {"upstream": {"proxy_url": "http://proxy:3128", "proxy_from_env": True}},
+            "upstream: set proxy_url or proxy_from_env, not both",
+        ),
+        (
+            {"upstream": {"proxy_auth_file": "/p"}},
+            "upstream.proxy_auth_file: needs proxy_url or proxy_from_env",
+        ),
+        (
+            {"access": {"allowed_client_names": "frontend"}},
+            "access.allowed_client_names: must be a non-empty list",
+        ),
     ],
 )
 def test_each_problem_names_its_key(tables: dict[str, dict[str, object]], expected: str) -> None:
     assert any(p.startswith(expected) for p in problems(merged(**tables))), problems(
         merged(**tables)
     )
+
+
+def test_tls_settings() -> None:
+    server = {"tls_cert_file": "/t/tls.crt", "tls_key_file": "/t/tls.key"}
+    assert parse_settings(MINIMAL).server.tls is None
+    tls = parse_settings(merged(server=server)).server.tls
+    assert tls is not None
+    assert (tls.files, tls.client_ca_file) == ((Path("/t/tls.crt"), Path("/t/tls.key")), None)
+    mtls = parse_settings(
+        merged(
+            server={**server, "tls_client_ca_file": "/t/ca.crt"},
+            access={"allowed_client_names": ["a", "spiffe://x/y"]},
+        )
+    )
+    assert mtls.server.tls is not None
+    assert mtls.server.tls.files[2] == Path("/t/ca.crt")
+    assert mtls.access.allowed_client_names == frozenset({"a", "spiffe://x/y"})
 
 
 def test_neither_secret_source_is_a_problem() -> None:

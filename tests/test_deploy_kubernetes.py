@@ -24,7 +24,7 @@ OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir())
 # Native sidecars (restartPolicy on an init container) need 1.29; validate there and at the
 # newest schema the validator ships.
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
-CRD_KINDS = {"PodMonitor"}  # no offline schema; checked by hand below
+CRD_KINDS = {"PodMonitor", "Certificate"}  # no offline schema; checked by hand below
 Obj = dict[str, Any]
 
 
@@ -60,8 +60,8 @@ def gateway_settings(objects: list[Obj]) -> Settings:
     return parse_settings(tomllib.loads(config_map["data"]["gateway.toml"]))
 
 
-def test_there_are_two_overlays() -> None:
-    assert OVERLAYS == ["sidecar", "standalone"]
+def test_there_are_three_overlays() -> None:
+    assert OVERLAYS == ["sidecar", "standalone", "standalone-tls"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -104,13 +104,15 @@ def test_probes_on_the_admin_port_and_secret_as_a_file_volume(overlay: str) -> N
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     settings = gateway_settings(objects)
     assert settings.server.admin_listen.port == admin_port
-    # The secret: a whole-Secret volume mounted as a directory, never subPath, never env.
+    # Secrets: whole-Secret volumes mounted as directories, never subPath, never env.
     volumes = {v["name"]: v for v in pod["volumes"]}
     secret_mounts = [m for m in gateway["volumeMounts"] if "secret" in volumes[m["name"]]]
-    assert len(secret_mounts) == 1
-    assert "subPath" not in secret_mounts[0]
+    assert all("subPath" not in mount for mount in secret_mounts)
     assert settings.signing.secret_file is not None
-    assert settings.signing.secret_file.parent == Path(secret_mounts[0]["mountPath"])
+    (api_secret,) = (
+        m for m in secret_mounts if settings.signing.secret_file.parent == Path(m["mountPath"])
+    )
+    assert volumes[api_secret["name"]]["secret"]["secretName"] == "aleacc-api-secret"
     for container in pod.get("initContainers", []) + pod["containers"]:
         for env in container.get("env", []):
             assert "secretKeyRef" not in env.get("valueFrom", {})
@@ -164,3 +166,28 @@ def test_standalone_has_its_service_objects() -> None:
     (service,) = of_kind(objects, "Service")
     assert service["spec"]["selector"] == selector
     assert gateway_settings(objects).server.listen.host == "0.0.0.0"
+
+
+def test_standalone_tls_mounts_cert_managers_secret_for_the_listener() -> None:
+    objects = render("standalone-tls")
+    (certificate,) = of_kind(objects, "Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert certificate["spec"]["usages"] == ["server auth"]
+    (deployment,) = of_kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = (
+        m
+        for m in gateway_container(pod)["volumeMounts"]
+        if volumes[m["name"]].get("secret", {}).get("secretName")
+        == certificate["spec"]["secretName"]
+    )
+    tls = gateway_settings(objects).server.tls
+    assert tls is not None
+    assert tls.files == tuple(
+        Path(mount["mountPath"]) / name for name in ("tls.crt", "tls.key", "ca.crt")
+    )
+    assert gateway_settings(objects).access.allowed_client_names
+    # The rest is the standalone overlay's, plus the Certificate.
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted([o["kind"] for o in render("standalone")] + ["Certificate"])

@@ -49,6 +49,7 @@ def test_alerts_have_severity_summary_and_runbook() -> None:
         "AleaccGatewayClockSkew",
         "AleaccGatewayUpstreamErrors",
         "AleaccGatewaySecretReloadFailed",
+        "AleaccGatewayCertificateExpiresSoon",
     }
     for alert in alerts:
         assert alert["labels"]["severity"] in ("critical", "warning")  # type: ignore[index]

@@ -28,6 +28,7 @@ from .support import (
     run_cli,
     serve_handler,
     settings_for,
+    unused_port,
 )
 from .test_hardening import exchange_raw, status_of
 
@@ -301,12 +302,6 @@ async def test_a_zone_id_in_x_forwarded_for_is_malformed(
 
 
 # 10. A busy port: one line naming the setting, exit 1, nothing reported started.
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def serve_on_taken_port(
     tmp_path: Path, taken: socket.socket, setting: str, workers: int
 ) -> tuple[Path, int, str, str]:
@@ -317,7 +312,7 @@ async def serve_on_taken_port(
     other = "admin_listen" if setting == "listen" else "listen"
     config = tmp_path / "gw.toml"
     config.write_text(
-        f'[server]\n{setting} = "127.0.0.1:{port}"\n{other} = "127.0.0.1:{free_port()}"\n'
+        f'[server]\n{setting} = "127.0.0.1:{port}"\n{other} = "127.0.0.1:{unused_port()}"\n'
         f"workers = {workers}\n"
         '[upstream]\nurl = "http://127.0.0.1:9"\n'
         f'[signing]\napi_id = "a"\nsecret_file = "{secret}"\n'

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,16 +16,10 @@ from gateway.config import ListenAddress
 from gateway.mock.upstream import DEMO_SECRET
 from gateway.server import check_free
 
-from .support import GatewayProcess, RawUpstream, config_file
+from .support import GatewayProcess, RawUpstream, config_file, unused_port
 from .test_observability_functional import wait_for_status
 
 StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_two_workers(
@@ -44,7 +37,7 @@ async def start_two_workers(
         signing={"secret_poll_s": 0.05},
     )
     # More than one worker needs a fixed port (they share it); the admin port may be 0.
-    config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{free_port()}", 1))
+    config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{unused_port()}", 1))
     supervisor = await gateway_process(config)
     if wait:
         await supervisor.wait_for("worker_started", count=2)

@@ -1,0 +1,163 @@
+"""TLS on the proxy listener: a context from PEM files, re-read when they change, and
+the identity a client certificate carries.
+
+The ssl module speaks the protocol (TLS 1.2 and later, its secure defaults: no
+compression, no renegotiation). cryptography reads what ssl cannot tell us about a
+certificate file before it is used: whether it holds a certificate, and when it expires.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from .config import TlsSettings
+from .reloading import FileStamp, OnReload, Reloading, ReloadResult, file_stamp
+
+# check-config warns when the certificate expires sooner than this.
+EXPIRY_WARNING_S = 14 * 86400
+
+
+class TlsError(Exception):
+    """A TLS file cannot be used; the message is one line naming the setting."""
+
+
+class TlsFileMissing(TlsError):
+    """A TLS file is not there (yet): check-config, run where it is not mounted, warns."""
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A server context and the expiry of the certificate it presents."""
+
+    context: ssl.SSLContext
+    not_after: datetime.datetime
+
+
+def load(tls: TlsSettings) -> Loaded:
+    """Build the proxy listener's context from ``tls``; TlsError names the bad file."""
+    cert_setting = f"server.tls_cert_file {tls.cert_file}"
+    key_setting = f"server.tls_key_file {tls.key_file}"
+    try:
+        chain = x509.load_pem_x509_certificates(_read(tls.cert_file, cert_setting))
+    except ValueError:
+        raise TlsError(f"{cert_setting}: no PEM certificate in it") from None
+    _read(tls.key_file, key_setting)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    try:
+        # A password (even empty) keeps OpenSSL from prompting on the terminal for an
+        # encrypted key.
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TlsError(f"{key_setting}: does not match the certificate") from None
+        raise TlsError(f"{key_setting}: not an unencrypted PEM private key") from None
+    except OSError as exc:  # changed between the reads
+        raise TlsError(f"{key_setting}: {exc.strerror or 'unreadable'}") from None
+    if tls.client_ca_file is not None:
+        ca_setting = f"server.tls_client_ca_file {tls.client_ca_file}"
+        _read(tls.client_ca_file, ca_setting)
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
+        except (ssl.SSLError, OSError):
+            raise TlsError(f"{ca_setting}: no PEM certificate in it") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return Loaded(context, chain[0].not_valid_after_utc)
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise TlsFileMissing(f"{setting}: {exc.strerror}") from None
+    except OSError as exc:
+        raise TlsError(f"{setting}: {exc.strerror or 'unreadable'}") from None
+
+
+def expiry_problems(not_after: datetime.datetime, now: datetime.datetime) -> tuple[str, str]:
+    """(error, warning) about the certificate's expiry for check-config; "" for none."""
+    left = (not_after - now).total_seconds()
+    when = not_after.strftime("%Y-%m-%d %H:%M UTC")
+    if left <= 0:
+        return f"server.tls_cert_file: the certificate expired on {when}", ""
+    if left < EXPIRY_WARNING_S:
+        return "", f"server.tls_cert_file: the certificate expires on {when}"
+    return "", ""
+
+
+def client_names(peercert: dict[str, Any] | None) -> tuple[str, ...]:
+    """A client certificate's identities: its DNS and URI SANs (SPIFFE ids are URIs),
+    or its subject's common name when it has no such SAN."""
+    if not peercert:
+        return ()
+    names = tuple(value for kind, value in peercert.get("subjectAltName", ()) if kind in _SANS)
+    if names:
+        return names
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return (value,)
+    return ()
+
+
+_SANS = frozenset({"DNS", "URI"})
+
+
+def name_allowed(names: Iterable[str], allowed: frozenset[str] | None) -> bool:
+    """Whether any of a client's names is in ``allowed`` (None: no name check)."""
+    return allowed is None or any(name in allowed for name in names)
+
+
+class CertificateStore(Reloading):
+    """The listener's current context; ``refresh`` rebuilds it when a file changed.
+
+    A new pair that cannot be used keeps the last good context (new connections go on
+    getting the old certificate) and sets ``problem`` until the files are fixed.
+    """
+
+    def __init__(
+        self,
+        tls: TlsSettings,
+        on_reload: OnReload | None = None,
+    ) -> None:
+        super().__init__(on_reload)
+        self._tls = tls
+        self._stamps = self._stamp()
+        loaded = load(tls)  # a first pair that cannot be used is a configuration error
+        self.context = loaded.context
+        self.not_after = loaded.not_after
+        self.problem: str | None = None
+        self._failed_once = False
+
+    def _stamp(self) -> tuple[FileStamp | None, ...]:
+        return tuple(file_stamp(path) for path in self._tls.files)
+
+    def refresh(self) -> ReloadResult:
+        """Rebuild the context if a file changed, or while the last try failed."""
+        stamps = self._stamp()
+        if stamps == self._stamps and self.problem is None:
+            return "unchanged"
+        try:
+            loaded = load(self._tls)
+        except TlsError as exc:
+            if not self._failed_once and self.problem is None:
+                # A pair written one file after the other is briefly a mismatch: only
+                # a failure seen at two polls in a row is one.
+                self._failed_once = True
+                return "unchanged"
+            self.problem = str(exc)
+            return self._report("error", self.problem)
+        self._failed_once = False
+        self._stamps = stamps
+        self.problem = None
+        self.context = loaded.context
+        self.not_after = loaded.not_after
+        return self._report("loaded", None)
