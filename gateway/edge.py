@@ -4,15 +4,14 @@ What no request handler can see happens here: how many connections are open, whi
 peers may connect at all, how long a connection may sit idle (from accept, and between
 requests) and how long a client may take to send a request's headers, and how a request
 that aiohttp's parser rejects is answered (as JSON, without quoting the request back).
-With TLS on the listener, the handshake runs here too (with the current certificate,
-so a rotated one serves new connections at once), and so does the client name check.
+With TLS on the listener the event loop runs the handshake (tls.py gives it the current
+certificate) and a connection arrives here once it is done: the client name check is here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,7 +21,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .client_ip import TrustedNetworks, parse_address
-from .tls import CertificateStore, client_names, name_allowed
+from .tls import client_names, name_allowed
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -62,20 +61,19 @@ _HEADER_TIMEOUT = _raw_error(
 
 
 class EdgeGuard:
-    """Shared by every connection of one listener: the open-connection count, and the
-    certificates when the listener speaks TLS."""
+    """Shared by every connection of one listener: the open-connection count."""
 
     def __init__(
         self,
         limits: EdgeLimits,
         on_close: Callable[[str], None],
-        certificates: CertificateStore | None = None,
+        tls: bool = False,
         on_tls_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.limits = limits
         self.open_connections = 0
         self.on_close = on_close  # counts a connection the gateway closed, by reason
-        self.certificates = certificates
+        self.tls = tls  # the listener speaks TLS: connections arrive after the handshake
         self.on_tls_refused = on_tls_refused  # counts a TLS client refused, by reason
 
     def protocol_factory(
@@ -102,9 +100,6 @@ class GatewayProtocol(RequestHandler):
         self._awaiting_headers = True
         self._header_started = False
         self._rejected = False
-        self._handshake: asyncio.Task[None] | None = None
-        self._abandoned = False
-        self._timed_out = False
         # The client certificate's first name (DNS or URI SAN, or CN), for the access line.
         self.client_name: str | None = None
 
@@ -118,63 +113,15 @@ class GatewayProtocol(RequestHandler):
             # Decided by the peer's address alone, before a byte is read: a peer outside
             # access.allowed_clients can neither hold a connection nor send headers.
             refusal = "not_allowed", _NOT_ALLOWED
-        if guard.certificates is None:
-            self._open(transport, refusal)
-            return
-        # TLS: the handshake first, within the idle deadline; the refusal (if any) is
-        # answered over it, where the client can read it.
-        stream = cast(asyncio.Transport, transport)
-        stream.pause_reading()  # start_tls takes the bytes over and resumes
-        self._arm(guard.limits.idle_timeout_s, lambda: self._handshake_too_slow(stream))
-        self._handshake = asyncio.get_running_loop().create_task(
-            self._secure(stream, guard.certificates.context, refusal)
-        )
-
-    async def _secure(
-        self,
-        raw: asyncio.Transport,
-        context: ssl.SSLContext,
-        refusal: tuple[str, bytes] | None,
-    ) -> None:
-        guard = self._guard
-        failure: OSError | None = None
-        try:
-            secure = await asyncio.get_running_loop().start_tls(
-                raw, self, context, server_side=True
-            )
-        except OSError as exc:  # ssl.SSLError and ConnectionError are OSErrors
-            secure, failure = None, exc
-        self._cancel_deadline()
-        # A connection lost during the handshake may also come back as a closed transport.
-        if secure is None or secure.is_closing():
-            self._abandon(raw)
-            if self._timed_out:
-                guard.on_close("idle_timeout")
-                return
-            guard.on_tls_refused("handshake")
-            reason = getattr(failure, "reason", None) or str(failure or "connection closed")
-            log.info("tls_handshake_failed", reason=reason)
-            return
-        names = client_names(secure.get_extra_info("peercert"))
-        self.client_name = names[0] if names else None
-        if refusal is None and not name_allowed(names, guard.limits.allowed_names):
-            guard.on_tls_refused("name")
-            log.info("tls_client_not_allowed", client_name=self.client_name)
-            refusal = "not_allowed", _NOT_ALLOWED
-        self._open(secure, refusal)
-
-    def _handshake_too_slow(self, raw: asyncio.Transport) -> None:
-        """The idle deadline covers the handshake: a client that connects and sends
-        nothing (or stalls in the handshake) holds no connection for long."""
-        self._deadline = None
-        self._timed_out = True
-        raw.abort()  # start_tls then fails, and _secure counts it
-
-    def _abandon(self, raw: asyncio.Transport) -> None:
-        """Give up a connection whose handshake failed (start_tls closed it)."""
-        self._abandoned = True
-        self._guard.open_connections -= 1
-        raw.close()
+        if guard.tls and refusal is None:
+            # The loop has done the handshake (and verified a client certificate).
+            names = client_names(transport.get_extra_info("peercert"))
+            self.client_name = names[0] if names else None
+            if not name_allowed(names, guard.limits.allowed_names):
+                guard.on_tls_refused("name")
+                log.info("tls_client_not_allowed", client_name=self.client_name)
+                refusal = "not_allowed", _NOT_ALLOWED
+        self._open(transport, refusal)
 
     def _open(self, transport: asyncio.BaseTransport, refusal: tuple[str, bytes] | None) -> None:
         """Serve the connection, or answer its refusal and close it."""
@@ -206,8 +153,6 @@ class GatewayProtocol(RequestHandler):
         return address is not None and address in self._guard.limits.allowed
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._abandoned:
-            return  # a failed handshake, already let go of
         self._guard.open_connections -= 1
         self._cancel_deadline()
         if not self._rejected:

@@ -182,6 +182,10 @@ class GatewayServer:
             log.info("secret_loaded")
         self.metrics.secret_reloads.labels(result).inc()
 
+    def _handshake_failed(self, reason: str) -> None:
+        log.info("tls_handshake_failed", reason=reason)
+        self.metrics.count(self.metrics.tls_refusals, "handshake")
+
     def _certificate_reloaded(self, result: ReloadResult, problem: str | None) -> None:
         assert self.certificates is not None  # noqa: S101 - only it calls back
         if result == "error":
@@ -225,13 +229,20 @@ class GatewayServer:
                 allowed_names=self.settings.access.allowed_client_names,
             ),
             on_close=lambda reason: self.metrics.count(self.metrics.connections_closed, reason),
-            certificates=self.certificates,
+            tls=self.certificates is not None,
             on_tls_refused=lambda reason: self.metrics.count(self.metrics.tls_refusals, reason),
         )
         self.edge = guard
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(
-            lambda: guard.protocol_factory(server, loop), sock=proxy_sock
+            lambda: guard.protocol_factory(server, loop),
+            sock=proxy_sock,
+            # The loop runs the handshake: with the current certificate, within the idle
+            # deadline (a client that sends nothing is closed as with plain HTTP).
+            ssl=self.certificates.listener_context(self._handshake_failed)
+            if self.certificates
+            else None,
+            ssl_handshake_timeout=limits.idle_timeout_s if self.certificates else None,
         )
         self._listeners.append(listener)
         address: tuple[str, int] = proxy_sock.getsockname()[:2]

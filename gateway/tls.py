@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import datetime
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
 
 from .config import TlsSettings
 from .reloading import FileStamp, OnReload, Reloading, ReloadResult, file_stamp
@@ -42,6 +40,9 @@ class Loaded:
 
 def load(tls: TlsSettings) -> Loaded:
     """Build the proxy listener's context from ``tls``; TlsError names the bad file."""
+    # Imported here: it costs ~9 MB of RSS, which a gateway without TLS does not pay.
+    from cryptography import x509
+
     cert_setting = f"server.tls_cert_file {tls.cert_file}"
     key_setting = f"server.tls_key_file {tls.key_file}"
     try:
@@ -116,6 +117,42 @@ def name_allowed(names: Iterable[str], allowed: frozenset[str] | None) -> bool:
     return allowed is None or any(name in allowed for name in names)
 
 
+class _HandshakeWatch(ssl.SSLObject):
+    """An SSLObject that reports a failed handshake (``ssl.SSLContext.sslobject_class``)."""
+
+    on_failure: Callable[[str], None] = staticmethod(lambda reason: None)
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # not done yet: more bytes to come
+        except ssl.SSLError as exc:  # no or an untrusted client certificate, a protocol...
+            self.on_failure(str(exc.reason or type(exc).__name__))
+            raise
+
+
+class _Rotating(ssl.SSLContext):
+    """The context the listener is created with: every connection's TLS object comes
+    from the store's current context, so a re-read certificate serves the next
+    handshake, while open connections keep theirs."""
+
+    _store: CertificateStore
+    _watch: type[_HandshakeWatch]
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        current = self._store.context
+        current.sslobject_class = self._watch
+        return current.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
 class CertificateStore(Reloading):
     """The listener's current context; ``refresh`` rebuilds it when a file changed.
 
@@ -136,6 +173,17 @@ class CertificateStore(Reloading):
         self.not_after = loaded.not_after
         self.problem: str | None = None
         self._failed_once = False
+
+    def listener_context(self, on_handshake_failed: Callable[[str], None]) -> ssl.SSLContext:
+        """The context to create the listener with (an event loop calls its wrap_bio for
+        each connection): the current certificate at every handshake, and
+        ``on_handshake_failed(reason)`` for each handshake that fails."""
+        rotating = _Rotating(ssl.PROTOCOL_TLS_SERVER)
+        rotating._store = self
+        rotating._watch = type(
+            "HandshakeWatch", (_HandshakeWatch,), {"on_failure": staticmethod(on_handshake_failed)}
+        )
+        return rotating
 
     def _stamp(self) -> tuple[FileStamp | None, ...]:
         return tuple(file_stamp(path) for path in self._tls.files)

@@ -8,9 +8,11 @@ import dataclasses
 import datetime
 import io
 import json
+import socket
 import ssl
 import subprocess
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +25,9 @@ from gateway.mock.upstream import DEMO_SECRET
 
 from .support import (
     Gateway,
+    GatewayProcess,
     Mock,
+    RawUpstream,
     StartGateway,
     config_file,
     log_events,
@@ -104,6 +108,14 @@ async def get(port: int, context: ssl.SSLContext) -> tuple[int, bytes, str]:
     head, _, body = answer.partition(b"\r\n\r\n")
     error = json.loads(body).get("error", "") if b"application/json" in head else ""
     return int(head.split()[1]), certificate, str(error)
+
+
+def status_at_once(port: int, context: ssl.SSLContext) -> int:
+    """A blocking client, whose ClientHello follows the TCP handshake at once."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET /echo HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        return int(tls.recv(65536).split()[1])
 
 
 def open_connections(gateway: Gateway) -> int:
@@ -263,14 +275,43 @@ async def test_a_silent_client_is_cut_at_the_idle_deadline(
     server = dataclasses.replace(settings.server, tls=TlsSettings(pki.cert, pki.key))
     gateway = await start_gateway(dataclasses.replace(settings, server=server))
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.bound.proxy[1])
-    assert await reader.read() == b""  # closed without a handshake
+    async with asyncio.timeout(5):  # the handshake deadline is the idle deadline
+        assert await reader.read() == b""  # closed without a handshake
     writer.close()
-    await until(
-        lambda: (
-            gateway.sample("aleacc_gateway_connections_closed_total", reason="idle_timeout") == 1
+    assert open_connections(gateway) == 0  # counted only once the handshake is done
+
+
+async def test_serve_speaks_tls_on_its_own_event_loop(
+    gateway_process: Callable[[Path], Awaitable[GatewayProcess]],
+    pki: Pki,
+    tmp_path: Path,
+    raw_upstream: RawUpstream,
+) -> None:
+    # serve runs on uvloop, which starts reading a connection before the TLS layer could
+    # take it over by hand: a ClientHello sent at once was lost there, TLS 1.3 hung.
+    secret = tmp_path / "secret"
+    secret.write_bytes(DEMO_SECRET)
+    config = config_file(tmp_path / "gw.toml", raw_upstream.url, secret)
+    config.write_text(
+        config.read_text().replace(
+            "[upstream]", f'tls_cert_file = "{pki.cert}"\ntls_key_file = "{pki.key}"\n[upstream]'
         )
     )
-    assert open_connections(gateway) == 0
+    gateway = await gateway_process(config)
+    port = gateway.proxy.port or 0
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        for _ in range(5):  # each on a new connection, its ClientHello sent at once
+            context = pki.client_context()
+            context.minimum_version = context.maximum_version = version
+            assert await asyncio.to_thread(status_at_once, port, context) == 200
+    # Not TLS at all: no answer, and counted.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: gw\r\n\r\n")
+    with contextlib.suppress(ConnectionResetError):
+        assert await reader.read() == b""
+    writer.close()
+    failed = await gateway.wait_for("tls_handshake_failed")
+    assert failed["reason"] == "HTTP_REQUEST"
 
 
 async def test_check_config_and_serve_read_the_tls_files(pki: Pki, tmp_path: Path) -> None:
