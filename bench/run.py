@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -130,6 +131,7 @@ class Server:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    scheme: str = "http"
 
     def cpu_seconds(self) -> float:
         total = 0
@@ -169,42 +171,60 @@ def start_nginx(name: str, template: str, workdir: Path, **values: object) -> Se
     text = (BENCH / "nginx" / "common.conf").read_text() + (BENCH / "nginx" / template).read_text()
     replacements = {
         "dir": workdir,
-        "name": name,
+        "name": name.replace(" ", "-"),
         "port": port,
         "bench": BENCH,
         "load_modules": load,
     }
     for key, value in {**replacements, **values}.items():
         text = text.replace("{" + key + "}", str(value))
-    conf = workdir / f"{name}.conf"
+    conf = workdir / f"{replacements['name']}.conf"
     conf.write_text(text)
     process = subprocess.Popen(
-        ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / f"{name}.error.log")]
+        ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(conf.with_suffix(".error.log"))]
     )
     wait_for_port(port, process, name)
-    return Server(name, port, process)
+    return Server(name, port, process, "https" if values.get("ssl") else "http")
 
 
-def start_gateway(workdir: Path, upstream_port: int, workers: int) -> Server:
+def make_certificate(workdir: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed P-256 certificate for the TLS rows (wrk does not verify)."""
+    cert, key = workdir / "tls.crt", workdir / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", "/CN=127.0.0.1", "-days", "2", "-keyout", str(key),
+         "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def start_gateway(
+    workdir: Path, upstream_port: int, workers: int, tls: tuple[Path, Path] | None = None
+) -> Server:
     port, admin = free_port(), free_port()
     secret = workdir / "secret"
     secret.write_text(SECRET)
-    conf = workdir / f"gateway-{workers}.toml"
+    name = f"gateway x{workers}" if workers > 1 else "gateway"
+    conf = workdir / f"gateway-{workers}{'-tls' if tls else ''}.toml"
+    tls_lines = f'tls_cert_file = "{tls[0]}"\ntls_key_file = "{tls[1]}"\n' if tls else ""
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin}"\n'
-        f"workers = {workers}\ndrain_delay_s = 0\n"
+        f"workers = {workers}\ndrain_delay_s = 0\n{tls_lines}"
         f'[upstream]\nurl = "http://127.0.0.1:{upstream_port}"\n'
         f'[signing]\napi_id = "{API_ID}"\nsecret_file = "{secret}"\n'
         "[limits]\nmax_connections = 4096\n"
     )
-    log = (workdir / f"gateway-{workers}.log").open("wb")
+    log = conf.with_suffix(".log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(conf)],
         stdout=log,
         cwd=ROOT,
     )
     wait_for_port(port, process, f"gateway ({workers} workers)")
-    return Server(f"gateway x{workers}" if workers > 1 else "gateway", port, process)
+    if tls:
+        return Server(f"{name} tls", port, process, "https")
+    return Server(name, port, process)
 
 
 def start_floor(upstream_port: int) -> Server:
@@ -278,7 +298,8 @@ def median(samples: list[Sample], figure: str) -> float:
 
 def target(server: Server, scenario: str) -> str:
     """The URL a scenario loads on ``server``."""
-    return f"http://127.0.0.1:{server.port}{POST_PATH if scenario == 'POST' else GET_PATH}"
+    path = POST_PATH if scenario == "POST" else GET_PATH
+    return f"{server.scheme}://127.0.0.1:{server.port}{path}"
 
 
 def measure(server: Server, scenario: str, args: argparse.Namespace) -> Sample:
@@ -295,19 +316,23 @@ def measure(server: Server, scenario: str, args: argparse.Namespace) -> Sample:
 
 def verify_signatures(upstream_log: Path, servers: list[Server]) -> dict[str, tuple[int, int]]:
     """Send a tagged sample through each signing proxy; verify what reached the upstream."""
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE  # the TLS rows' throwaway certificate
     for server in servers:
         tag = server.name.replace(" ", "")
         for i in range(10):
             for post in (False, True):
                 path = f"{POST_PATH}?bench={tag}&n={i}" if post else f"{GET_PATH}&bench={tag}&n={i}"
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{server.port}{path}",
+                request = urllib.request.Request(  # noqa: S310 - http(s), loopback
+                    f"{server.scheme}://127.0.0.1:{server.port}{path}",
                     data=POST_BODY if post else None,
                     headers={"X-Bench-Sample": "1", "Content-Type": "application/json"}
                     if post
                     else {"X-Bench-Sample": "1"},
                 )
-                urllib.request.urlopen(request, timeout=5).read()  # noqa: S310 - loopback
+                with urllib.request.urlopen(request, timeout=5, context=unverified) as answer:  # noqa: S310
+                    answer.read()
     time.sleep(0.5)  # nginx writes its access log line after the answer
     results: dict[str, tuple[int, int]] = {}
     for line in upstream_log.read_text().splitlines():
@@ -375,19 +400,20 @@ def report(args: argparse.Namespace, context: dict[str, object]) -> str:
             if scenario == "GET"
             else f"POST with a {len(POST_BODY)}-byte JSON body"
         )
-        njs = rows.get("nginx+njs", {}).get(scenario)
-        njs_per_cpu = median(njs, "per_cpu_s") if njs else None
         lines += [
             "",
             f"## {label}",
             "",
             "| proxy | req/s | p50 ms | p99 ms | CPU s per run | req per CPU-second "
-            "| vs nginx+njs | errors |",
+            "| vs nginx+njs (TLS rows: vs nginx+njs tls) | errors |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, scenarios in rows.items():
             samples = scenarios[scenario]
             per_cpu = median(samples, "per_cpu_s")
+            # A TLS row is set against nginx+njs with TLS on its listener too.
+            njs = rows.get("nginx+njs tls" if name.endswith(" tls") else "nginx+njs")
+            njs_per_cpu = median(njs[scenario], "per_cpu_s") if njs else None
             ratio = f"{per_cpu / njs_per_cpu:.2f}x" if njs_per_cpu else "n/a"
             lines.append(
                 f"| {name} | {median(samples, 'rps'):,.0f} "
@@ -472,6 +498,15 @@ def targets(
                 f"{efficiency:.2f} (1.00: the workers cost each other nothing, so the "
                 "throughput ratio is bounded by the CPU that wrk and the upstream leave)"
             )
+        if "gateway tls" in rows:
+            cost = 1e6 / per_cpu("gateway tls", scenario) - 1e6 / per_cpu("gateway", scenario)
+            line = f"  - TLS on the listener costs the gateway {cost:.0f} µs of CPU per {scenario}"
+            if "nginx+njs tls" in rows:
+                njs_cost = 1e6 / per_cpu("nginx+njs tls", scenario) - 1e6 / per_cpu(
+                    "nginx+njs", scenario
+                )
+                line += f" (nginx+njs: {njs_cost:.0f} µs)"
+            out.append(line)
     if rss:
         out.append(_target("max RSS of one process, MB", max(rss), "<=", 80))
         settled = rss[min(4, len(rss) - 1)]
@@ -501,6 +536,12 @@ def main() -> int:
         dest="floor",
         action="store_false",
         help="leave out the stack-floor reference row (bench/floor_proxy.py)",
+    )
+    parser.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_false",
+        help="leave out the rows with TLS on the listener (gateway tls, nginx+njs tls)",
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 10 s soak")
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
@@ -537,9 +578,28 @@ def main() -> int:
                         upstream_port=upstream.port,
                         api_id=API_ID,
                         secret=SECRET,
+                        ssl="",
+                        tls="",
                     )
                 )
             rows_servers.append(start_gateway(workdir, upstream.port, 1))
+            if args.tls:
+                cert, key = make_certificate(workdir)
+                rows_servers.append(start_gateway(workdir, upstream.port, 1, (cert, key)))
+                if "njs" not in problems:
+                    rows_servers.append(
+                        start_nginx(
+                            "nginx+njs tls",
+                            "njs-proxy.conf",
+                            workdir,
+                            upstream_port=upstream.port,
+                            api_id=API_ID,
+                            secret=SECRET,
+                            ssl=" ssl",
+                            tls=f"ssl_certificate {cert}; ssl_certificate_key {key}; "
+                            "ssl_protocols TLSv1.2 TLSv1.3;",
+                        )
+                    )
             if args.workers > 1:
                 rows_servers.append(start_gateway(workdir, upstream.port, args.workers))
             if args.floor:
