@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from yarl import URL
 
 from gateway.config import ListenAddress
@@ -23,7 +25,11 @@ StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
 
 
 async def start_two_workers(
-    gateway_process: StartProcess, tmp_path: Path, upstream: RawUpstream, wait: bool = True
+    gateway_process: StartProcess,
+    tmp_path: Path,
+    upstream: RawUpstream,
+    wait: bool = True,
+    server_lines: str = "",
 ) -> GatewayProcess:
     """A supervisor with two workers; ``wait``: until both have logged worker_started
     (which comes after "started", their lines being buffered)."""
@@ -37,7 +43,8 @@ async def start_two_workers(
         signing={"secret_poll_s": 0.05},
     )
     # More than one worker needs a fixed port (they share it); the admin port may be 0.
-    config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{unused_port()}", 1))
+    text = config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{unused_port()}", 1)
+    config.write_text(text.replace("[upstream]", f"{server_lines}[upstream]"))
     supervisor = await gateway_process(config)
     if wait:
         await supervisor.wait_for("worker_started", count=2)
@@ -150,5 +157,37 @@ async def test_the_supervisor_watches_the_secret_for_readiness(
         assert "is empty" in str(body["reasons"])
         (tmp_path / "secret").write_bytes(DEMO_SECRET)
         await wait_for_status(client, ready, 200)
+    supervisor.signal(signal.SIGTERM)
+    assert await supervisor.exit_code() == 0
+
+
+async def test_two_workers_serve_tls_and_the_supervisor_reports_its_files(
+    gateway_process: StartProcess, tmp_path: Path, raw_upstream: RawUpstream
+) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    supervisor = await start_two_workers(
+        gateway_process,
+        tmp_path,
+        raw_upstream,
+        server_lines=f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n',
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    connector = aiohttp.TCPConnector(ssl=context, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        for _ in range(10):
+            async with client.get(f"https://127.0.0.1:{supervisor.proxy.port}/x") as r:
+                assert r.status == 200
+        # A key that does not fit: the workers keep serving the old pair, and the
+        # supervisor's /readyz (which has its own view of the files) says so.
+        key.write_bytes(ca.issue_cert("127.0.0.1").private_key_pem.bytes())
+        body = await wait_for_status(client, supervisor.admin / "readyz", 503)
+        assert "does not match the certificate" in str(body["reasons"])
+        async with client.get(f"https://127.0.0.1:{supervisor.proxy.port}/x") as r:
+            assert r.status == 200
     supervisor.signal(signal.SIGTERM)
     assert await supervisor.exit_code() == 0
