@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .client_ip import TrustedNetworks, parse_address
+from .errors import ClientNotAllowed
 from .tls import client_names, name_allowed
 
 log = structlog.get_logger("aleacc_gateway")
@@ -52,8 +53,9 @@ def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
 
 
 _OVERLOADED = _raw_error(503, "Service Unavailable", "overloaded", "too many connections")
+# The one refusal of a client, for its address or its certificate's name (never per request).
 _NOT_ALLOWED = _raw_error(
-    403, "Forbidden", "client_not_allowed", "this client may not use the gateway"
+    ClientNotAllowed.status, "Forbidden", ClientNotAllowed.code, ClientNotAllowed.message
 )
 _HEADER_TIMEOUT = _raw_error(
     408, "Request Timeout", "request_timeout", "the request headers took too long"

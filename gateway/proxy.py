@@ -12,11 +12,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import signing
-from .client_ip import TrustedNetworks, derive_client_ip, parse_address
+from .client_ip import TrustedNetworks, derive_client_ip
 from .config import Settings
 from .errors import (
     BodyTooLarge,
-    ClientNotAllowed,
     RequestTimeout,
     RouteNotAllowed,
     SigningFailed,
@@ -88,7 +87,6 @@ class Proxy:
         self._routes = settings.access.routes
         self._body_timeout_s = settings.limits.body_timeout_s
         self._send_timeout_s = settings.limits.send_timeout_s
-        self._allowed = TrustedNetworks(settings.access.allowed_clients)
         self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
         self._max_body = settings.limits.max_body_bytes
         self._skew = SkewWatch(metrics.clock_skew, upstream.clock_skew_warning_s, clock)
@@ -97,9 +95,6 @@ class Proxy:
         """Proxy one request; raise GatewayError for anything answered locally."""
         check_target(request.method, request.raw_path)
         check_headers(request.headers, (request.version.major, request.version.minor))
-        peer = parse_address(request.remote or "")
-        if peer is None or peer not in self._allowed:
-            raise ClientNotAllowed()
         if not route_allowed(self._routes, request.method, request.raw_path):
             raise RouteNotAllowed()
         body = await self._read_body(request, exchange) if request.body_exists else b""
