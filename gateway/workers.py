@@ -155,7 +155,7 @@ class Supervisor:
         exits first, and nothing changes)."""
         if await asyncio.get_running_loop().sock_recv(link, 1) == LINK_READY:
             self._ready.add(pid)
-            self.lifecycle.workers_down -= 1
+            self._count_down()
             if not self.lifecycle.workers_down:
                 self._all_ready.set()
 
@@ -163,10 +163,12 @@ class Supervisor:
         """Let go of an exited worker's link; it counts as down again if it was up."""
         self._awaiting.pop(number).cancel()
         self._links.pop(number).close()
-        pid = self.workers[number].pid
-        if pid in self._ready:
-            self._ready.discard(pid)
-            self.lifecycle.workers_down += 1
+        self._ready.discard(self.workers[number].pid)
+        self._count_down()
+
+    def _count_down(self) -> None:
+        """/readyz's count of workers down: those not (or no longer) listening."""
+        self.lifecycle.workers_down = self.settings.server.workers - len(self._ready)
 
     def _reload(self, secrets: SecretStore) -> None:
         secrets.refresh(force=True)
