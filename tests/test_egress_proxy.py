@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from .support import (
     unused_port,
     verify_recorded,
 )
-from .test_upstream_pool import ScriptedUpstream
+from .test_upstream_pool import ScriptedUpstream, tls_upstream
 
 USER, PASSWORD = "gw", "s3cret-proxy-password"
 
@@ -107,10 +106,8 @@ async def https_upstream(
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
     upstream = ScriptedUpstream()
-    async with tcp_server(upstream.handle, upstream.writers, tls=context) as url:
+    async with tls_upstream(ca, upstream) as url:
         yield url, upstream
 
 

@@ -266,10 +266,13 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def tls_upstream(ca: trustme.CA) -> contextlib.AbstractAsyncContextManager[URL]:
+def tls_upstream(
+    ca: trustme.CA, upstream: ScriptedUpstream | None = None
+) -> contextlib.AbstractAsyncContextManager[URL]:
+    """``upstream`` (a new ScriptedUpstream if None) over TLS, with a certificate from ``ca``."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
-    upstream = ScriptedUpstream()
+    upstream = upstream or ScriptedUpstream()
     return tcp_server(upstream.handle, upstream.writers, tls=context)
 
 
