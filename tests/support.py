@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import ssl
 import sys
@@ -90,6 +91,18 @@ def remember_sensitive(authorization: str | None, session_id: str | None) -> Non
         SENSITIVE.update(authorization.split(":")[1:2])
     if session_id:
         SENSITIVE.add(session_id)
+
+
+def system_tool(name: str) -> str:
+    """The path of a tool ``scripts/install-test-tools`` installs (promtool, openssl,
+    tinyproxy). Missing: the test fails in CI and is skipped locally, so the README's test
+    command works on a machine that has not run the script."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} missing: scripts/install-test-tools installs it")
+        pytest.skip(f"{name} not installed; run scripts/install-test-tools")
+    return path
 
 
 def unused_port() -> int:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import aiohttp
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .support import Gateway
+from .support import Gateway, system_tool
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "aleacc-gateway.rules.yml"
@@ -104,25 +101,19 @@ def test_dashboard_panels_are_well_formed() -> None:
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job"}
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: scripts/install-test-tools installs it")
-        pytest.skip("promtool not installed; run scripts/install-test-tools")
-    return path
-
-
 def test_promtool_checks_the_rules() -> None:
     result = subprocess.run(
-        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+        [system_tool("promtool"), "check", "rules", str(RULES)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_unit_tests_fire_the_alerts() -> None:
     result = subprocess.run(
-        [promtool(), "test", "rules", "rules.test.yml"],
+        [system_tool("promtool"), "test", "rules", "rules.test.yml"],
         cwd=RULES.parent,
         capture_output=True,
         text=True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from .support import (
     config_file,
     run_cli,
     settings_for,
+    system_tool,
     tcp_server,
     unused_port,
     verify_recorded,
@@ -52,8 +52,7 @@ StartProxy = Callable[..., Awaitable[Tinyproxy]]
 async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     """Start tinyproxy processes on loopback; ``auth``: require USER:PASSWORD; ``lines``:
     more configuration (say, ``ConnectPort 443`` to refuse tunnels to other ports)."""
-    binary = shutil.which("tinyproxy")
-    assert binary, "tinyproxy comes from scripts/install-test-tools"
+    binary = system_tool("tinyproxy")
     processes: list[asyncio.subprocess.Process] = []
 
     async def start(auth: bool = True, lines: tuple[str, ...] = ()) -> Tinyproxy:

@@ -33,6 +33,7 @@ from .support import (
     log_events,
     run_cli,
     settings_for,
+    system_tool,
 )
 from .test_observability_functional import wait_for_status
 from .test_upstream_pool import until
@@ -232,7 +233,7 @@ def openssl_client_cert(ca: trustme.CA, root: Path, subject: str, san: str | Non
         ["x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
          "-days", "2", "-extfile", str(extensions), "-out", str(cert)],
     ):  # fmt: skip
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
+        subprocess.run([system_tool("openssl"), *args], check=True, capture_output=True)
     cert.write_bytes(cert.read_bytes() + key.read_bytes())
     return cert
 
