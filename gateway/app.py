@@ -22,7 +22,7 @@ from .config import Settings
 from .edge import client_name, mark_request_finished, mark_request_started
 from .egress import forward_proxy
 from .errors import GatewayError, error_response
-from .logs import access_logger, session_tag
+from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
 from .proxy import Clock, Exchange, Proxy
 from .secret import SecretStore
@@ -67,7 +67,7 @@ class ProxyService:
         )
         self._metrics = metrics
         self._lifecycle = lifecycle
-        self._access_log = access_logger()
+        self._access_log = AccessLog()
         self._proxy = Proxy(
             settings, secrets, metrics, self.pool, draining=self._draining, clock=clock
         )
@@ -120,20 +120,21 @@ class ProxyService:
             metrics.count(metrics.requests, method_label(request.method), str(status))
             metrics.request_duration.observe(duration)
             self._proxy.record_upstream(exchange)
-            self._access_log.info(
-                "request",
-                request_id=exchange.request_id,
-                method=request.method,
-                path=request.raw_path.partition("?")[0],  # the query may carry player data
-                status=status,
-                upstream_status=exchange.upstream_status,
-                duration_ms=round(duration * 1000, 3),
-                client_ip=exchange.client_ip,
-                client_name=client_name(request),
-                bytes_in=exchange.bytes_in,
-                bytes_out=exchange.bytes_out,
-                error=exchange.error,
-                session=session_tag(request.headers.get("X-Player-Session-Id")),
+            self._access_log.write(
+                {
+                    "request_id": exchange.request_id,
+                    "method": request.method,
+                    "path": request.raw_path.partition("?")[0],  # the query may carry player data
+                    "status": status,
+                    "upstream_status": exchange.upstream_status,
+                    "duration_ms": round(duration * 1000, 3),
+                    "client_ip": exchange.client_ip,
+                    "client_name": client_name(request),
+                    "bytes_in": exchange.bytes_in,
+                    "bytes_out": exchange.bytes_out,
+                    "error": exchange.error,
+                    "session": session_tag(request.headers.get("X-Player-Session-Id")),
+                }
             )
 
     async def _answer(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:

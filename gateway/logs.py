@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
 import hashlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Literal, TextIO, cast
+from typing import Any, Literal, TextIO
 
 import orjson
 import structlog
@@ -78,7 +79,9 @@ def line_chunks(data: bytes, limit: int) -> list[bytes]:
 
 
 _output: TextIO | _LineSink | None = None
-_access_chain: tuple[_LineLogger, list[structlog.types.Processor], type[Any]] | None = None
+# Where AccessLog writes JSON lines itself; None: through structlog (console format, a
+# level above info, or logging not configured).
+_access_sink: TextIO | _LineSink | None = None
 
 
 class _LineLogger:
@@ -116,7 +119,7 @@ def configure_logging(
     Our events go straight from structlog to the stream, never through stdlib logging
     (a LogRecord and a handler lock per access line cost more than rendering it).
     """
-    global _output, _access_chain
+    global _output, _access_sink
     output: TextIO | _LineSink = stream if stream is not None else _LineSink(sys.stdout.fileno())
     if stream is None:
         atexit.register(output.flush)
@@ -134,7 +137,8 @@ def configure_logging(
         # Caching is right for a process configured once; tests re-configure per test.
         cache_logger_on_first_use=cache,
     )
-    _access_chain = (_LineLogger(output), [_TIMESTAMP, renderer], wrapper_class)
+    access_enabled = logging.getLevelName(level.upper()) <= logging.INFO
+    _access_sink = output if fmt == "json" and access_enabled else None
     handler: logging.Handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -149,23 +153,37 @@ def configure_logging(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def access_logger() -> structlog.typing.FilteringBoundLogger:
-    """The logger for the per-request access line, as configured.
+class AccessLog:
+    """The per-request ``request`` line.
 
-    It renders the same lines as any other logger, with less work per line: the level
-    and the context variables (a worker's number) are bound once here, and an access
-    line never carries an exception, so only the timestamp and the renderer run per
-    line. Build it after configure_logging() and after binding context variables.
+    In the JSON format it is rendered straight with orjson into the buffered sink: the
+    same line structlog renders for ``log.info("request", **fields)`` — the bound context
+    variables (a worker's number), ``level``, the fields in their order, ``event``,
+    ``timestamp`` — without structlog's per-line machinery (a bound-logger call, a context
+    copy, two processors; ~4 µs of a request's CPU). Every other event, and the access
+    line in the console format, goes through structlog. Build it after
+    configure_logging() and after binding context variables.
     """
-    if _access_chain is None:
-        lazy = structlog.get_logger("aleacc_gateway.access")
-    else:
-        logger, processors, wrapper_class = _access_chain
-        values = {**structlog.contextvars.get_contextvars(), "level": "info"}
-        lazy = structlog.wrap_logger(
-            logger, processors=processors, wrapper_class=wrapper_class, **values
+
+    def __init__(self) -> None:
+        self._sink = _access_sink
+        self._head = {**structlog.contextvars.get_contextvars(), "level": "info"}
+        self._logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(
+            "aleacc_gateway.access"
         )
-    return cast(structlog.typing.FilteringBoundLogger, lazy.bind())
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """One access line with ``fields``, in order."""
+        if self._sink is None:
+            self._logger.info("request", **fields)
+            return
+        line = {**self._head, **fields, "event": "request", "timestamp": _now_iso()}
+        self._sink.write(render_json(line, str) + "\n")
+
+
+def _now_iso() -> str:
+    """Now in UTC as structlog's ISO time stamper writes it (``...T00:00:00.123456Z``)."""
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def flush() -> None:

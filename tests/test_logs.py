@@ -1,16 +1,17 @@
-"""The log sink's chunking (whole lines per write, never more than PIPE_BUF bytes) and
-the JSON rendering of awkward values."""
+"""The log sink's chunking (whole lines per write, never more than PIPE_BUF bytes), the
+JSON rendering of awkward values, and the access line rendered without structlog."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 
 import pytest
 import structlog
 
-from gateway.logs import PIPE_BUF, _LineSink, configure_logging, line_chunks
+from gateway.logs import PIPE_BUF, AccessLog, _LineSink, configure_logging, line_chunks
 
 
 @pytest.mark.parametrize("line_length", [1, 99, 100, 4095, 4096, 5000])
@@ -48,3 +49,48 @@ def test_a_line_orjson_refuses_is_still_written_as_valid_json() -> None:
     plain, odd = (json.loads(line) for line in buffer.getvalue().splitlines())
     assert (plain["event"], plain["path"]) == ("plain", "/player/balance")
     assert (odd["path"], odd["big"]) == ("/caf\udce9", 2**70)
+
+
+ACCESS_FIELDS = {
+    "request_id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "method": "POST",
+    "path": '/caf\udce9/"quoted"\n',  # an undecodable byte, a quote, a newline
+    "status": 200,
+    "upstream_status": None,
+    "duration_ms": 1.234,
+    "client_ip": "203.0.113.7",
+    "client_name": None,
+    "bytes_in": 2**70,  # beyond 64 bits: the json.dumps fallback
+    "bytes_out": 0,
+    "error": None,
+    "session": "5d41402abc4b",
+}
+
+
+@pytest.mark.parametrize("worker", [None, 2])
+def test_the_access_line_is_the_line_structlog_renders(worker: int | None) -> None:
+    """Same keys and values as ``log.info("request", ...)`` through structlog, in the
+    order the access line has always had: context, level, the fields, event, timestamp."""
+    buffer = io.StringIO()
+    configure_logging("json", stream=buffer, cache=False)
+    with structlog.contextvars.bound_contextvars(**({"worker": worker} if worker else {})):
+        structlog.get_logger("test").info("request", **ACCESS_FIELDS)
+        AccessLog().write(ACCESS_FIELDS)
+    by_structlog, direct = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert direct == {**by_structlog, "timestamp": direct["timestamp"]}
+    context = ["worker"] if worker else []
+    assert list(direct) == [*context, "level", *ACCESS_FIELDS, "event", "timestamp"]
+    for line in (by_structlog, direct):  # ISO 8601 in UTC; no fraction when it is 0 µs
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line["timestamp"])
+
+
+def test_the_access_line_follows_the_format_and_level() -> None:
+    buffer = io.StringIO()
+    configure_logging("console", stream=buffer, cache=False)
+    AccessLog().write(ACCESS_FIELDS)
+    assert "request" in buffer.getvalue()
+    assert "request_id=0a1b2c3d4e5f60718293a4b5c6d7e8f9" in buffer.getvalue()
+    quiet = io.StringIO()
+    configure_logging("json", level="warning", stream=quiet, cache=False)
+    AccessLog().write(ACCESS_FIELDS)
+    assert quiet.getvalue() == ""
