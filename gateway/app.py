@@ -65,7 +65,7 @@ class ProxyService:
             idle_timeout_s=upstream.idle_timeout_s,
             proxy=forward_proxy(upstream, environ),  # EgressError: a configuration error
         )
-        self._metrics = metrics
+        self._counts = metrics.counts
         self._lifecycle = lifecycle
         self._access_log = AccessLog()
         self._proxy = Proxy(
@@ -87,12 +87,12 @@ class ProxyService:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; count, time and log it exactly once."""
-        metrics = self._metrics
+        counts = self._counts
         exchange = Exchange()
         started = time.perf_counter()
         status = 500
         keep_alive = False
-        metrics.in_flight.inc()
+        counts.in_flight += 1
         mark_request_started(request)
         try:
             response = await self._answer(request, exchange)
@@ -116,9 +116,10 @@ class ProxyService:
         finally:
             mark_request_finished(request, keep_alive)
             duration = time.perf_counter() - started
-            metrics.in_flight.dec()
-            metrics.count(metrics.requests, method_label(request.method), str(status))
-            metrics.request_duration.observe(duration)
+            counts.in_flight -= 1
+            key = (method_label(request.method), status)
+            counts.requests[key] = counts.requests.get(key, 0) + 1
+            counts.request_duration.observe(duration)
             self._proxy.record_upstream(exchange)
             self._access_log.write(
                 {

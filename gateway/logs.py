@@ -192,13 +192,21 @@ def flush() -> None:
         _output.flush()
 
 
-async def flush_periodically(interval_s: float = FLUSH_EVERY_S) -> None:
-    """Flush buffered log lines every ``interval_s`` until cancelled (then once more)."""
+async def flush_periodically(
+    interval_s: float = FLUSH_EVERY_S, before: Callable[[], None] | None = None
+) -> None:
+    """Flush buffered log lines every ``interval_s`` until cancelled (then once more),
+    calling ``before`` first each time (a worker folds its metrics, so a request whose
+    line can be read is counted in /metrics too)."""
     try:
         while True:
             await asyncio.sleep(interval_s)
+            if before is not None:
+                before()
             flush()
     finally:
+        if before is not None:
+            before()
         flush()
 
 

@@ -6,16 +6,12 @@ Labels are low-cardinality by construction: methods outside the standard set bec
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from .counts import CountsCollector, RequestCounts, SharedCounts
 
 TLS_REFUSALS = ("handshake", "name")
 CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", "send_timeout")
-
-# From 100 µs (the gateway's own overhead) to a minute (a slow upstream call).
-DURATION_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
@@ -26,23 +22,19 @@ def method_label(method: str) -> str:
 
 
 class Metrics:
-    """The gateway's metrics, registered on ``registry``."""
+    """The gateway's metrics, registered on ``registry``.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    The per-request ones are plain numbers in ``counts`` (gateway/counts.py); as one of
+    several workers (``shared``), ``fold()`` adds them to the multi-process files.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, shared: bool = False) -> None:
         self.registry = registry
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
-        self.requests = Counter(
-            "aleacc_gateway_requests",
-            "Answers sent to callers, by method and status.",
-            ["method", "status"],
-            registry=registry,
-        )
-        self.upstream_responses = Counter(
-            "aleacc_gateway_upstream_responses",
-            "Statuses received from the upstream.",
-            ["status"],
-            registry=registry,
-        )
+        self.counts = RequestCounts()
+        self._shared = SharedCounts(self.counts, registry) if shared else None
+        if self._shared is None:
+            registry.register(CountsCollector(self.counts))
         self.signing_failures = Counter(
             "aleacc_gateway_signing_failures",
             "Requests that could not be signed, by reason.",
@@ -56,32 +48,8 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
-        self.request_duration = Histogram(
-            "aleacc_gateway_request_duration_seconds",
-            "Time from a request's arrival to the end of its answer.",
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            "aleacc_gateway_upstream_duration_seconds",
-            "Time from sending upstream to the upstream's response headers.",
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
         # The multiprocess modes apply with server.workers > 1 (prometheus-client's
         # multi-process mode); a single process ignores them.
-        self.in_flight = Gauge(
-            "aleacc_gateway_in_flight_requests",
-            "Requests being handled now.",
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-        self.client_ip = Counter(
-            "aleacc_gateway_client_ip",
-            "How X-Client-Ip was derived: xff, peer or fallback.",
-            ["source"],
-            registry=registry,
-        )
         self.clock_skew = Gauge(
             "aleacc_gateway_clock_skew_seconds",
             "The upstream's Date header minus the local clock, from the last response.",
@@ -121,8 +89,6 @@ class Metrics:
             multiprocess_mode="livemostrecent",
         )
         # Make the zero series visible before the first event, so rate() and alerts work.
-        for source in ("xff", "peer", "fallback"):
-            self.client_ip.labels(source)
         for result in ("loaded", "error"):
             self.secret_reloads.labels(result)
             self.tls_reloads.labels(result)
@@ -144,3 +110,8 @@ class Metrics:
         if child is None:
             child = self._children[key] = counter.labels(*labels)
         child.inc()
+
+    def fold(self) -> None:
+        """A worker: add the per-request counts to the shared files (else nothing to do)."""
+        if self._shared is not None:
+            self._shared.fold()

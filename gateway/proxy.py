@@ -72,6 +72,7 @@ class Proxy:
         upstream = settings.upstream
         self._secrets = secrets
         self._metrics = metrics
+        self._counts = metrics.counts
         self._pool = pool
         self._draining = draining
         self._clock = clock
@@ -103,7 +104,7 @@ class Proxy:
             request.remote, request.headers.getall("X-Forwarded-For", ()), self._trusted
         )
         exchange.client_ip = client_ip.address
-        self._metrics.count(self._metrics.client_ip, client_ip.source)
+        self._counts.client_ip[client_ip.source] += 1
 
         headers = upstream_headers(
             request.headers,
@@ -142,9 +143,11 @@ class Proxy:
 
     def record_upstream(self, exchange: Exchange) -> None:
         """The upstream's share of the metrics, once the caller has the answer."""
-        if exchange.upstream_status is not None:
-            self._metrics.upstream_duration.observe(exchange.upstream_s)
-            self._metrics.count(self._metrics.upstream_responses, str(exchange.upstream_status))
+        status = exchange.upstream_status
+        if status is not None:
+            counts = self._counts
+            counts.upstream_duration.observe(exchange.upstream_s)
+            counts.upstream_responses[status] = counts.upstream_responses.get(status, 0) + 1
             self._skew.observe(exchange.upstream_date)
 
     def _sign(self, parts: signing.RequestParts) -> signing.Signed:

@@ -95,12 +95,15 @@ class ShutdownSignals:
 
 
 def start_housekeeping(
-    secrets: SecretStore, poll_s: float, certificates: CertificateStore | None
+    secrets: SecretStore,
+    poll_s: float,
+    certificates: CertificateStore | None,
+    fold_metrics: Callable[[], None] | None = None,
 ) -> list[asyncio.Task[None]]:
-    """The tasks beside a listener: flushing buffered log lines and, every ``poll_s``,
-    re-reading the secret (when it comes from a file) and the listener's TLS files.
-    Stop them with cancel_all()."""
-    tasks = [asyncio.create_task(flush_periodically(), name="log-flush")]
+    """The tasks beside a listener: flushing buffered log lines (folding a worker's
+    metrics just before) and, every ``poll_s``, re-reading the secret (when it comes from
+    a file) and the listener's TLS files. Stop them with cancel_all()."""
+    tasks = [asyncio.create_task(flush_periodically(before=fold_metrics), name="log-flush")]
     if secrets.watches_file:
         tasks.append(asyncio.create_task(secrets.watch(poll_s), name="secret"))
     if certificates is not None:
@@ -144,7 +147,7 @@ class GatewayServer:
         self.settings = settings
         self.worker = worker
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, shared=worker)
         self.lifecycle = Lifecycle()
         self.secrets = SecretStore(
             settings.signing, environ=environ, on_reload=self._secret_reloaded
@@ -209,7 +212,10 @@ class GatewayServer:
     async def start_proxy(self) -> tuple[str, int]:
         """Bind the proxy listener only (all a worker serves) and start serving."""
         self._tasks = start_housekeeping(
-            self.secrets, self.settings.signing.secret_poll_s, self.certificates
+            self.secrets,
+            self.settings.signing.secret_poll_s,
+            self.certificates,
+            self.metrics.fold if self.worker else None,
         )
         limits = self.settings.limits
         server = self.proxy.server()

@@ -110,7 +110,16 @@ async def test_two_workers_share_the_port_and_their_metrics_add_up(
     per_worker = await answered_by_worker(supervisor, 60)
     assert sorted(per_worker) == [0, 1], per_worker  # the kernel spread the connections
     assert sum(per_worker.values()) == 60
+    # Each worker folds its counts into the shared files before its lines are written:
+    # the 60 request lines seen above are counted in every per-request metric.
     assert await metric(supervisor, "aleacc_gateway_requests_total{") == 60
+    assert await metric(supervisor, "aleacc_gateway_request_duration_seconds_count") == 60
+    assert (
+        await metric(supervisor, 'aleacc_gateway_request_duration_seconds_bucket{le="+Inf"}') == 60
+    )
+    assert await metric(supervisor, "aleacc_gateway_upstream_responses_total{") == 60
+    assert await metric(supervisor, "aleacc_gateway_upstream_duration_seconds_count") == 60
+    assert await metric(supervisor, "aleacc_gateway_client_ip_total{") == 60
     assert await metric(supervisor, "aleacc_gateway_in_flight_requests") == 0
     async with aiohttp.ClientSession() as client, client.get(supervisor.admin / "readyz") as r:
         assert r.status == 200
