@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
@@ -73,32 +74,115 @@ def _is_dot_segment(segment: bytes) -> bool:
     return segment.split(b";", 1)[0] in (b".", b"..")
 
 
-def check_headers(headers: MultiMapping[str], version: tuple[int, int]) -> None:
-    """Raise BadRequest for what no origin server could interpret one way only."""
+class RequestHeaders(NamedTuple):
+    """What one pass over a request's header lines gives the proxy."""
+
+    lines: list[bytes]  # the end-to-end lines to send upstream, b"Name: value", in order
+    forwarded_for: list[str]  # the X-Forwarded-For field lines, in order
+    signed: list[tuple[str, str]]  # the lines of the headers the signing scheme reads
+
+
+# What a header line is to the gateway, by its lower-case name; absent: passed on as is.
+_HOST, _EXPECT, _LENGTH, _CODING, _UPGRADE, _CONNECTION, _XFF, _TOPOLOGY, _DROP = range(9)
+_ROLES: dict[bytes, int] = {
+    **dict.fromkeys((name.encode() for name in HOP_BY_HOP | _REPLACED), _DROP),
+    **dict.fromkeys((name.encode() for name in PROXY_TOPOLOGY), _TOPOLOGY),
+    b"host": _HOST,
+    b"expect": _EXPECT,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _CODING,
+    b"upgrade": _UPGRADE,
+    b"connection": _CONNECTION,
+    b"x-forwarded-for": _XFF,
+}
+
+
+def read_headers(
+    raw: Sequence[tuple[bytes, bytes]],
+    version: tuple[int, int],
+    *,
+    forward_proxy_headers: bool,
+    signed: frozenset[bytes] = frozenset(),
+) -> RequestHeaders:
+    """Check a request's header lines and sort them for forwarding, in one pass.
+
+    Raises BadRequest for what no origin server could interpret one way only. Returns
+    the end-to-end lines (hop-by-hop ones, those ``Connection`` names, the ones the gateway
+    sets itself and, unless ``forward_proxy_headers``, the proxy topology dropped), the
+    X-Forwarded-For values, and the lines of the ``signed`` header names (lower-case).
+    Values stay the bytes received; as text they are decoded as the HTTP parser decodes
+    them (UTF-8, surrogateescape), so they encode back to the same bytes.
+    """
     if version not in ((1, 0), (1, 1)):
         # HTTP/0.9 has no headers; "HTTP/2.0" on this port is not HTTP/2.
         raise BadRequest("only HTTP/1.0 and HTTP/1.1 are served")
-    hosts = headers.getall("Host", ())
-    if len(hosts) > 1 or (version == (1, 1) and not hosts):
+    lines: list[bytes] = []
+    forwarded_for: list[str] = []
+    signed_lines: list[tuple[str, str]] = []
+    hosts = lengths = 0
+    expect: list[bytes] = []
+    codings: list[bytes] = []
+    connection: list[bytes] = []
+    upgrade = False
+    for name, value in raw:
+        lower = name.lower()
+        role = _ROLES.get(lower)
+        if role is None or (forward_proxy_headers and role in (_XFF, _TOPOLOGY)):
+            lines.append(name + b": " + value)  # passed on: signed as it is sent
+            if lower in signed:
+                signed_lines.append((_text(name), _text(value)))
+        if role is None or role in (_TOPOLOGY, _DROP):
+            continue
+        if role == _XFF:
+            forwarded_for.append(_text(value))
+        elif role == _HOST:
+            hosts += 1
+        elif role == _LENGTH:
+            lengths += 1
+        elif role == _EXPECT:
+            expect.append(value.lower())
+        elif role == _CODING:
+            codings.append(value)
+        elif role == _CONNECTION:
+            connection.append(value)
+        else:  # _UPGRADE
+            upgrade = True
+    if hosts > 1 or (version == (1, 1) and not hosts):
         # RFC 9112 §3.2: exactly one Host in HTTP/1.1, else 400.
         raise BadRequest("a request needs exactly one Host header")
-    expect = headers.getall("Expect", ())
-    if expect and [e.lower() for e in expect] != ["100-continue"]:
+    if expect and expect != [b"100-continue"]:
         raise BadRequest("the only expectation supported is 100-continue")
-    if len(headers.getall("Content-Length", ())) > 1:
+    if lengths > 1:
         raise BadRequest("Content-Length is repeated")
-    codings = ",".join(headers.getall("Transfer-Encoding", ())).replace(" ", "").lower()
-    if codings and version == (1, 0):
+    coding = b",".join(codings).replace(b" ", b"").lower()
+    if coding and version == (1, 0):
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; refused (the
         # 400 closes the connection), never kept alive for a request smuggled behind.
         raise BadRequest("Transfer-Encoding is not HTTP/1.0")
-    if codings and codings != "chunked":
+    if coding and coding != b"chunked":
         # The gateway undoes chunked and nothing else; any other coding would reach the
         # upstream with a body whose meaning changed (RFC 9112 §6.1).
         raise BadRequest("only the chunked transfer coding is accepted")
-    if "Upgrade" in headers:
+    if upgrade:
         # No h2c, no WebSocket: the gateway forwards HTTP/1.1 requests, nothing else.
         raise BadRequest("protocol upgrades are not supported")
+    named = _tokens(connection) - _ROLES.keys()
+    if named:  # e.g. "Connection: close, X-Hop": X-Hop is for this hop only
+        lines = [line for line in lines if line.partition(b":")[0].lower() not in named]
+        signed_lines = [
+            (n, v)
+            for n, v in signed_lines
+            if n.lower().encode("utf-8", "surrogateescape") not in named
+        ]
+    return RequestHeaders(lines, forwarded_for, signed_lines)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _tokens(values: list[bytes]) -> set[bytes]:
+    return {token.strip().lower() for value in values for token in value.split(b",")} - {b""}
 
 
 def route_allowed(routes: Sequence[Route] | None, method: str, raw_target: str) -> bool:
@@ -139,23 +223,6 @@ def connection_tokens(headers: MultiMapping[str]) -> set[str]:
         for token in value.split(",")
         if token.strip()
     }
-
-
-def upstream_headers(
-    incoming: CIMultiDictProxy[str],
-    *,
-    host: str,
-    client_ip: str,
-    forward_proxy_headers: bool,
-) -> CIMultiDict[str]:
-    """The headers to send upstream: end-to-end ones as received, ours set last."""
-    drop = HOP_BY_HOP | _REPLACED | connection_tokens(incoming)
-    if not forward_proxy_headers:
-        drop |= PROXY_TOPOLOGY
-    headers: CIMultiDict[str] = CIMultiDict(Host=host)
-    headers.extend(_kept(incoming.items(), drop))
-    headers["X-Client-Ip"] = client_ip
-    return headers
 
 
 def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:

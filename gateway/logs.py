@@ -96,14 +96,14 @@ class _LineLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-def render_json(event: dict[str, Any], default: Callable[[Any], Any]) -> str:
+def render_json(event: dict[str, Any], default: Callable[[Any], Any], option: int = 0) -> str:
     """One JSON line for ``event``: orjson (as structlog's performance guide suggests,
     about eight times faster than json.dumps here), or json.dumps for what orjson refuses
     (text with lone surrogates from undecodable bytes, integers beyond 64 bits), which
     escapes it as valid JSON instead of losing the line.
     """
     try:
-        return orjson.dumps(event, default=default).decode()  # always valid UTF-8
+        return orjson.dumps(event, default=default, option=option).decode()  # valid UTF-8
     except TypeError:
         return json.dumps(event, default=default)
 
@@ -177,13 +177,21 @@ class AccessLog:
         if self._sink is None:
             self._logger.info("request", **fields)
             return
-        line = {**self._head, **fields, "event": "request", "timestamp": _now_iso()}
-        self._sink.write(render_json(line, str) + "\n")
+        # orjson writes the time as structlog's ISO stamper does ("...T00:00:00.123456Z",
+        # no fraction at 0 µs), at half the cost of isoformat() and a replace.
+        line = {**self._head, **fields, "event": "request", "timestamp": _now()}
+        self._sink.write(render_json(line, _iso_or_str, orjson.OPT_UTC_Z) + "\n")
 
 
-def _now_iso() -> str:
-    """Now in UTC as structlog's ISO time stamper writes it (``...T00:00:00.123456Z``)."""
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _iso_or_str(value: Any) -> str:
+    """What json.dumps (the fallback) writes for a value it cannot serialise."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
 
 
 def flush() -> None:

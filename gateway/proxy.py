@@ -24,17 +24,16 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .forwarding import (
-    check_headers,
     check_target,
     downstream_headers,
+    read_headers,
     route_allowed,
-    upstream_headers,
     upstream_path_and_query,
 )
 from .metrics import Metrics
 from .secret import SecretStore
 from .skew import SkewWatch
-from .upstream import POOL_TIMEOUT, Pool, Response, UpstreamFault, request_head
+from .upstream import POOL_TIMEOUT, Pool, Response, UpstreamFault, framed_head
 
 Clock = Callable[[], float]
 
@@ -77,10 +76,14 @@ class Proxy:
         self._draining = draining
         self._clock = clock
         self._api_id = settings.signing.api_id
+        self._credentials: signing.Credentials | None = None
         # Compiled once: the request path runs the plan, never re-parses the scheme.
         self._plan = signing.compile_scheme(settings.signing.scheme)
         self._scheme = upstream.url.scheme
         self._host = upstream.host_header
+        self._host_line = b"Host: " + self._host.encode("utf-8", "surrogateescape")
+        # The incoming headers the scheme reads (header:<Name>, content_type), lower-case.
+        self._signed_headers = self._plan.header_names
         self._base_path = upstream.base_path
         self._forward_proxy_headers = upstream.forward_proxy_headers
         self._attempts = 1 + upstream.retries
@@ -95,32 +98,39 @@ class Proxy:
     async def handle(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         """Proxy one request; raise GatewayError for anything answered locally."""
         check_target(request.method, request.raw_path)
-        check_headers(request.headers, (request.version.major, request.version.minor))
+        incoming = read_headers(
+            request.raw_headers,
+            (request.version.major, request.version.minor),
+            forward_proxy_headers=self._forward_proxy_headers,
+            signed=self._signed_headers,
+        )
         if not route_allowed(self._routes, request.method, request.raw_path):
             raise RouteNotAllowed()
         body = await self._read_body(request, exchange) if request.body_exists else b""
 
-        client_ip = derive_client_ip(
-            request.remote, request.headers.getall("X-Forwarded-For", ()), self._trusted
-        )
+        client_ip = derive_client_ip(request.remote, incoming.forwarded_for, self._trusted)
         exchange.client_ip = client_ip.address
         self._counts.client_ip[client_ip.source] += 1
 
-        headers = upstream_headers(
-            request.headers,
-            host=self._host,
-            client_ip=client_ip.address,
-            forward_proxy_headers=self._forward_proxy_headers,
-        )
+        # What the scheme signs of the headers: the end-to-end lines it names, as sent,
+        # and the two the gateway sets.
+        signed = CIMultiDict(incoming.signed)
+        signed["Host"] = self._host
+        signed["X-Client-Ip"] = client_ip.address
         parts = signing.RequestParts(
-            method=request.method,
-            scheme=self._scheme,
-            host=self._host,
-            path_and_query=upstream_path_and_query(self._base_path, request.raw_path),
-            headers=headers,
-            body=body,
+            request.method,
+            self._scheme,
+            self._host,
+            upstream_path_and_query(self._base_path, request.raw_path),
+            signed,
+            body,
         )
-        upstream = await self._send(parts, headers, exchange)
+        lines = [
+            self._host_line,
+            *incoming.lines,
+            b"X-Client-Ip: " + client_ip.address.encode("utf-8", "surrogateescape"),
+        ]
+        upstream = await self._send(parts, lines, exchange)
         try:
             return await self._relay(request, upstream, exchange)
         finally:
@@ -155,7 +165,9 @@ class Proxy:
         if secret is None:
             self._metrics.signing_failures.labels("secret_unavailable").inc()
             raise SigningFailed("secret_unavailable")
-        credentials = signing.Credentials(self._api_id, secret)
+        credentials = self._credentials
+        if credentials is None or credentials.key is not secret:  # made again on a new secret
+            credentials = self._credentials = signing.Credentials(self._api_id, secret)
         try:
             return self._plan.sign(
                 parts, credentials, signing.new_request_id(), self._plan.timestamp(self._clock())
@@ -166,17 +178,18 @@ class Proxy:
             raise SigningFailed("invalid_request") from None
 
     async def _send(
-        self,
-        parts: signing.RequestParts,
-        headers: CIMultiDict[str],
-        exchange: Exchange,
+        self, parts: signing.RequestParts, lines: list[bytes], exchange: Exchange
     ) -> Response:
         """Send with a fresh signature per attempt; retry only what provably never left."""
         for attempt in range(1, self._attempts + 1):
             signed = self._sign(parts)
             exchange.request_id = signed.request_id
-            headers["Authorization"] = signed.authorization
-            head = request_head(parts.method, parts.path_and_query, headers, len(parts.body))
+            authorization = b"Authorization: " + signed.authorization.encode(
+                "utf-8", "surrogateescape"
+            )
+            head = framed_head(
+                parts.method, parts.path_and_query, [*lines, authorization], len(parts.body)
+            )
             started = time.perf_counter()
             try:
                 response = await self._pool.request(head, parts.body, method=parts.method)

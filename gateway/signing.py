@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import quote_from_bytes
 
 SCHEME = "amx"
@@ -91,9 +92,11 @@ class Credentials:
     key: bytes = field(repr=False)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestParts:
-    """A request exactly as it is sent upstream: every value here is on the wire."""
+class RequestParts(NamedTuple):
+    """A request exactly as it is sent upstream: every value here is on the wire.
+
+    Named tuples, here and for ``Context`` and ``Signed``: built once or more per request,
+    and a tuple costs a third of a frozen dataclass to make."""
 
     method: str
     scheme: str
@@ -113,14 +116,17 @@ class RequestParts:
         return self.path_and_query.partition("?")[2]
 
 
-@dataclass(frozen=True, slots=True)
-class Signed:
+class Signed(NamedTuple):
     """One signed attempt: the header to send and what was signed."""
 
     authorization: str
     request_id: str
     timestamp: int
-    string_to_sign: bytes = field(repr=False)
+    string_to_sign: bytes
+
+    def __repr__(self) -> str:
+        # The string to sign holds the session id and the body: never in a repr.
+        return f"Signed(request_id={self.request_id!r}, timestamp={self.timestamp})"
 
 
 def text(value: str) -> bytes:
@@ -137,8 +143,7 @@ def header_value(headers: Mapping[str, str], name: str) -> str:
     return headers.get(name, "")
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(NamedTuple):
     """The values of one attempt that are not in the request itself."""
 
     api_id: str
@@ -257,6 +262,27 @@ def parse_field(expression: str) -> FieldPlan:
     )
 
 
+def _aleacc_string(parts: RequestParts, context: Context, separator: bytes) -> bytes:
+    """DEFAULT_FIELDS' string to sign, unrolled: api_id, request_id, timestamp, the session
+    id and client IP when not empty, path and query, body (what the generic loop makes of
+    that list; a property test holds the two together)."""
+    headers = parts.headers
+    session = header_value(headers, "X-Player-Session-Id")
+    client_ip = header_value(headers, "X-Client-Ip")
+    values = [
+        context.api_id.encode("utf-8", "surrogateescape"),
+        context.request_id.encode("utf-8", "surrogateescape"),
+        context.timestamp.encode("utf-8", "surrogateescape"),
+    ]
+    if session:
+        values.append(session.encode("utf-8", "surrogateescape"))
+    if client_ip:
+        values.append(client_ip.encode("utf-8", "surrogateescape"))
+    values.append(parts.path_and_query.encode("utf-8", "surrogateescape"))
+    values.append(parts.body)
+    return separator.join(values)
+
+
 def decode_secret(secret: bytes, encoding: str) -> bytes:
     """The HMAC key from the secret as stored; ValueError (never naming the value) if it
     does not decode under ``encoding``."""
@@ -278,13 +304,32 @@ def decode_secret(secret: bytes, encoding: str) -> bytes:
 class Plan:
     """A compiled scheme: what the request path runs for every attempt."""
 
-    __slots__ = ("_encode", "_ms", "_steps", "fields", "scheme", "separator")
+    __slots__ = (
+        "_aleacc",
+        "_encode",
+        "_ms",
+        "_steps",
+        "fields",
+        "header_names",
+        "scheme",
+        "separator",
+    )
 
     def __init__(self, scheme: Scheme, fields: tuple[FieldPlan, ...]) -> None:
         self.scheme = scheme
         self.fields = fields
         # The request path's loop: plain tuples, no method call per field.
         self._steps = tuple((f.get, f.apply, f.optional) for f in fields)
+        # Aleacc's field list, the default, is built by one function with no per-field call.
+        self._aleacc = scheme.fields == DEFAULT_FIELDS
+        # The request headers the fields read, lower-case: all the proxy collects for it.
+        self.header_names = frozenset(
+            f.name.removeprefix(HEADER_FIELD_PREFIX).lower().encode()
+            if f.name.startswith(HEADER_FIELD_PREFIX)
+            else b"content-type"
+            for f in fields
+            if f.name.startswith(HEADER_FIELD_PREFIX) or f.name == "content_type"
+        )
         self.separator = text(scheme.separator)
         self._ms = scheme.timestamp_unit == "ms"
         hex_sig = scheme.signature_encoding == "hex"
@@ -310,6 +355,8 @@ class Plan:
 
     def string_to_sign(self, parts: RequestParts, context: Context) -> bytes:
         """The signed values joined by the separator, left-out fields and all."""
+        if self._aleacc:
+            return _aleacc_string(parts, context, self.separator)
         values = []
         for get, apply, optional in self._steps:
             value = get(parts, context)
@@ -321,7 +368,8 @@ class Plan:
 
     def signature(self, key: bytes, message: bytes) -> str:
         """HMAC-SHA256 of ``message``, encoded as the scheme says."""
-        return self._encode(hmac.new(key, message, hashlib.sha256).digest())
+        # hmac.digest: OpenSSL's one-shot HMAC, without the hmac.HMAC object (~1 µs less).
+        return self._encode(hmac.digest(key, message, "sha256"))
 
     def sign(
         self, parts: RequestParts, credentials: Credentials, request_id: str, timestamp: int

@@ -63,15 +63,23 @@ PROXY = "proxy"
 
 def request_head(method: str, target: str, headers: CIMultiDict[str], body_length: int) -> bytes:
     """The request line and header block, encoded as the signature encodes them."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines = [
+        f"{name}: {value}".encode("utf-8", "surrogateescape") for name, value in headers.items()
+    ]
+    return framed_head(method, target, lines, body_length)
+
+
+def framed_head(method: str, target: str, lines: list[bytes], body_length: int) -> bytes:
+    """The request line, the header ``lines`` (each ``b"Name: value"``) and Content-Length."""
+    head_lines = [f"{method} {target} HTTP/1.1".encode("utf-8", "surrogateescape"), *lines]
     if body_length or method in _BODY_METHODS:
-        lines.append(f"Content-Length: {body_length}")
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+        head_lines.append(b"Content-Length: %d" % body_length)
+    head = b"\r\n".join(head_lines) + b"\r\n\r\n"
+    expected = len(head_lines) + 1
+    if head.count(b"\n") != expected or head.count(b"\r") != expected:
         # A CR or LF inside a name or value would start a header (or a request) of its own.
         raise ValueError("CR or LF in the request line or a header")
-    return text.encode("utf-8", "surrogateescape")
+    return head
 
 
 class Pool:

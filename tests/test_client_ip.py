@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from gateway.client_ip import TrustedNetworks, derive_client_ip, parse_address, parse_network
+from gateway.client_ip import (
+    KNOWN_ADDRESSES,
+    TrustedNetworks,
+    derive_client_ip,
+    parse_address,
+    parse_network,
+)
 
 TRUSTED = TrustedNetworks(
     map(parse_network, ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "2001:db8:ffff::/48"])
@@ -78,3 +86,13 @@ def test_parse_address(text: str, expected: str | None) -> None:
 def test_unparseable_peer_is_passed_as_is() -> None:
     # A unix-socket peer has no IP; the header cannot be trusted then.
     assert derive_client_ip("", ["198.51.100.1"], TRUSTED).source == "peer"
+
+
+def test_remembered_answers_stay_right_past_the_limit() -> None:
+    trusted = TrustedNetworks([parse_network("10.0.0.0/8")])
+    for n in range(KNOWN_ADDRESSES + 10):  # past the limit: forgotten once, asked again
+        inside = ipaddress.ip_address(f"10.0.{n // 256}.{n % 256}")
+        outside = ipaddress.ip_address(f"11.0.{n // 256}.{n % 256}")
+        assert inside in trusted
+        assert outside not in trusted
+    assert ipaddress.ip_address("10.0.0.0") in trusted

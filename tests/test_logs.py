@@ -54,32 +54,40 @@ def test_a_line_orjson_refuses_is_still_written_as_valid_json() -> None:
 ACCESS_FIELDS = {
     "request_id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
     "method": "POST",
-    "path": '/caf\udce9/"quoted"\n',  # an undecodable byte, a quote, a newline
+    "path": '/player/"quoted"\n',  # a quote, a newline
     "status": 200,
     "upstream_status": None,
     "duration_ms": 1.234,
     "client_ip": "203.0.113.7",
     "client_name": None,
-    "bytes_in": 2**70,  # beyond 64 bits: the json.dumps fallback
+    "bytes_in": 204,
     "bytes_out": 0,
     "error": None,
     "session": "5d41402abc4b",
 }
 
 
+@pytest.mark.parametrize(
+    "odd",  # what orjson refuses, so json.dumps writes the line
+    [{}, {"path": "/caf\udce9", "bytes_in": 2**70}],  # an undecodable byte, beyond 64 bits
+    ids=["orjson", "fallback"],
+)
 @pytest.mark.parametrize("worker", [None, 2])
-def test_the_access_line_is_the_line_structlog_renders(worker: int | None) -> None:
+def test_the_access_line_is_the_line_structlog_renders(
+    worker: int | None, odd: dict[str, object]
+) -> None:
     """Same keys and values as ``log.info("request", ...)`` through structlog, in the
     order the access line has always had: context, level, the fields, event, timestamp."""
     buffer = io.StringIO()
     configure_logging("json", stream=buffer, cache=False)
+    fields = {**ACCESS_FIELDS, **odd}
     with structlog.contextvars.bound_contextvars(**({"worker": worker} if worker else {})):
-        structlog.get_logger("test").info("request", **ACCESS_FIELDS)
-        AccessLog().write(ACCESS_FIELDS)
+        structlog.get_logger("test").info("request", **fields)
+        AccessLog().write(fields)
     by_structlog, direct = (json.loads(line) for line in buffer.getvalue().splitlines())
     assert direct == {**by_structlog, "timestamp": direct["timestamp"]}
     context = ["worker"] if worker else []
-    assert list(direct) == [*context, "level", *ACCESS_FIELDS, "event", "timestamp"]
+    assert list(direct) == [*context, "level", *fields, "event", "timestamp"]
     for line in (by_structlog, direct):  # ISO 8601 in UTC; no fraction when it is 0 µs
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line["timestamp"])
 

@@ -12,6 +12,8 @@ import os
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway import signing
@@ -400,3 +402,35 @@ def test_scheme_toml_reads_back_as_the_same_scheme() -> None:
     table = tomllib.loads(scheme.toml())["signing"]
     table["fields"] = tuple(table["fields"])
     assert signing.Scheme(**table) == scheme
+
+
+header_text = st.text(
+    st.characters(codec="utf-8", exclude_characters="\r\n") | st.just("\udce9"),
+    max_size=12,
+)
+
+
+@given(
+    session=st.lists(header_text, max_size=2),
+    client_ip=st.lists(header_text, max_size=2),
+    path_and_query=st.text(max_size=20).map(lambda p: "/" + p),
+    body=st.binary(max_size=40),
+    context=st.tuples(st.text(max_size=8), st.text(max_size=8), st.text(max_size=8)),
+)
+def test_aleaccs_unrolled_string_is_the_generic_loops(
+    session: list[str],
+    client_ip: list[str],
+    path_and_query: str,
+    body: bytes,
+    context: tuple[str, str, str],
+) -> None:
+    """The default field list is built by one function; any other list by the field loop.
+    Both must give the same bytes, empty and repeated optional headers included."""
+    headers: CIMultiDict[str] = CIMultiDict(
+        [("X-Player-Session-Id", v) for v in session] + [("x-client-ip", v) for v in client_ip]
+    )
+    request = signing.RequestParts("POST", "https", "h", path_and_query, headers, body)
+    plan = signing.compile_scheme(DEFAULT)
+    generic = plan.values(request, signing.Context(*context))
+    expected = plan.separator.join(value for value in generic if value is not None)
+    assert plan.string_to_sign(request, signing.Context(*context)) == expected
