@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -225,15 +225,23 @@ def connection_tokens(headers: MultiMapping[str]) -> set[str]:
     }
 
 
-def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    """The upstream response's headers for the caller: hop-by-hop removed, our id added."""
-    drop = HOP_BY_HOP | connection_tokens(upstream) | {"x-request-id"}
-    headers: CIMultiDict[str] = CIMultiDict(_kept(upstream.items(), drop))
-    headers["X-Request-Id"] = request_id
+# Never passed to the caller: hop-by-hop fields, and the id the gateway sets itself.
+_NOT_TO_CALLER = HOP_BY_HOP | {"x-request-id"}
+# An answer sent whole: aiohttp sets Content-Length again from the body, same value.
+_NOT_TO_CALLER_WHOLE = _NOT_TO_CALLER | {"content-length"}
+
+
+def downstream_headers(
+    upstream: CIMultiDictProxy[str], request_id: str, *, whole: bool = False
+) -> CIMultiDict[str]:
+    """The upstream response's headers for the caller: hop-by-hop removed, our id added;
+    ``whole``: the answer is sent in one piece, framed anew (its Content-Length too)."""
+    drop = _NOT_TO_CALLER_WHOLE if whole else _NOT_TO_CALLER
+    named = connection_tokens(upstream)
+    if not named <= drop:  # "Connection: keep-alive" (the usual one) names nothing new
+        drop = drop | named
+    headers: CIMultiDict[str] = CIMultiDict(
+        [(name, value) for name, value in upstream.items() if name.lower() not in drop]
+    )
+    headers.add("X-Request-Id", request_id)
     return headers
-
-
-def _kept(
-    items: Iterable[tuple[str, str]], drop: set[str] | frozenset[str]
-) -> list[tuple[str, str]]:
-    return [(name, value) for name, value in items if name.lower() not in drop]

@@ -220,7 +220,6 @@ class Proxy:
     ) -> web.StreamResponse:
         """Pass the upstream's answer on: small ones whole, others chunk by chunk."""
         assert exchange.request_id is not None  # noqa: S101 - set by _send
-        headers = downstream_headers(upstream.headers, exchange.request_id)
         length = upstream.content_length
         if (
             length is not None
@@ -228,7 +227,8 @@ class Proxy:
             and request.method != "HEAD"
             and upstream.status not in (204, 304)
         ):
-            return await self._relay_whole(upstream, headers, exchange)
+            return await self._relay_whole(upstream, exchange)
+        headers = downstream_headers(upstream.headers, exchange.request_id)
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
@@ -271,16 +271,15 @@ class Proxy:
         self._metrics.upstream_errors.labels(kind).inc()
         return kind
 
-    async def _relay_whole(
-        self, upstream: Response, headers: CIMultiDict[str], exchange: Exchange
-    ) -> web.Response:
+    async def _relay_whole(self, upstream: Response, exchange: Exchange) -> web.Response:
+        assert exchange.request_id is not None  # noqa: S101 - set by _send
         try:
             body = await upstream.read()
         except UpstreamFault as fault:
             # Nothing has been sent yet, so a cut or stalled body is an honest 502/504.
             kind = self._body_fault(fault)
             raise (UpstreamTimeout if kind == "timeout" else UpstreamUnavailable)(kind) from None
-        del headers["Content-Length"]  # set again by aiohttp from the body, same value
+        headers = downstream_headers(upstream.headers, exchange.request_id, whole=True)
         exchange.bytes_out = len(body)
         return web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
