@@ -93,9 +93,13 @@ class GatewayProtocol(RequestHandler):
     def __init__(self, manager: web.Server, *, guard: EdgeGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
-        # One timer at a time: the idle deadline while no request has begun (from accept,
-        # and after a keep-alive answer), the header deadline once its first byte is in.
+        # One deadline at a time: the idle one while no request has begun (from accept,
+        # and after a keep-alive answer), the header one once its first byte is in. It is
+        # due at _due (loop time) and then calls _on_due; _deadline is the timer behind
+        # it, which may be set earlier than _due (see _arm).
         self._deadline: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._on_due: Callable[[], None] | None = None
         # True while the next bytes can only be a new request's headers: at the start and
         # after a keep-alive answer (not after a closing one, when what still arrives is
         # the unread rest of a refused body).
@@ -156,7 +160,10 @@ class GatewayProtocol(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.open_connections -= 1
-        self._cancel_deadline()
+        self._on_due = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if not self._rejected:
             super().connection_lost(exc)
 
@@ -186,22 +193,42 @@ class GatewayProtocol(RequestHandler):
             self._arm(self._guard.limits.idle_timeout_s, self._idle_too_long)
 
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_deadline()
-        self._deadline = asyncio.get_running_loop().call_later(delay, callback)
+        """Call ``callback`` in ``delay`` seconds, unless re-armed or cancelled before.
+
+        The timer is moved only when the new deadline comes before it; one that fires
+        before its deadline (moved later meanwhile) sets itself again for it. So a busy
+        keep-alive connection, which arms two deadlines per request, re-sets its timer
+        about once per header_timeout_s instead of twice per request.
+        """
+        due = self._loop.time() + delay
+        self._due = due
+        self._on_due = callback
+        timer = self._deadline
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._deadline = self._loop.call_at(due, self._deadline_reached)
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._on_due = None  # a timer still set finds nothing to do
+
+    def _deadline_reached(self) -> None:
+        self._deadline = None
+        callback = self._on_due
+        if callback is None:
+            return
+        if self._loop.time() < self._due:  # re-armed later since this timer was set
+            self._deadline = self._loop.call_at(self._due, self._deadline_reached)
+            return
+        self._on_due = None
+        callback()
 
     def _idle_too_long(self) -> None:
-        self._deadline = None
         if self._awaiting_headers:
             # No request under way: closing says all there is to say (RFC 9112 §9.5).
             self._close_connection("idle_timeout", None)
 
     def _headers_too_slow(self) -> None:
-        self._deadline = None
         if self._awaiting_headers:
             log.warning("request_header_timeout", timeout_s=self._guard.limits.header_timeout_s)
             self._close_connection("header_timeout", _HEADER_TIMEOUT)

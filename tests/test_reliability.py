@@ -125,6 +125,26 @@ async def test_a_connection_that_sends_nothing_is_closed(
     assert gw.sample("aleacc_gateway_connections_closed_total", reason="idle_timeout") == 2
 
 
+async def test_an_idle_deadline_after_a_shorter_header_deadline_is_kept_in_full(
+    raw_upstream: RawUpstream, start_gateway: StartGateway
+) -> None:
+    """A connection has one timer: set for the request's header deadline, it is left in
+    place when the (later) idle deadline follows the answer, and must set itself again
+    when it fires early rather than close the connection before idle_timeout_s."""
+    limits = {"header_timeout_s": 0.2, "idle_timeout_s": 1.0}
+    gw = await start_gateway(settings_for(raw_upstream.url, limits=limits))
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.bound.proxy[1])
+    writer.write(GET)
+    assert (await guarded(reader.readuntil(b"ok"))).startswith(b"HTTP/1.1 200")
+    answered = loop.time()
+    assert await guarded(reader.read()) == b""  # closed for idleness, in the end
+    writer.close()
+    assert loop.time() - answered >= 0.9  # not at the header deadline's 0.2 s
+    assert gw.sample("aleacc_gateway_connections_closed_total", reason="idle_timeout") == 1
+    assert gw.sample("aleacc_gateway_connections_closed_total", reason="header_timeout") == 0
+
+
 async def test_a_peer_outside_allowed_clients_is_refused_at_accept(
     raw_upstream: RawUpstream, start_gateway: StartGateway
 ) -> None:
