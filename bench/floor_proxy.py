@@ -16,12 +16,11 @@ from pathlib import Path
 
 import uvloop
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.upstream import Pool, request_head
+from gateway.upstream import Pool, framed_head
 
 
 async def serve(port: int, upstream_port: int) -> None:
@@ -35,10 +34,10 @@ async def serve(port: int, upstream_port: int) -> None:
 
     async def handle(request: web.BaseRequest) -> web.Response:
         body = await request.read()
-        headers = CIMultiDict(Host=f"127.0.0.1:{upstream_port}")
+        lines = [b"Host: 127.0.0.1:%d" % upstream_port]
         if request.content_type:
-            headers["Content-Type"] = request.content_type
-        head = request_head(request.method, request.raw_path, headers, len(body))
+            lines.append(b"Content-Type: " + request.content_type.encode())
+        head = framed_head(request.method, request.raw_path, lines, len(body))
         answer = await pool.request(head, body, method=request.method)
         try:
             content = await answer.read()

@@ -61,16 +61,9 @@ POOL_TIMEOUT = "pool_timeout"
 PROXY = "proxy"
 
 
-def request_head(method: str, target: str, headers: CIMultiDict[str], body_length: int) -> bytes:
-    """The request line and header block, encoded as the signature encodes them."""
-    lines = [
-        f"{name}: {value}".encode("utf-8", "surrogateescape") for name, value in headers.items()
-    ]
-    return framed_head(method, target, lines, body_length)
-
-
 def framed_head(method: str, target: str, lines: list[bytes], body_length: int) -> bytes:
-    """The request line, the header ``lines`` (each ``b"Name: value"``) and Content-Length."""
+    """The request line, the header ``lines`` (each ``b"Name: value"``, the bytes the
+    signature covers) and Content-Length, framed; ValueError for a CR or LF inside any."""
     head_lines = [f"{method} {target} HTTP/1.1".encode("utf-8", "surrogateescape"), *lines]
     if body_length or method in _BODY_METHODS:
         head_lines.append(b"Content-Length: %d" % body_length)
