@@ -81,7 +81,7 @@ class Proxy:
         self._plan = signing.compile_scheme(settings.signing.scheme)
         self._scheme = upstream.url.scheme
         self._host = upstream.host_header
-        self._host_line = b"Host: " + self._host.encode("utf-8", "surrogateescape")
+        self._host_line = b"Host: " + signing.text(self._host)
         # The incoming headers the scheme reads (header:<Name>, content_type), lower-case.
         self._signed_headers = self._plan.header_names
         self._base_path = upstream.base_path
@@ -128,7 +128,7 @@ class Proxy:
         lines = [
             self._host_line,
             *incoming.lines,
-            b"X-Client-Ip: " + client_ip.address.encode("utf-8", "surrogateescape"),
+            b"X-Client-Ip: " + signing.text(client_ip.address),
         ]
         upstream = await self._send(parts, lines, exchange)
         try:
@@ -184,9 +184,7 @@ class Proxy:
         for attempt in range(1, self._attempts + 1):
             signed = self._sign(parts)
             exchange.request_id = signed.request_id
-            authorization = b"Authorization: " + signed.authorization.encode(
-                "utf-8", "surrogateescape"
-            )
+            authorization = b"Authorization: " + signing.text(signed.authorization)
             head = framed_head(
                 parts.method, parts.path_and_query, [*lines, authorization], len(parts.body)
             )

@@ -278,15 +278,15 @@ def _aleacc_string(parts: RequestParts, context: Context, separator: bytes) -> b
     session = header_value(headers, "X-Player-Session-Id")
     client_ip = header_value(headers, "X-Client-Ip")
     values = [
-        context.api_id.encode("utf-8", "surrogateescape"),
-        context.request_id.encode("utf-8", "surrogateescape"),
-        context.timestamp.encode("utf-8", "surrogateescape"),
+        text(context.api_id),
+        text(context.request_id),
+        text(context.timestamp),
     ]
     if session:
-        values.append(session.encode("utf-8", "surrogateescape"))
+        values.append(text(session))
     if client_ip:
-        values.append(client_ip.encode("utf-8", "surrogateescape"))
-    values.append(parts.path_and_query.encode("utf-8", "surrogateescape"))
+        values.append(text(client_ip))
+    values.append(text(parts.path_and_query))
     values.append(parts.body)
     return separator.join(values)
 
