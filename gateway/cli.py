@@ -380,7 +380,9 @@ def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan]
     if args.config is not None:
         sign = load_settings(args.config).signing
     elif args.api_id and (args.secret_file or args.secret_env):
-        sign = SigningSettings(args.api_id, args.secret_file, args.secret_env)
+        sign = SigningSettings(
+            api_id=args.api_id, secret_file=args.secret_file, secret_env=args.secret_env
+        )
     else:
         raise ValueError("give --config, or --api-id with --secret-file or --secret-env")
     overrides: dict[str, Any] = {}

@@ -1,54 +1,36 @@
-"""Settings: frozen typed data, named defaults, one loader that reports every problem.
+"""Settings: each configuration key declared once, read by one walk that reports every problem.
 
+A key is a dataclass field declared with ``key()``: its default, the converter that reads
+its TOML value (raising ValueError with the message an operator sees), and a one-line doc.
+A group (``group()``) is several keys of one table that make up one value (the signing
+scheme, the listener's TLS files). ``parse_settings`` walks the declarations; rules that
+join several keys are in ``validate``; ``reference`` writes docs/configuration.md from them.
 No I/O beyond reading the TOML file: the secret itself is loaded by ``secret.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, get_type_hints
 
 from yarl import URL
 
 from . import signing
 from .client_ip import Network, parse_network
 
-DEFAULT_LISTEN = "127.0.0.1:8080"
-DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
-# Delay + timeout must fit in the pod's terminationGracePeriodSeconds (30 s by default).
-DEFAULT_DRAIN_DELAY_S = 5.0
-DEFAULT_DRAIN_TIMEOUT_S = 20.0
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_RETRIES = 1
-DEFAULT_MAX_CONNECTIONS = 256
-# Shorter than common servers' keep-alive timeouts (Node 5 s, nginx 75 s): a pooled
-# connection the upstream closes first can fail the request that picks it up.
-DEFAULT_IDLE_TIMEOUT_S = 4.0
-DEFAULT_CLOCK_SKEW_WARNING_S = 30.0
-DEFAULT_SECRET_POLL_S = 1.0
-DEFAULT_LOOPBACK = ("127.0.0.0/8", "::1/128")
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_MAX_CLIENT_CONNECTIONS = 1024
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-# A connection that has sent nothing (since accept, or since its last answer) this long
-# is closed: below Node's and nginx's keep-alive defaults, above a browser's think time
-# between pooled requests.
-DEFAULT_CLIENT_IDLE_TIMEOUT_S = 5.0
-# A caller that takes no answer bytes for this long is cut (and its upstream connection
-# closed), so a reader that never reads cannot hold an upstream connection.
-DEFAULT_SEND_TIMEOUT_S = 30.0
-DEFAULT_BODY_TIMEOUT_S = 30.0
-DEFAULT_RETRY_BACKOFF_S = 0.1
 MAX_RETRIES = 5
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY = "aleacc_gateway.key"
+_GROUP = "aleacc_gateway.group"
 
 
 class ConfigError(Exception):
@@ -60,6 +42,66 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Key:
+    """How one key's TOML value is read, and what it means."""
+
+    convert: Callable[[Any], Any]
+    doc: str
+    shown: str | None = None  # the default as the reference shows it, where the value is unclear
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Keys of one table that together make one value: key name -> (field of ``of``, Key)."""
+
+    of: type
+    keys: Mapping[str, tuple[str, Key]]
+    optional: bool  # the value is None unless one of its keys is set
+
+
+def key(
+    convert: Callable[[Any], Any],
+    doc: str,
+    default: Any = dataclasses.MISSING,
+    shown: str | None = None,
+) -> Any:
+    """A configuration key: a field with ``default`` (none: required), read by ``convert``."""
+    return field(default=default, metadata={_KEY: Key(convert, doc, shown)})
+
+
+def group(of: type, keys: Mapping[str, tuple[str, Key]], default: Any) -> Any:
+    """A field whose value ``of(...)`` is made from ``keys`` of the same table."""
+    return field(default=default, metadata={_GROUP: Group(of, keys, optional=default is None)})
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """One key as the walk meets it."""
+
+    table: str
+    name: str
+    key: Key
+    default: Any  # dataclasses.MISSING: required
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+
+def declared_keys(section: type, table: str) -> Iterator[Declared]:
+    """Every key of ``section`` (a settings dataclass), groups' keys in their place."""
+    for f in dataclasses.fields(section):
+        if _KEY in f.metadata:
+            yield Declared(table, f.name, f.metadata[_KEY], f.default)
+        elif _GROUP in f.metadata:
+            declaration: Group = f.metadata[_GROUP]
+            defaults = {g.name: g.default for g in dataclasses.fields(declaration.of)}
+            for name, (attribute, k) in declaration.keys.items():
+                default = defaults[attribute]
+                yield Declared(table, name, k, None if default is dataclasses.MISSING else default)
+
+
+@dataclass(frozen=True, slots=True)
 class ListenAddress:
     """A host and port to bind."""
 
@@ -68,6 +110,17 @@ class ListenAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One allowed route: a method (or ``*``) and a path pattern (``*`` matches anything)."""
+
+    method: str
+    pattern: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.pattern}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,268 +138,8 @@ class TlsSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    listen: ListenAddress
-    admin_listen: ListenAddress
-    drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
-    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
-    workers: int = 1
-    tls: TlsSettings | None = None  # None: the proxy listener speaks plain HTTP
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamSettings:
-    url: URL
-    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    retries: int = DEFAULT_RETRIES
-    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    forward_proxy_headers: bool = False
-    clock_skew_warning_s: float = DEFAULT_CLOCK_SKEW_WARNING_S
-    # Egress through an HTTP proxy: this one, or the environment's (HTTPS_PROXY, ...).
-    proxy_url: URL | None = None
-    proxy_auth_file: Path | None = None  # user:password, never in the URL
-    proxy_from_env: bool = False
-
-    @property
-    def host_header(self) -> str:
-        """The Host header sent upstream (and signed as ``host``)."""
-        host = (self.url.raw_host or "").lower()
-        if ":" in host:
-            host = f"[{host}]"
-        return host if self.url.is_default_port() else f"{host}:{self.url.port}"
-
-    @property
-    def base_path(self) -> str:
-        """The URL's raw path without a trailing ``/`` ("" for the root)."""
-        return self.url.raw_path.rstrip("/")
-
-
-@dataclass(frozen=True, slots=True)
-class SigningSettings:
-    api_id: str
-    secret_file: Path | None = None
-    secret_env: str | None = None
-    scheme: signing.Scheme = field(default_factory=signing.Scheme)
-    secret_poll_s: float = DEFAULT_SECRET_POLL_S
-
-
-@dataclass(frozen=True, slots=True)
-class ClientIpSettings:
-    trusted_proxies: tuple[Network, ...] = field(
-        default_factory=lambda: tuple(parse_network(n) for n in DEFAULT_LOOPBACK)
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One allowed route: a method (or ``*``) and a path pattern (``*`` matches anything)."""
-
-    method: str
-    pattern: str
-
-    def __str__(self) -> str:
-        return f"{self.method} {self.pattern}"
-
-
-@dataclass(frozen=True, slots=True)
-class AccessSettings:
-    allowed_clients: tuple[Network, ...] = field(
-        default_factory=lambda: tuple(parse_network(n) for n in DEFAULT_LOOPBACK)
-    )
-    routes: tuple[Route, ...] | None = None  # None: every route is allowed
-    # With client certificates: the identities allowed (None: any the CA issued).
-    allowed_client_names: frozenset[str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsSettings:
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS
-    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-    idle_timeout_s: float = DEFAULT_CLIENT_IDLE_TIMEOUT_S
-    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the gateway needs, validated."""
-
-    server: ServerSettings
-    upstream: UpstreamSettings
-    signing: SigningSettings
-    client_ip: ClientIpSettings = field(default_factory=ClientIpSettings)
-    access: AccessSettings = field(default_factory=AccessSettings)
-    limits: LimitsSettings = field(default_factory=LimitsSettings)
-
-
-def load_settings(path: Path) -> Settings:
-    """Read and validate a TOML file; raise ConfigError listing every problem."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-    return parse_settings(data)
-
-
-def parse_settings(data: Mapping[str, Any]) -> Settings:
-    """Validate parsed TOML; raise ConfigError listing every problem."""
-    r = _Reader(data)
-    server = ServerSettings(
-        listen=r.get("server", "listen", parse_listen, parse_listen(DEFAULT_LISTEN)),
-        admin_listen=r.get(
-            "server", "admin_listen", parse_listen, parse_listen(DEFAULT_ADMIN_LISTEN)
-        ),
-        drain_delay_s=r.get("server", "drain_delay_s", _seconds_or_zero, DEFAULT_DRAIN_DELAY_S),
-        drain_timeout_s=r.get("server", "drain_timeout_s", _seconds, DEFAULT_DRAIN_TIMEOUT_S),
-        workers=r.get("server", "workers", _int_range(1, 64), 1),
-        tls=_tls(r),
-    )
-    url = r.get("upstream", "url", _upstream_url, None)
-    upstream = UpstreamSettings(
-        url=url or URL("http://invalid"),
-        connect_timeout_s=r.get(
-            "upstream", "connect_timeout_s", _seconds, DEFAULT_CONNECT_TIMEOUT_S
-        ),
-        timeout_s=r.get("upstream", "timeout_s", _seconds, DEFAULT_TIMEOUT_S),
-        retries=r.get("upstream", "retries", _int_range(0, MAX_RETRIES), DEFAULT_RETRIES),
-        retry_backoff_s=r.get(
-            "upstream", "retry_backoff_s", _seconds_or_zero, DEFAULT_RETRY_BACKOFF_S
-        ),
-        max_connections=r.get(
-            "upstream", "max_connections", _int_range(1, 65535), DEFAULT_MAX_CONNECTIONS
-        ),
-        idle_timeout_s=r.get("upstream", "idle_timeout_s", _seconds, DEFAULT_IDLE_TIMEOUT_S),
-        forward_proxy_headers=r.get("upstream", "forward_proxy_headers", _bool, False),
-        clock_skew_warning_s=r.get(
-            "upstream", "clock_skew_warning_s", _seconds, DEFAULT_CLOCK_SKEW_WARNING_S
-        ),
-        proxy_url=r.get("upstream", "proxy_url", _proxy_url, None),
-        proxy_auth_file=r.get("upstream", "proxy_auth_file", _path, None),
-        proxy_from_env=r.get("upstream", "proxy_from_env", _bool, False),
-    )
-    if upstream.proxy_url is not None and upstream.proxy_from_env:
-        r.problem("upstream: set proxy_url or proxy_from_env, not both")
-    elif upstream.proxy_auth_file is not None and not (
-        upstream.proxy_url or upstream.proxy_from_env
-    ):
-        r.problem("upstream.proxy_auth_file: needs proxy_url or proxy_from_env")
-    secret_file = r.get("signing", "secret_file", _path, None)
-    secret_env = r.get("signing", "secret_env", _env_name, None)
-    if (
-        (secret_file is None) == (secret_env is None)
-        and r.valid("signing", "secret_file")
-        and r.valid("signing", "secret_env")
-    ):
-        r.problem("signing: set exactly one of secret_file and secret_env")
-    sign = SigningSettings(
-        api_id=r.get("signing", "api_id", _api_id, None) or "",
-        secret_file=secret_file,
-        secret_env=secret_env,
-        scheme=_scheme(r),
-        secret_poll_s=r.get("signing", "secret_poll_s", _seconds, DEFAULT_SECRET_POLL_S),
-    )
-    client_ip = ClientIpSettings(
-        trusted_proxies=r.get(
-            "client_ip", "trusted_proxies", _networks, ClientIpSettings().trusted_proxies
-        )
-    )
-    access = AccessSettings(
-        allowed_clients=r.get(
-            "access", "allowed_clients", _networks, AccessSettings().allowed_clients
-        ),
-        routes=r.get("access", "routes", _routes, None),
-        allowed_client_names=r.get("access", "allowed_client_names", _names, None),
-    )
-    if access.allowed_client_names is not None and (
-        server.tls is None or server.tls.client_ca_file is None
-    ):
-        r.problem("access.allowed_client_names: needs server.tls_client_ca_file")
-    limits = LimitsSettings(
-        max_body_bytes=r.get(
-            "limits", "max_body_bytes", _int_range(0, 1 << 30), DEFAULT_MAX_BODY_BYTES
-        ),
-        max_connections=r.get(
-            "limits", "max_connections", _int_range(1, 1 << 20), DEFAULT_MAX_CLIENT_CONNECTIONS
-        ),
-        header_timeout_s=r.get("limits", "header_timeout_s", _seconds, DEFAULT_HEADER_TIMEOUT_S),
-        body_timeout_s=r.get("limits", "body_timeout_s", _seconds, DEFAULT_BODY_TIMEOUT_S),
-        idle_timeout_s=r.get("limits", "idle_timeout_s", _seconds, DEFAULT_CLIENT_IDLE_TIMEOUT_S),
-        send_timeout_s=r.get("limits", "send_timeout_s", _seconds, DEFAULT_SEND_TIMEOUT_S),
-    )
-    if server.workers > 1 and server.listen.port == 0:
-        r.problem("server.workers: more than one worker needs a fixed server.listen port")
-    r.check_required("upstream", "url")
-    r.check_required("signing", "api_id")
-    r.check_unknown()
-    if r.problems:
-        raise ConfigError(r.problems)
-    return Settings(server, upstream, sign, client_ip, access, limits)
-
-
-T = TypeVar("T")
-
-
-class _Reader:
-    """Reads ``table.key`` values through converters, collecting every problem."""
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self.data = data
-        self.problems: list[str] = []
-        self.seen: dict[str, set[str]] = {}
-        self.invalid: set[tuple[str, str]] = set()
-
-    def problem(self, message: str) -> None:
-        self.problems.append(message)
-
-    def _table(self, table: str) -> Mapping[str, Any]:
-        value = self.data.get(table, {})
-        if not isinstance(value, Mapping):
-            if table not in self.seen:
-                self.problem(f"[{table}]: must be a table")
-            self.seen.setdefault(table, set())
-            return {}
-        self.seen.setdefault(table, set())
-        return value
-
-    def get(self, table: str, key: str, convert: Callable[[Any], T], default: T) -> T:
-        section = self._table(table)
-        self.seen[table].add(key)
-        if key not in section:
-            return default
-        try:
-            return convert(section[key])
-        except ValueError as exc:
-            self.invalid.add((table, key))
-            self.problem(f"{table}.{key}: {exc}")
-            return default
-
-    def valid(self, table: str, key: str) -> bool:
-        return (table, key) not in self.invalid
-
-    def check_required(self, table: str, key: str) -> None:
-        if key not in self._table(table) and self.valid(table, key):
-            self.problem(f"{table}.{key}: required")
-
-    def check_unknown(self) -> None:
-        for table, value in self.data.items():
-            if table not in self.seen:
-                self.problem(f"[{table}]: unknown table")
-                continue
-            if isinstance(value, Mapping):
-                for key in value:
-                    if key not in self.seen[table]:
-                        self.problem(f"{table}.{key}: unknown key")
+# ---------------------------------------------------------------- converters
+# Each reads one TOML value or raises ValueError with the message an operator sees.
 
 
 def parse_listen(value: Any) -> ListenAddress:
@@ -454,51 +247,12 @@ def _api_id(value: Any) -> str:
     return value
 
 
-def _tls(r: _Reader) -> TlsSettings | None:
-    cert = r.get("server", "tls_cert_file", _path, None)
-    key = r.get("server", "tls_key_file", _path, None)
-    client_ca = r.get("server", "tls_client_ca_file", _path, None)
-    if cert is None and key is None:
-        if client_ca is not None:
-            r.problem("server.tls_client_ca_file: needs server.tls_cert_file and tls_key_file")
-        return None
-    if cert is None or key is None:
-        if r.valid("server", "tls_cert_file") and r.valid("server", "tls_key_file"):
-            r.problem("server: set both tls_cert_file and tls_key_file, or neither")
-        return None
-    return TlsSettings(cert, key, client_ca)
-
-
 def _names(value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ValueError(
             'must be a non-empty list like ["frontend.casino.svc", "spiffe://casino/frontend"]'
         )
     return frozenset(value)
-
-
-def _scheme(r: _Reader) -> signing.Scheme:
-    """The signing scheme's keys (SPEC §2.1); every bad expression is its own problem."""
-    default = signing.Scheme()
-    scheme = signing.Scheme(
-        fields=r.get("signing", "fields", _fields, default.fields),
-        separator=r.get("signing", "separator", _string, default.separator),
-        secret_encoding=r.get(
-            "signing", "secret_encoding", _one_of(signing.SECRET_ENCODINGS), default.secret_encoding
-        ),
-        signature_encoding=r.get(
-            "signing",
-            "signature_encoding",
-            _one_of(signing.SIGNATURE_ENCODINGS),
-            default.signature_encoding,
-        ),
-        timestamp_unit=r.get(
-            "signing", "timestamp_unit", _one_of(signing.TIMESTAMP_UNITS), default.timestamp_unit
-        ),
-    )
-    for problem in signing.scheme_problems(scheme):
-        r.problem(f"signing.fields: {problem}")
-    return scheme
 
 
 def _fields(value: Any) -> tuple[str, ...]:
@@ -546,3 +300,433 @@ def _networks(value: Any) -> tuple[Network, ...]:
     if bad:
         raise ValueError(f"invalid CIDR {', '.join(bad)}")
     return tuple(networks)
+
+
+# ---------------------------------------------------------------- the keys, table by table
+
+_TLS_KEYS = {
+    "tls_cert_file": (
+        "cert_file",
+        Key(
+            _path,
+            "PEM certificate (a chain allowed): with `tls_key_file`, the proxy listener speaks "
+            "TLS 1.2+ only; both files are re-read when they change",
+        ),
+    ),
+    "tls_key_file": ("key_file", Key(_path, "the certificate's unencrypted PEM private key")),
+    "tls_client_ca_file": (
+        "client_ca_file",
+        Key(
+            _path, "PEM CA certificate(s): every client must present a certificate it issued (mTLS)"
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    """The gateway's two listeners, its processes and how it stops."""
+
+    listen: ListenAddress = key(
+        parse_listen,
+        "the proxy's address, `host:port` or `[v6]:port`; loopback by default (sidecar); "
+        "port 0 picks a free port (the `started` log line shows it)",
+        parse_listen("127.0.0.1:8080"),
+    )
+    admin_listen: ListenAddress = key(
+        parse_listen,
+        "the admin address: `/healthz`, `/readyz`, `/metrics`, never proxied",
+        parse_listen("127.0.0.1:9090"),
+    )
+    # Delay + timeout must fit in the pod's terminationGracePeriodSeconds (30 s by default).
+    drain_delay_s: float = key(
+        _seconds_or_zero,
+        "on SIGTERM, keep serving this long (unready) so endpoints can update; 0 allowed",
+        5.0,
+    )
+    drain_timeout_s: float = key(
+        _seconds, "then how long in-flight requests may take to finish", 20.0
+    )
+    workers: int = key(
+        _int_range(1, 64),
+        "proxy processes sharing the port (SO_REUSEPORT); needs a fixed `listen` port",
+        1,
+    )
+    tls: TlsSettings | None = group(TlsSettings, _TLS_KEYS, None)  # None: plain HTTP
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamSettings:
+    """Aleacc: where it is, how long to wait for it, and how to reach it."""
+
+    url: URL = key(
+        _upstream_url,
+        "Aleacc's base URL, `http` or `https`, no query or credentials; its path is prefixed "
+        "to every request's path. An `https` upstream's certificate and host name are "
+        "verified against the system's CAs (`SSL_CERT_FILE` / `SSL_CERT_DIR` point elsewhere)",
+    )
+    connect_timeout_s: float = key(_seconds, "TCP (and TLS) connect, per attempt", 5.0)
+    timeout_s: float = key(
+        _seconds, "waiting for the response headers, and for each body read after that", 30.0
+    )
+    retries: int = key(
+        _int_range(0, MAX_RETRIES),
+        "extra attempts, only when no connection could be made (nothing was sent); each "
+        "attempt is signed afresh",
+        1,
+    )
+    retry_backoff_s: float = key(_seconds_or_zero, "pause before a retry", 0.1)
+    max_connections: int = key(
+        _int_range(1, 65535),
+        "connections to Aleacc at most, kept alive between requests; when all are busy a "
+        "request waits up to `timeout_s` for one (then 504)",
+        256,
+    )
+    # Shorter than common servers' keep-alive timeouts (Node 5 s, nginx 75 s): a pooled
+    # connection the upstream closes first can fail the request that picks it up.
+    idle_timeout_s: float = key(
+        _seconds,
+        "close a kept-alive connection idle this long; keep it below Aleacc's own "
+        "keep-alive timeout",
+        4.0,
+    )
+    forward_proxy_headers: bool = key(
+        _bool, "pass `X-Forwarded-For/-Host/-Proto` and `Forwarded` upstream", False
+    )
+    clock_skew_warning_s: float = key(
+        _seconds,
+        "warn (once a minute at most) when Aleacc's `Date` differs from our clock by more",
+        30.0,
+    )
+    proxy_url: URL | None = key(
+        _proxy_url,
+        "reach Aleacc through this HTTP proxy, `http://host:port` only",
+        None,
+    )
+    proxy_auth_file: Path | None = key(
+        _path,
+        "a file holding `user:password` for the proxy (Basic), never in the URL or the "
+        "logs; read at start",
+        None,
+    )
+    proxy_from_env: bool = key(
+        _bool,
+        "instead of `proxy_url`: take the proxy from `https_proxy`/`HTTPS_PROXY` (or "
+        "`http_proxy` for an `http` upstream) and honour `no_proxy`/`NO_PROXY`, as curl does",
+        False,
+    )
+
+    @property
+    def host_header(self) -> str:
+        """The Host header sent upstream (and signed as ``host``)."""
+        host = (self.url.raw_host or "").lower()
+        if ":" in host:
+            host = f"[{host}]"
+        return host if self.url.is_default_port() else f"{host}:{self.url.port}"
+
+    @property
+    def base_path(self) -> str:
+        """The URL's raw path without a trailing ``/`` ("" for the root)."""
+        return self.url.raw_path.rstrip("/")
+
+
+_SCHEME_KEYS = {
+    "fields": (
+        "fields",
+        Key(_fields, "the signed field expressions, in order (docs/signing.md)", "Aleacc's"),
+    ),
+    "separator": (
+        "separator",
+        Key(_string, 'put between field values; `""` concatenates them'),
+    ),
+    "secret_encoding": (
+        "secret_encoding",
+        Key(
+            _one_of(signing.SECRET_ENCODINGS),
+            "how the secret becomes the HMAC key: `hex` (decoded), `utf-8` (its bytes as "
+            "they are), `base64` (decoded)",
+        ),
+    ),
+    "signature_encoding": (
+        "signature_encoding",
+        Key(
+            _one_of(signing.SIGNATURE_ENCODINGS),
+            "`base64` (44 characters, padded) or `hex` (64 lower-case)",
+        ),
+    ),
+    "timestamp_unit": (
+        "timestamp_unit",
+        Key(_one_of(signing.TIMESTAMP_UNITS), "`s` or `ms`, in the header and the signed value"),
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningSettings:
+    """The credential and the scheme; the scheme's defaults are Aleacc's own."""
+
+    api_id: str = key(_api_id, "your Aleacc API id (printable ASCII, no `:` or spaces)")
+    secret_file: Path | None = key(
+        _path,
+        "where the secret is (Aleacc's: 64 hex characters), exactly one of this and "
+        "`secret_env`; re-read when it changes; an empty, unreadable or undecodable new "
+        "file keeps the last good secret; surrounding whitespace is stripped",
+        None,
+    )
+    secret_env: str | None = key(
+        _env_name, "instead of `secret_file`: the environment variable holding the secret", None
+    )
+    scheme: signing.Scheme = group(signing.Scheme, _SCHEME_KEYS, signing.Scheme())
+    secret_poll_s: float = key(_seconds, "how often the secret file is checked for a change", 1.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientIpSettings:
+    """How `X-Client-Ip` is derived from the peer and `X-Forwarded-For`."""
+
+    trusted_proxies: tuple[Network, ...] = key(
+        _networks,
+        "CIDRs of proxies whose `X-Forwarded-For` entries are believed",
+        tuple(map(parse_network, LOOPBACK)),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessSettings:
+    """Who may use the gateway, and for which routes."""
+
+    allowed_clients: tuple[Network, ...] = key(
+        _networks,
+        "CIDRs of peers allowed to use the gateway: others get a 403 as soon as they "
+        "connect, before any byte is read, and are closed",
+        tuple(map(parse_network, LOOPBACK)),
+    )
+    routes: tuple[Route, ...] | None = key(
+        _routes,
+        'an allowlist like `["POST /player/*", "GET /player/balance"]` (method or `*`, path '
+        "pattern with `*`), matched on the decoded path with `//` collapsed, never the query; "
+        "others get 404 and are never signed",
+        None,
+        shown="every route",
+    )
+    allowed_client_names: frozenset[str] | None = key(
+        _names,
+        "with `server.tls_client_ca_file`: the client certificate identities allowed (DNS or "
+        "URI SANs such as SPIFFE ids, or the subject's CN when there is no SAN); checked "
+        "together with `allowed_clients`; others get a 403",
+        None,
+        shown="any the CA issued",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsSettings:
+    """Sizes and deadlines on the callers' side."""
+
+    max_body_bytes: int = key(
+        _int_range(0, 1 << 30), "larger request bodies get 413, also when chunked", 1024 * 1024
+    )
+    max_connections: int = key(
+        _int_range(1, 1 << 20), "open client connections; more get 503 and are closed", 1024
+    )
+    header_timeout_s: float = key(
+        _seconds, "a request's headers must arrive within this from their first byte (408)", 10.0
+    )
+    body_timeout_s: float = key(_seconds, "a request's body must arrive within this (408)", 30.0)
+    # Below Node's and nginx's keep-alive defaults, above a browser's think time between
+    # pooled requests.
+    idle_timeout_s: float = key(
+        _seconds,
+        "a connection that sends nothing for this long, from accept or after an answer, is "
+        "closed (also the rest of a request pipelined behind one that was answered)",
+        5.0,
+    )
+    # So a reader that never reads cannot hold an upstream connection.
+    send_timeout_s: float = key(
+        _seconds,
+        "a caller that takes no bytes of a streamed answer for this long is cut, and the "
+        "upstream connection closed",
+        30.0,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the gateway needs, validated: one field per table."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings
+    signing: SigningSettings
+    client_ip: ClientIpSettings = field(default_factory=ClientIpSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+
+
+def tables() -> list[tuple[str, type]]:
+    """Each table's name and its settings class, in the file's order."""
+    hints = get_type_hints(Settings)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(Settings)]
+
+
+# ---------------------------------------------------------------- reading
+
+# What the walk found: per table, the converted value of each key that is set.
+Found = dict[str, dict[str, Any]]
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a TOML file; raise ConfigError listing every problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    return parse_settings(data)
+
+
+def parse_settings(data: Mapping[str, Any]) -> Settings:
+    """Validate parsed TOML; raise ConfigError listing every problem."""
+    found: Found = {}
+    invalid: set[str] = set()  # "table.key" of every value its converter refused
+    problems: list[str] = []
+    known = dict(tables())
+    for table, value in data.items():
+        if table not in known:
+            problems.append(f"[{table}]: unknown table")
+        elif not isinstance(value, Mapping):
+            problems.append(f"[{table}]: must be a table")
+    for table, section in known.items():
+        raw = data.get(table, {})
+        raw = raw if isinstance(raw, Mapping) else {}
+        values = found[table] = {}
+        declared = {d.name: d for d in declared_keys(section, table)}
+        for name, declaration in declared.items():
+            if name not in raw:
+                continue
+            try:
+                values[name] = declaration.key.convert(raw[name])
+            except ValueError as exc:
+                invalid.add(f"{table}.{name}")
+                problems.append(f"{table}.{name}: {exc}")
+        problems += [f"{table}.{name}: unknown key" for name in raw if name not in declared]
+    problems += validate(found, invalid)
+    for table, section in known.items():
+        for declaration in declared_keys(section, table):
+            name = f"{table}.{declaration.name}"
+            if (
+                declaration.required
+                and declaration.name not in found[table]
+                and name not in invalid
+            ):
+                problems.append(f"{name}: required")
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**{table: _build(section, found[table]) for table, section in known.items()})
+
+
+def _build(section: type, values: Mapping[str, Any]) -> Any:
+    """``section`` from the keys that are set; the declared defaults for the rest."""
+    arguments: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        if _KEY in f.metadata:
+            if f.name in values:
+                arguments[f.name] = values[f.name]
+        elif _GROUP in f.metadata:
+            declaration: Group = f.metadata[_GROUP]
+            parts = _parts(declaration.keys, values)
+            if parts or not declaration.optional:
+                arguments[f.name] = declaration.of(**parts)
+    return section(**arguments)
+
+
+def _parts(keys: Mapping[str, tuple[str, Key]], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's arguments: its keys that are set, by field name."""
+    return {attribute: values[name] for name, (attribute, _) in keys.items() if name in values}
+
+
+def validate(found: Found, invalid: set[str]) -> list[str]:
+    """The rules that join several keys, over the values that were read.
+
+    A rule whose key was refused by its converter stays quiet: that key has its problem.
+    """
+    problems = []
+    server, upstream, sign = found["server"], found["upstream"], found["signing"]
+    if "tls_cert_file" not in server and "tls_key_file" not in server:
+        if "tls_client_ca_file" in server:
+            problems.append(
+                "server.tls_client_ca_file: needs server.tls_cert_file and tls_key_file"
+            )
+    elif ("tls_cert_file" in server) != ("tls_key_file" in server) and not invalid & {
+        "server.tls_cert_file",
+        "server.tls_key_file",
+    }:
+        problems.append("server: set both tls_cert_file and tls_key_file, or neither")
+    if server.get("workers", 1) > 1 and server.get("listen", ServerSettings().listen).port == 0:
+        problems.append("server.workers: more than one worker needs a fixed server.listen port")
+    if "proxy_url" in upstream and upstream.get("proxy_from_env"):
+        problems.append("upstream: set proxy_url or proxy_from_env, not both")
+    elif "proxy_auth_file" in upstream and not (
+        "proxy_url" in upstream or upstream.get("proxy_from_env")
+    ):
+        problems.append("upstream.proxy_auth_file: needs proxy_url or proxy_from_env")
+    if ("secret_file" in sign) == ("secret_env" in sign) and not invalid & {
+        "signing.secret_file",
+        "signing.secret_env",
+    }:
+        problems.append("signing: set exactly one of secret_file and secret_env")
+    scheme = signing.Scheme(**_parts(_SCHEME_KEYS, sign))
+    problems += [f"signing.fields: {problem}" for problem in signing.scheme_problems(scheme)]
+    if "allowed_client_names" in found["access"] and "tls_client_ca_file" not in server:
+        problems.append("access.allowed_client_names: needs server.tls_client_ca_file")
+    return problems
+
+
+# ---------------------------------------------------------------- the reference page
+
+
+def reference() -> str:
+    """docs/configuration.md, written from the declarations (scripts/generate-docs)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from gateway/config.py by scripts/generate-docs: edit the declarations",
+        "     there, not this page. A test fails when the two differ. -->",
+        "",
+        "One TOML file, given to `serve` and `check-config` with `--config`. Unknown tables or",
+        "keys and bad values stop the start-up, all reported at once, each with its key",
+        "(`check-config` reports them without starting). Examples: `config/sidecar.toml`,",
+        "`config/standalone.toml`, `config/demo.toml`.",
+    ]
+    for table, section in tables():
+        lines += ["", f"## [{table}]", "", _first_line(section.__doc__), ""]
+        lines += ["| key | default | meaning |", "|---|---|---|"]
+        for d in declared_keys(section, table):
+            default = "required" if d.required else d.key.shown or _shown(d.default)
+            lines.append(f"| `{d.name}` | {default} | {d.key.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0]
+
+
+def _shown(value: Any) -> str:
+    """A default as the reference shows it: as it would be written in the file."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    if isinstance(value, int | float):
+        return f"`{value}`"
+    if isinstance(value, str):
+        return f"`{signing.toml_string(value)}`"
+    if isinstance(value, tuple | frozenset):
+        return "`[" + ", ".join(signing.toml_string(str(v)) for v in value) + "]`"
+    return f"`{signing.toml_string(str(value))}`"

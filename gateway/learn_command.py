@@ -101,7 +101,9 @@ def _secret(args: argparse.Namespace) -> bytes:
         except ConfigError as exc:
             raise ValueError(f"{args.config}: " + "; ".join(exc.problems)) from None
     else:
-        settings = SigningSettings("learn", args.secret_file, args.secret_env)
+        settings = SigningSettings(
+            api_id="learn", secret_file=args.secret_file, secret_env=args.secret_env
+        )
     return read_secret(settings)
 
 

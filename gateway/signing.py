@@ -61,20 +61,20 @@ class Scheme:
 
     def toml(self) -> str:
         """The ``[signing]`` table's scheme keys, ready to paste into a config file."""
-        fields = ", ".join(_toml_string(f) for f in self.fields)
+        fields = ", ".join(toml_string(f) for f in self.fields)
         return "\n".join(
             [
                 "[signing]",
                 f"fields = [{fields}]",
-                f"separator = {_toml_string(self.separator)}",
-                f"secret_encoding = {_toml_string(self.secret_encoding)}",
-                f"signature_encoding = {_toml_string(self.signature_encoding)}",
-                f"timestamp_unit = {_toml_string(self.timestamp_unit)}",
+                f"separator = {toml_string(self.separator)}",
+                f"secret_encoding = {toml_string(self.secret_encoding)}",
+                f"signature_encoding = {toml_string(self.signature_encoding)}",
+                f"timestamp_unit = {toml_string(self.timestamp_unit)}",
             ]
         )
 
 
-def _toml_string(value: str) -> str:
+def toml_string(value: str) -> str:
     # A TOML basic string: JSON's escapes are a subset TOML reads the same way.
     escaped = "".join(
         {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c)

@@ -128,7 +128,9 @@ def settings_for(upstream_url: URL | str, /, **sections: Any) -> Settings:
         upstream=UpstreamSettings(url=URL(str(upstream_url), encoded=True)),
         signing=SigningSettings(api_id=DEMO_API_ID, secret_env=SECRET_ENV),
         # As in config/sidecar.toml: loopback and the cluster's ingress range are trusted.
-        client_ip=ClientIpSettings(networks("127.0.0.0/8", "::1/128", "10.0.0.0/8")),
+        client_ip=ClientIpSettings(
+            trusted_proxies=networks("127.0.0.0/8", "::1/128", "10.0.0.0/8")
+        ),
         access=AccessSettings(),
         limits=LimitsSettings(),
     )

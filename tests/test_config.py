@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from gateway import signing
-from gateway.config import ConfigError, load_settings, parse_settings
+from gateway.config import (
+    ConfigError,
+    declared_keys,
+    load_settings,
+    parse_settings,
+    reference,
+    tables,
+)
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 MINIMAL = {
@@ -214,3 +221,17 @@ def test_readme_config_block_matches_the_sidecar_example() -> None:
     readme = (CONFIG_DIR.parent / "README.md").read_text()
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     parse_settings(tomllib.loads(block))
+
+
+def test_the_reference_page_is_generated_from_the_declarations() -> None:
+    page = (CONFIG_DIR.parent / "docs" / "configuration.md").read_text()
+    assert page == reference(), "docs/configuration.md is stale: run scripts/generate-docs"
+
+
+def test_the_reference_page_lists_every_key_once() -> None:
+    page = reference()
+    for table, section in tables():
+        for declared in declared_keys(section, table):
+            assert page.count(f"| `{declared.name}` |") >= 1, declared
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert len(rows) == sum(len(list(declared_keys(s, t))) for t, s in tables())
