@@ -20,14 +20,14 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.upstream import Pool, framed_head
+from gateway.egress import Direct
+from gateway.pool import Pool, framed_head
 
 
 async def serve(port: int, upstream_port: int) -> None:
     pool = Pool(
-        URL(f"http://127.0.0.1:{upstream_port}"),
+        Direct(URL(f"http://127.0.0.1:{upstream_port}"), connect_timeout_s=2),
         max_connections=256,
-        connect_timeout_s=2,
         timeout_s=10,
         idle_timeout_s=4,
     )

@@ -20,13 +20,13 @@ from aiohttp import web
 
 from .config import Settings
 from .edge import client_name, mark_request_finished, mark_request_started
-from .egress import forward_proxy
+from .egress import dialer, forward_proxy
 from .errors import GatewayError, error_response
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
+from .pool import Pool
 from .proxy import Clock, Exchange, Proxy
 from .secret import SecretStore
-from .upstream import Pool
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -57,13 +57,12 @@ class ProxyService:
         environ: Mapping[str, str] = os.environ,
     ) -> None:
         upstream = settings.upstream
+        proxy = forward_proxy(upstream, environ)  # EgressError: a configuration error
         self.pool = Pool(
-            upstream.url,
+            dialer(upstream.url, proxy, upstream.connect_timeout_s),
             max_connections=upstream.max_connections,
-            connect_timeout_s=upstream.connect_timeout_s,
             timeout_s=upstream.timeout_s,
             idle_timeout_s=upstream.idle_timeout_s,
-            proxy=forward_proxy(upstream, environ),  # EgressError: a configuration error
         )
         self._counts = metrics.counts
         self._lifecycle = lifecycle

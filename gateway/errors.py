@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import json
+from typing import Literal, get_args
 
 from aiohttp import web
+
+# How talking to the upstream failed; a label of aleacc_gateway_upstream_errors_total.
+FaultKind = Literal[
+    "connect", "connect_timeout", "timeout", "pool_timeout", "reset", "cut", "protocol", "proxy"
+]
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
+
+
+class UpstreamFault(Exception):
+    """Talking to the upstream failed (the pool's own signal; the proxy answers it).
+
+    ``sent`` says whether any byte of the request may have reached the upstream, and so
+    whether a retry is safe; ``retryable`` whether another attempt could fare better.
+    """
+
+    def __init__(self, kind: FaultKind, *, sent: bool) -> None:
+        super().__init__(kind)
+        self.kind: FaultKind = kind
+        self.sent = sent
+        # A pool wait that ran out took the whole timeout_s already, and a new attempt
+        # would only wait in the same queue again; a forward proxy that failed or refused
+        # would do so again.
+        self.retryable = not sent and kind not in ("pool_timeout", "proxy")
 
 
 class GatewayError(Exception):
@@ -49,9 +73,9 @@ class SigningFailed(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """A failure talking to the upstream; ``kind`` is a metric label."""
+    """A failure talking to the upstream, answered with 502 or 504."""
 
-    def __init__(self, kind: str, message: str | None = None) -> None:
+    def __init__(self, kind: FaultKind, message: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
 

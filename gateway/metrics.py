@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .counts import CountsCollector, RequestCounts, SharedCounts
+from .errors import FAULT_KINDS
 
 TLS_REFUSALS = ("handshake", "name")
 CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", "send_timeout")
@@ -43,8 +44,7 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "aleacc_gateway_upstream_errors",
-            "Failed upstream attempts, by kind (connect, connect_timeout, timeout, "
-            "pool_timeout, reset, cut, protocol, proxy).",
+            f"Failed upstream attempts, by kind ({', '.join(FAULT_KINDS)}).",
             ["kind"],
             registry=registry,
         )

@@ -16,10 +16,12 @@ from .client_ip import TrustedNetworks, derive_client_ip
 from .config import Settings
 from .errors import (
     BodyTooLarge,
+    FaultKind,
     RequestTimeout,
     RouteNotAllowed,
     SigningFailed,
     UpstreamError,
+    UpstreamFault,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -31,9 +33,10 @@ from .forwarding import (
     upstream_path_and_query,
 )
 from .metrics import Metrics
+from .pool import Pool, framed_head
+from .response import Response
 from .secret import SecretStore
 from .skew import SkewWatch
-from .upstream import POOL_TIMEOUT, Pool, Response, UpstreamFault, framed_head
 
 Clock = Callable[[], float]
 
@@ -263,9 +266,9 @@ class Proxy:
         await response.write_eof()
         return response
 
-    def _body_fault(self, fault: UpstreamFault) -> str:
+    def _body_fault(self, fault: UpstreamFault) -> FaultKind:
         """Count a failure while reading the answer's body: ``timeout`` or ``cut``."""
-        kind = "timeout" if fault.kind == "timeout" else "cut"
+        kind: FaultKind = "timeout" if fault.kind == "timeout" else "cut"
         self._metrics.upstream_errors.labels(kind).inc()
         return kind
 
@@ -312,7 +315,7 @@ async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) ->
 
 def _upstream_error(fault: UpstreamFault) -> UpstreamError:
     """The answer for a failure before the response headers: 504 if it timed out, else 502."""
-    if fault.kind in ("timeout", "connect_timeout", POOL_TIMEOUT):
+    if fault.kind in ("timeout", "connect_timeout", "pool_timeout"):
         return UpstreamTimeout(fault.kind)
     return UpstreamUnavailable(fault.kind)
 

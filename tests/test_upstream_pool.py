@@ -21,7 +21,7 @@ import pytest
 import trustme
 from yarl import URL
 
-from gateway.upstream import MAX_HEAD_BYTES, MAX_HEADERS
+from gateway.response import MAX_HEAD_BYTES, MAX_HEADERS
 
 from .support import Gateway, Recorded, StartGateway, settings_for, tcp_server
 from .wire import check_framing
