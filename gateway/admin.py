@@ -1,14 +1,29 @@
-"""The admin application: /healthz, /readyz, /metrics. Served on its own listener only."""
+"""The admin application (/healthz, /readyz, /metrics) and the readiness state it reports.
+
+Served on its own listener only.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .app import LIFECYCLE, SECRETS, Lifecycle
 from .secret import SecretStore
 from .tls import CertificateStore
 
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Process-wide state /readyz reports on (the secret and the TLS files aside)."""
+
+    draining: bool = False
+    workers_down: int = 0  # workers being restarted (server.workers > 1)
+
+
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+SECRETS = web.AppKey("secrets", SecretStore)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CERTIFICATES: web.AppKey[CertificateStore | None] = web.AppKey("certificates")
 

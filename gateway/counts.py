@@ -1,4 +1,4 @@
-"""The per-request metrics as plain numbers, and their two ways out to Prometheus.
+"""The gateway's counters and histograms as plain numbers, and their two ways out.
 
 A request adds to integers and a bucket array here: no lock, no ``labels()`` lookup, no
 metric object. The numbers are turned into metrics only when someone looks:
@@ -10,14 +10,16 @@ metric object. The numbers are turned into metrics only when someone looks:
   /metrics sums), called just before buffered log lines are written, so a request whose
   access line can be read is counted there too.
 
-Names, labels, help texts and buckets are those of the metrics they stand for (SPEC §7).
+Every counter is bumped one way, ``add()``; gauges that are set, not counted (the clock
+skew, the certificate's expiry), are prometheus-client objects in metrics.py. Names,
+labels, help texts and buckets are the documented ones (docs/observability.md).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import (
@@ -29,6 +31,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .errors import FAULT_KINDS
+
 # From 100 µs (the gateway's own overhead) to a minute (a slow upstream call).
 DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -37,10 +41,46 @@ DURATION_BUCKETS = (
 _LE = [*map(floatToGoString, DURATION_BUCKETS), "+Inf"]
 
 CLIENT_IP_SOURCES = ("xff", "peer", "fallback")
+SIGNING_FAILURES = ("secret_unavailable", "invalid_request")
+CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", "send_timeout")
+TLS_REFUSALS = ("handshake", "name")
+RELOAD_RESULTS = ("loaded", "error")
 
-REQUESTS = ("aleacc_gateway_requests", "Answers sent to callers, by method and status.")
-UPSTREAM_RESPONSES = ("aleacc_gateway_upstream_responses", "Statuses received from the upstream.")
-CLIENT_IP = ("aleacc_gateway_client_ip", "How X-Client-Ip was derived: xff, peer or fallback.")
+
+class Count(NamedTuple):
+    """One counter: the RequestCounts attribute, name, help, labels, and the label values
+    whose zero series are shown from the start (so rate() and alerts work at once)."""
+
+    attribute: str
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    zero: tuple[str, ...] = ()
+
+
+COUNTERS = (
+    Count("requests", "aleacc_gateway_requests", "Answers sent to callers, by method and status.",
+          ("method", "status")),
+    Count("upstream_responses", "aleacc_gateway_upstream_responses",
+          "Statuses received from the upstream.", ("status",)),
+    Count("client_ip", "aleacc_gateway_client_ip",
+          "How X-Client-Ip was derived: xff, peer or fallback.", ("source",), CLIENT_IP_SOURCES),
+    Count("signing_failures", "aleacc_gateway_signing_failures",
+          "Requests that could not be signed, by reason.", ("reason",), SIGNING_FAILURES),
+    Count("upstream_errors", "aleacc_gateway_upstream_errors",
+          f"Failed upstream attempts, by kind ({', '.join(FAULT_KINDS)}).", ("kind",)),
+    Count("connections_closed", "aleacc_gateway_connections_closed",
+          "Client connections the gateway closed itself, by reason: overloaded, "
+          "not_allowed, idle_timeout, header_timeout, send_timeout.", ("reason",), CLOSE_REASONS),
+    Count("tls_refusals", "aleacc_gateway_tls_refusals",
+          "TLS clients refused, by reason: handshake (no or untrusted certificate, "
+          "protocol) or name (not in access.allowed_client_names).", ("reason",), TLS_REFUSALS),
+    Count("secret_reloads", "aleacc_gateway_secret_reloads",
+          "Secret (re)loads, by result: loaded or error.", ("result",), RELOAD_RESULTS),
+    Count("tls_reloads", "aleacc_gateway_tls_reloads",
+          "Listener certificate (re)loads, by result: loaded or error.", ("result",),
+          RELOAD_RESULTS),
+)  # fmt: skip
 REQUEST_DURATION = (
     "aleacc_gateway_request_duration_seconds",
     "Time from a request's arrival to the end of its answer.",
@@ -50,6 +90,13 @@ UPSTREAM_DURATION = (
     "Time from sending upstream to the upstream's response headers.",
 )
 IN_FLIGHT = ("aleacc_gateway_in_flight_requests", "Requests being handled now.")
+
+K = TypeVar("K")
+
+
+def add(counter: dict[K, int], key: K) -> None:
+    """Count one event under ``key``: the one way every counter here is bumped."""
+    counter[key] = counter.get(key, 0) + 1
 
 
 class Durations:
@@ -68,14 +115,22 @@ class Durations:
 
 
 class RequestCounts:
-    """What requests add to, per process; read by a collector or folded into shared files."""
+    """What requests and connections add to, per process; read by a collector or folded
+    into shared files. Each counter of COUNTERS is a dict from its label values (one
+    value, or a tuple of them) to a count."""
 
     __slots__ = (
         "client_ip",
+        "connections_closed",
         "in_flight",
         "request_duration",
         "requests",
+        "secret_reloads",
+        "signing_failures",
+        "tls_refusals",
+        "tls_reloads",
         "upstream_duration",
+        "upstream_errors",
         "upstream_responses",
     )
 
@@ -83,9 +138,35 @@ class RequestCounts:
         self.in_flight = 0
         self.requests: dict[tuple[str, int], int] = {}  # (method label, status)
         self.upstream_responses: dict[int, int] = {}
-        self.client_ip = dict.fromkeys(CLIENT_IP_SOURCES, 0)  # zero series from the start
+        self.client_ip: dict[str, int] = {}
+        self.signing_failures: dict[str, int] = {}
+        self.upstream_errors: dict[str, int] = {}
+        self.connections_closed: dict[str, int] = {}
+        self.tls_refusals: dict[str, int] = {}
+        self.secret_reloads: dict[str, int] = {}
+        self.tls_reloads: dict[str, int] = {}
+        for count in COUNTERS:
+            getattr(self, count.attribute).update(dict.fromkeys(count.zero, 0))
         self.request_duration = Durations()
         self.upstream_duration = Durations()
+
+    def record(
+        self,
+        method: str,
+        status: int,
+        duration_s: float,
+        client_ip_source: str | None,
+        upstream_status: int | None,
+        upstream_s: float,
+    ) -> None:
+        """One answered request: what it adds to the counts, all in one place."""
+        add(self.requests, (method, status))
+        self.request_duration.observe(duration_s)
+        if client_ip_source is not None:
+            add(self.client_ip, client_ip_source)
+        if upstream_status is not None:
+            add(self.upstream_responses, upstream_status)
+            self.upstream_duration.observe(upstream_s)
 
 
 class CountsCollector(Collector):
@@ -103,21 +184,14 @@ class CountsCollector(Collector):
 
     @staticmethod
     def _families(counts: RequestCounts) -> Iterator[Metric]:
-        yield _counter(*REQUESTS, ["method", "status"], counts.requests)
-        yield _counter(*UPSTREAM_RESPONSES, ["status"], counts.upstream_responses)
+        for count in COUNTERS:
+            family = CounterMetricFamily(count.name, count.documentation, labels=count.labels)
+            for key, value in getattr(counts, count.attribute).items():
+                family.add_metric(_labels(key), value)
+            yield family
         yield _histogram(*REQUEST_DURATION, counts.request_duration)
         yield _histogram(*UPSTREAM_DURATION, counts.upstream_duration)
         yield GaugeMetricFamily(*IN_FLIGHT, value=counts.in_flight)
-        yield _counter(*CLIENT_IP, ["source"], counts.client_ip)
-
-
-def _counter(
-    name: str, documentation: str, labels: list[str], counts: dict[Any, int]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    for key, value in counts.items():
-        family.add_metric(_labels(key), value)
-    return family
 
 
 def _histogram(name: str, documentation: str, durations: Durations) -> HistogramMetricFamily:
@@ -139,9 +213,13 @@ class SharedCounts:
     def __init__(self, counts: RequestCounts, registry: CollectorRegistry) -> None:
         self._counts = counts
         self._folded = RequestCounts()
-        self._requests = Counter(*REQUESTS, ["method", "status"], registry=registry)
-        self._responses = Counter(*UPSTREAM_RESPONSES, ["status"], registry=registry)
-        self._client_ip = Counter(*CLIENT_IP, ["source"], registry=registry)
+        self._counters = [
+            (Counter(c.name, c.documentation, c.labels, registry=registry), c.attribute)
+            for c in COUNTERS
+        ]
+        for (counter, _), count in zip(self._counters, COUNTERS, strict=True):
+            for value in count.zero:
+                counter.labels(value)
         self._request_duration = Histogram(
             *REQUEST_DURATION, buckets=DURATION_BUCKETS, registry=registry
         )
@@ -149,15 +227,12 @@ class SharedCounts:
             *UPSTREAM_DURATION, buckets=DURATION_BUCKETS, registry=registry
         )
         self._in_flight = Gauge(*IN_FLIGHT, registry=registry, multiprocess_mode="livesum")
-        for source in CLIENT_IP_SOURCES:
-            self._client_ip.labels(source)
 
     def fold(self) -> None:
         """Add what requests counted since the last call to the shared metrics."""
         counts, folded = self._counts, self._folded
-        _fold_counter(self._requests, counts.requests, folded.requests)
-        _fold_counter(self._responses, counts.upstream_responses, folded.upstream_responses)
-        _fold_counter(self._client_ip, counts.client_ip, folded.client_ip)
+        for counter, attribute in self._counters:
+            _fold_counter(counter, getattr(counts, attribute), getattr(folded, attribute))
         _fold_histogram(self._request_duration, counts.request_duration, folded.request_duration)
         _fold_histogram(self._upstream_duration, counts.upstream_duration, folded.upstream_duration)
         self._in_flight.set(counts.in_flight)

@@ -11,7 +11,6 @@ certificate) and a connection arrives here once it is done: the client name chec
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .client_ip import TrustedNetworks, parse_address
-from .errors import ClientNotAllowed
+from .errors import ClientNotAllowed, error_body
 from .tls import client_names, name_allowed
 
 log = structlog.get_logger("aleacc_gateway")
@@ -44,7 +43,8 @@ class EdgeLimits:
 
 
 def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
-    body = json.dumps({"error": code, "message": message, "request_id": None}).encode()
+    """A whole answer, as bytes, for a connection refused before aiohttp reads from it."""
+    body = error_body(code, message, None).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -250,7 +250,7 @@ class GatewayProtocol(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """Answer what aiohttp itself could not handle, as SPEC §6 JSON.
+        """Answer what aiohttp itself could not handle, as the gateway's JSON error.
 
         aiohttp's own answer quotes the offending request line back and its log line
         carries a traceback per malformed request; both are replaced here.
@@ -266,8 +266,8 @@ class GatewayProtocol(RequestHandler):
         )
         code = "bad_request" if status < 500 else "internal_error"
         text = "malformed HTTP request" if status < 500 else "internal error"
-        response = web.json_response(
-            {"error": code, "message": text, "request_id": None}, status=status
+        response = web.Response(
+            status=status, text=error_body(code, text, None), content_type="application/json"
         )
         response.force_close()
         return response

@@ -88,9 +88,14 @@ class UpstreamTimeout(UpstreamError):
     status, code, message = 504, "upstream_timeout", "the upstream did not answer in time"
 
 
+def error_body(code: str, message: str, request_id: str | None) -> str:
+    """The JSON body of every answer the gateway makes itself (docs/observability.md)."""
+    return json.dumps({"error": code, "message": message, "request_id": request_id})
+
+
 def error_response(error: GatewayError, request_id: str | None) -> web.Response:
-    """The SPEC §6 JSON answer for ``error``."""
-    body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})
+    """The JSON answer for ``error``."""
+    body = error_body(error.code, error.message, request_id)
     response = web.Response(status=error.status, text=body, content_type="application/json")
     if error.status in (400, 408, 413):
         # The rest of the request may still be on the wire, unread: don't reuse the stream.

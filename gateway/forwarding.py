@@ -97,14 +97,15 @@ _ROLES: dict[bytes, int] = {
 }
 
 
-def read_headers(
+def screen_headers(
     raw: Sequence[tuple[bytes, bytes]],
     version: tuple[int, int],
     *,
     forward_proxy_headers: bool,
     signed: frozenset[bytes] = frozenset(),
 ) -> RequestHeaders:
-    """Check a request's header lines and sort them for forwarding, in one pass.
+    """Screen a request's header lines in one pass: check them, and sort them for
+    forwarding and signing.
 
     Raises BadRequest for what no origin server could interpret one way only. Returns
     the end-to-end lines (hop-by-hop ones, those ``Connection`` names, the ones the gateway
@@ -130,11 +131,11 @@ def read_headers(
         if role is None or (forward_proxy_headers and role in (_XFF, _TOPOLOGY)):
             lines.append(name + b": " + value)  # passed on: signed as it is sent
             if lower in signed:
-                signed_lines.append((_text(name), _text(value)))
+                signed_lines.append((_decoded(name), _decoded(value)))
         if role is None or role in (_TOPOLOGY, _DROP):
             continue
         if role == _XFF:
-            forwarded_for.append(_text(value))
+            forwarded_for.append(_decoded(value))
         elif role == _HOST:
             hosts += 1
         elif role == _LENGTH:
@@ -177,7 +178,8 @@ def read_headers(
     return RequestHeaders(lines, forwarded_for, signed_lines)
 
 
-def _text(value: bytes) -> str:
+def _decoded(value: bytes) -> str:
+    # The HTTP parser's decoding (UTF-8, surrogateescape): signing.text() encodes it back.
     return value.decode("utf-8", "surrogateescape")
 
 

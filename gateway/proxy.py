@@ -1,10 +1,20 @@
-"""The catch-all handler: read, check, sign, forward, stream the answer back."""
+"""One proxied request, told top-down: admission -> body -> client IP -> sign -> send ->
+relay -> record.
+
+aiohttp's low-level server calls ``Proxy.handle`` for every request on the proxy
+listener. No web.Application, router or middleware chain: every request takes the same
+path, so they only cost time. aiohttp's router could not match "*", CONNECT's
+authority-form or a path that decodes to a newline anyway, and each of those must reach
+the proxy to be refused properly; nor does the low-level server send "100 Continue"
+before any check (``read_body`` sends it once the body is known to be acceptable).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -12,11 +22,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import signing
+from .admin import Lifecycle
 from .client_ip import TrustedNetworks, derive_client_ip
 from .config import Settings
+from .counts import add
+from .edge import client_name, mark_request_finished, mark_request_started
+from .egress import dialer, forward_proxy
 from .errors import (
     BodyTooLarge,
     FaultKind,
+    GatewayError,
     RequestTimeout,
     RouteNotAllowed,
     SigningFailed,
@@ -24,15 +39,17 @@ from .errors import (
     UpstreamFault,
     UpstreamTimeout,
     UpstreamUnavailable,
+    error_response,
 )
 from .forwarding import (
     check_target,
     downstream_headers,
-    read_headers,
     route_allowed,
+    screen_headers,
     upstream_path_and_query,
 )
-from .metrics import Metrics
+from .logs import AccessLog, session_tag
+from .metrics import Metrics, method_label
 from .pool import Pool, framed_head
 from .response import Response
 from .secret import SecretStore
@@ -42,13 +59,18 @@ Clock = Callable[[], float]
 
 log = structlog.get_logger("aleacc_gateway")
 
+# Answers up to this size with a known length are read whole and sent in one write:
+# headers and body together, one syscall instead of two, nothing truncated ever framed.
+WHOLE_ANSWER_BYTES = 64 * 1024
+
 
 @dataclass(slots=True)
 class Exchange:
-    """What one request did, filled in as it goes; read by the access line and metrics."""
+    """What one request did, filled in as it goes; read once, by ``Proxy._record``."""
 
     request_id: str | None = None
     client_ip: str | None = None
+    client_ip_source: str | None = None
     upstream_status: int | None = None
     upstream_s: float = 0.0  # until the upstream's response headers
     upstream_date: str | None = None
@@ -59,25 +81,32 @@ class Exchange:
 
 
 class Proxy:
-    """Forwards every request to the one configured upstream, signed."""
+    """The proxy listener's one handler: every request to the one upstream, signed."""
 
     def __init__(
         self,
         settings: Settings,
+        *,
         secrets: SecretStore,
         metrics: Metrics,
-        pool: Pool,
-        *,
-        draining: Callable[[], bool],
+        lifecycle: Lifecycle,
         clock: Clock = time.time,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
         upstream = settings.upstream
+        egress = forward_proxy(upstream, environ)  # EgressError: a configuration error
+        self.pool = Pool(
+            dialer(upstream.url, egress, upstream.connect_timeout_s),
+            max_connections=upstream.max_connections,
+            timeout_s=upstream.timeout_s,
+            idle_timeout_s=upstream.idle_timeout_s,
+        )
         self._secrets = secrets
-        self._metrics = metrics
         self._counts = metrics.counts
-        self._pool = pool
-        self._draining = draining
+        self._lifecycle = lifecycle
         self._clock = clock
+        self._access_log = AccessLog()
+        self._skew = SkewWatch(metrics.clock_skew, upstream.clock_skew_warning_s, clock)
         self._api_id = settings.signing.api_id
         self._credentials: signing.Credentials | None = None
         # Compiled once: the request path runs the plan, never re-parses the scheme.
@@ -94,14 +123,73 @@ class Proxy:
         self._routes = settings.access.routes
         self._body_timeout_s = settings.limits.body_timeout_s
         self._send_timeout_s = settings.limits.send_timeout_s
-        self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
         self._max_body = settings.limits.max_body_bytes
-        self._skew = SkewWatch(metrics.clock_skew, upstream.clock_skew_warning_s, clock)
+        self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
 
-    async def handle(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+    def server(self) -> web.Server:
+        """aiohttp's low-level server for ``handle``."""
+        # handler_cancellation: a caller who hangs up cancels its upstream call.
+        return web.Server(self.handle, handler_cancellation=True)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # ---------------------------------------------------------------- the request
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request; count, time and log it exactly once."""
+        exchange = Exchange()
+        started = time.perf_counter()
+        status = 500
+        keep_alive = False
+        self._counts.in_flight += 1
+        mark_request_started(request)
+        try:
+            response = await self._answer(request, exchange)
+            status = response.status
+            if not response.prepared:
+                # Send it here rather than after returning, so the duration covers the
+                # whole answer and the access line is written once the caller has it.
+                if self._lifecycle.draining:
+                    response.force_close()
+                try:
+                    await response.prepare(request)
+                    await response.write_eof()
+                except ConnectionError:
+                    status, exchange.error = 499, "client_disconnected"
+            keep_alive = response.keep_alive is not False
+            return response
+        except asyncio.CancelledError:
+            # The caller went away (aiohttp cancels the handler): nginx's 499 says so.
+            status, exchange.error = 499, exchange.error or "client_disconnected"
+            raise
+        finally:
+            mark_request_finished(request, keep_alive)
+            self._record(request, exchange, status, time.perf_counter() - started)
+
+    async def _answer(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+        """The one place a GatewayError becomes an HTTP answer."""
+        try:
+            return await self._proxy(request, exchange)
+        except GatewayError as exc:
+            exchange.error = exc.code
+            if isinstance(exc, SigningFailed):
+                add(self._counts.signing_failures, exc.reason)
+            return error_response(exc, exchange.request_id)
+        except Exception:
+            log.exception("unhandled_error", request_id=exchange.request_id)
+            exchange.error = GatewayError.code
+            if exchange.streaming:
+                # Part of the answer is on the wire: a second one would corrupt the stream.
+                _abort(request)
+                raise
+            return error_response(GatewayError(), exchange.request_id)
+
+    async def _proxy(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         """Proxy one request; raise GatewayError for anything answered locally."""
+        # Admission: the target and the header lines, then the route allowlist.
         check_target(request.method, request.raw_path)
-        incoming = read_headers(
+        incoming = screen_headers(
             request.raw_headers,
             (request.version.major, request.version.minor),
             forward_proxy_headers=self._forward_proxy_headers,
@@ -113,7 +201,7 @@ class Proxy:
 
         client_ip = derive_client_ip(request.remote, incoming.forwarded_for, self._trusted)
         exchange.client_ip = client_ip.address
-        self._counts.client_ip[client_ip.source] += 1
+        exchange.client_ip_source = client_ip.source
 
         # What the scheme signs of the headers: the end-to-end lines it names, as sent,
         # and the two the gateway sets.
@@ -139,6 +227,42 @@ class Proxy:
         finally:
             upstream.release()
 
+    def _record(
+        self, request: web.BaseRequest, exchange: Exchange, status: int, duration: float
+    ) -> None:
+        """Everything one answered request leaves behind: its counts, the upstream's clock,
+        and the access line. The only place any of them is written."""
+        counts = self._counts
+        counts.in_flight -= 1
+        counts.record(
+            method_label(request.method),
+            status,
+            duration,
+            exchange.client_ip_source,
+            exchange.upstream_status,
+            exchange.upstream_s,
+        )
+        if exchange.upstream_status is not None:
+            self._skew.observe(exchange.upstream_date)
+        self._access_log.write(
+            {
+                "request_id": exchange.request_id,
+                "method": request.method,
+                "path": request.raw_path.partition("?")[0],  # the query may carry player data
+                "status": status,
+                "upstream_status": exchange.upstream_status,
+                "duration_ms": round(duration * 1000, 3),
+                "client_ip": exchange.client_ip,
+                "client_name": client_name(request),
+                "bytes_in": exchange.bytes_in,
+                "bytes_out": exchange.bytes_out,
+                "error": exchange.error,
+                "session": session_tag(request.headers.get("X-Player-Session-Id")),
+            }
+        )
+
+    # ---------------------------------------------------------------- the stages
+
     async def _read_body(self, request: web.BaseRequest, exchange: Exchange) -> bytes:
         if request.content.is_eof():
             # It all came with the headers: nothing to wait for, no timer to arm, and no
@@ -154,19 +278,9 @@ class Proxy:
         except TimeoutError:
             raise RequestTimeout() from None
 
-    def record_upstream(self, exchange: Exchange) -> None:
-        """The upstream's share of the metrics, once the caller has the answer."""
-        status = exchange.upstream_status
-        if status is not None:
-            counts = self._counts
-            counts.upstream_duration.observe(exchange.upstream_s)
-            counts.upstream_responses[status] = counts.upstream_responses.get(status, 0) + 1
-            self._skew.observe(exchange.upstream_date)
-
     def _sign(self, parts: signing.RequestParts) -> signing.Signed:
         secret = self._secrets.current
         if secret is None:
-            self._metrics.signing_failures.labels("secret_unavailable").inc()
             raise SigningFailed("secret_unavailable")
         credentials = self._credentials
         if credentials is None or credentials.key is not secret:  # made again on a new secret
@@ -177,7 +291,6 @@ class Proxy:
             )
         except UnicodeEncodeError:
             # A header value that is not valid text cannot be put into the signed string.
-            self._metrics.signing_failures.labels("invalid_request").inc()
             raise SigningFailed("invalid_request") from None
 
     async def _send(
@@ -193,10 +306,10 @@ class Proxy:
             )
             started = time.perf_counter()
             try:
-                response = await self._pool.request(head, parts.body, method=parts.method)
+                response = await self.pool.request(head, parts.body, method=parts.method)
             except UpstreamFault as fault:
                 error = _upstream_error(fault)
-                self._metrics.upstream_errors.labels(error.kind).inc()
+                add(self._counts.upstream_errors, error.kind)
                 if not fault.retryable or attempt == self._attempts:
                     # Bytes may have reached the upstream: never send them twice.
                     raise error from None
@@ -233,7 +346,9 @@ class Proxy:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
-        if self._draining():
+        if self._lifecycle.draining:
+            # While draining, each answer closes its connection so keep-alive callers
+            # reconnect, through the Service, to an instance that is staying.
             response.force_close()  # before prepare, so the headers say "close" too
         await response.prepare(request)
         exchange.streaming = True
@@ -259,7 +374,7 @@ class Proxy:
                 return response
             except TimeoutError:
                 exchange.error = "client_send_timeout"
-                self._metrics.count(self._metrics.connections_closed, "send_timeout")
+                add(self._counts.connections_closed, "send_timeout")
                 _abort(request)
                 return response
             exchange.bytes_out += len(chunk)
@@ -269,7 +384,7 @@ class Proxy:
     def _body_fault(self, fault: UpstreamFault) -> FaultKind:
         """Count a failure while reading the answer's body: ``timeout`` or ``cut``."""
         kind: FaultKind = "timeout" if fault.kind == "timeout" else "cut"
-        self._metrics.upstream_errors.labels(kind).inc()
+        add(self._counts.upstream_errors, kind)
         return kind
 
     async def _relay_whole(self, upstream: Response, exchange: Exchange) -> web.Response:
@@ -285,11 +400,6 @@ class Proxy:
         return web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
         )
-
-
-# Answers up to this size with a known length are read whole and sent in one write:
-# headers and body together, one syscall instead of two, nothing truncated ever framed.
-WHOLE_ANSWER_BYTES = 64 * 1024
 
 
 async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) -> bytes:

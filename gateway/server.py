@@ -15,14 +15,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .admin import create_admin_app
-from .app import Lifecycle, ProxyService
+from .admin import Lifecycle, create_admin_app
 from .client_ip import TrustedNetworks
 from .config import ListenAddress, Settings
+from .counts import add
 from .edge import EdgeGuard, EdgeLimits
 from .logs import flush_periodically
 from .metrics import Metrics
-from .proxy import Clock
+from .proxy import Clock, Proxy
 from .reloading import ReloadResult
 from .secret import SecretStore
 from .tls import CertificateStore
@@ -159,7 +159,7 @@ class GatewayServer:
         )
         if self.certificates is not None:
             self.metrics.tls_certificate_expiry.set(self.certificates.not_after.timestamp())
-        self.proxy = ProxyService(
+        self.proxy = Proxy(
             settings,
             secrets=self.secrets,
             metrics=self.metrics,
@@ -183,11 +183,11 @@ class GatewayServer:
             log.error("secret_reload_failed", problem=problem)
         else:
             log.info("secret_loaded")
-        self.metrics.secret_reloads.labels(result).inc()
+        add(self.metrics.counts.secret_reloads, result)
 
     def _handshake_failed(self, reason: str) -> None:
         log.info("tls_handshake_failed", reason=reason)
-        self.metrics.count(self.metrics.tls_refusals, "handshake")
+        add(self.metrics.counts.tls_refusals, "handshake")
 
     def _certificate_reloaded(self, result: ReloadResult, problem: str | None) -> None:
         assert self.certificates is not None  # noqa: S101 - only it calls back
@@ -196,7 +196,7 @@ class GatewayServer:
         else:
             log.info("tls_loaded", expires=self.certificates.not_after.isoformat())
             self.metrics.tls_certificate_expiry.set(self.certificates.not_after.timestamp())
-        self.metrics.tls_reloads.labels(result).inc()
+        add(self.metrics.counts.tls_reloads, result)
 
     async def start(self) -> Bound:
         """Bind both listeners and start serving."""
@@ -234,9 +234,9 @@ class GatewayServer:
                 allowed=TrustedNetworks(self.settings.access.allowed_clients),
                 allowed_names=self.settings.access.allowed_client_names,
             ),
-            on_close=lambda reason: self.metrics.count(self.metrics.connections_closed, reason),
+            on_close=lambda reason: add(self.metrics.counts.connections_closed, reason),
             tls=self.certificates is not None,
-            on_tls_refused=lambda reason: self.metrics.count(self.metrics.tls_refusals, reason),
+            on_tls_refused=lambda reason: add(self.metrics.counts.tls_refusals, reason),
         )
         self.edge = guard
         loop = asyncio.get_running_loop()

@@ -29,8 +29,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from .admin import create_admin_app
-from .app import Lifecycle
+from .admin import Lifecycle, create_admin_app
 from .config import Settings
 from .secret import SecretStore
 from .server import (

@@ -48,30 +48,28 @@ events = st.lists(
 
 
 def record(counts: RequestCounts, event: Event) -> None:
-    """What the request path does to the counts (gateway/app.py and proxy.py)."""
-    key = (event.method, event.status)
-    counts.requests[key] = counts.requests.get(key, 0) + 1
-    counts.request_duration.observe(event.duration)
-    counts.client_ip[event.source] += 1
-    if event.upstream is not None:
-        status, seconds = event.upstream
-        counts.upstream_responses[status] = counts.upstream_responses.get(status, 0) + 1
-        counts.upstream_duration.observe(seconds)
+    """The request path's own recording (Proxy._record calls it once per request)."""
+    status, seconds = event.upstream or (None, 0.0)
+    counts.record(event.method, event.status, event.duration, event.source, status, seconds)
 
 
 def reference(history: list[Event], in_flight: int) -> str:
     """The same events through prometheus-client's own metric objects."""
     registry = CollectorRegistry()
-    requests = Counter(*c.REQUESTS, ["method", "status"], registry=registry)
-    responses = Counter(*c.UPSTREAM_RESPONSES, ["status"], registry=registry)
+    counters = {
+        count.attribute: Counter(count.name, count.documentation, count.labels, registry=registry)
+        for count in c.COUNTERS
+    }
+    for count in c.COUNTERS:
+        for value in count.zero:
+            counters[count.attribute].labels(value)
+    requests, responses = counters["requests"], counters["upstream_responses"]
+    client_ip = counters["client_ip"]
     request_duration = Histogram(*c.REQUEST_DURATION, buckets=c.DURATION_BUCKETS, registry=registry)
     upstream_duration = Histogram(
         *c.UPSTREAM_DURATION, buckets=c.DURATION_BUCKETS, registry=registry
     )
     Gauge(*c.IN_FLIGHT, registry=registry).set(in_flight)
-    client_ip = Counter(*c.CLIENT_IP, ["source"], registry=registry)
-    for source in c.CLIENT_IP_SOURCES:
-        client_ip.labels(source)
     for event in history:
         requests.labels(event.method, str(event.status)).inc()
         request_duration.observe(event.duration)
@@ -152,6 +150,7 @@ def test_every_name_is_registered_once() -> None:
         "aleacc_gateway_upstream_duration_seconds",
         "aleacc_gateway_in_flight_requests",
         "aleacc_gateway_client_ip",
+        *(count.name for count in c.COUNTERS),
     } <= names
     with pytest.raises(ValueError, match="Duplicated timeseries"):  # describe() names it
-        Counter(*c.REQUESTS, registry=registry)
+        Counter("aleacc_gateway_requests", "again", registry=registry)

@@ -1,4 +1,4 @@
-"""read_headers: one pass over a request's header lines checks them and sorts them for
+"""screen_headers: one pass over a request's header lines checks them and sorts them for
 forwarding and signing. Pure, so tested on header lines directly; the functional and
 hardening suites test the same rules through real sockets."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import BadRequest
-from gateway.forwarding import RequestHeaders, read_headers
+from gateway.forwarding import RequestHeaders, screen_headers
 
 SIGNED = frozenset({b"x-player-session-id", b"x-forwarded-for", b"x-hop"})
 
@@ -15,7 +15,7 @@ SIGNED = frozenset({b"x-player-session-id", b"x-forwarded-for", b"x-hop"})
 def read(
     *lines: tuple[bytes, bytes], version: tuple[int, int] = (1, 1), proxy: bool = False
 ) -> RequestHeaders:
-    return read_headers(lines, version, forward_proxy_headers=proxy, signed=SIGNED)
+    return screen_headers(lines, version, forward_proxy_headers=proxy, signed=SIGNED)
 
 
 def test_end_to_end_lines_pass_byte_for_byte_and_in_order() -> None:
