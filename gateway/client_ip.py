@@ -114,7 +114,7 @@ def _text(address: Address) -> str:
 def derive_client_ip(
     peer: str | None, forwarded_for: Sequence[str], trusted: TrustedNetworks
 ) -> ClientIp:
-    """Apply the SPEC §3 rule.
+    """Apply the rule of docs/signing.md, "What the gateway does with headers".
 
     ``forwarded_for`` holds every X-Forwarded-For field line in order. Sources:
     ``peer`` when the peer is used as is (untrusted, or no header); ``xff`` when an

@@ -34,7 +34,7 @@ class EgressFileMissing(EgressError):
 
 
 @dataclass(frozen=True, slots=True)
-class ForwardProxy:
+class EgressProxy:
     """Where to send the upstream's traffic instead, and the Proxy-Authorization value."""
 
     host: str
@@ -45,7 +45,7 @@ class ForwardProxy:
         return f"http://{self.host}:{self.port}"
 
 
-def forward_proxy(upstream: UpstreamSettings, environ: Mapping[str, str]) -> ForwardProxy | None:
+def egress_proxy(upstream: UpstreamSettings, environ: Mapping[str, str]) -> EgressProxy | None:
     """The proxy for ``upstream`` (None: connect directly). Raises EgressError."""
     if upstream.proxy_url is not None:
         return _proxy(upstream.proxy_url, "upstream.proxy_url", _credentials(upstream))
@@ -99,17 +99,17 @@ def _credentials(upstream: UpstreamSettings) -> str | None:
     return text
 
 
-def _proxy(url: URL, setting: str, credentials: str | None) -> ForwardProxy:
+def _proxy(url: URL, setting: str, credentials: str | None) -> EgressProxy:
     if url.scheme != "http" or not url.raw_host:
         raise EgressError(f"{setting}: must be an http:// proxy URL like http://proxy:3128")
     authorization = None
     if credentials is not None:
         token = base64.b64encode(credentials.encode("utf-8")).decode("ascii")
         authorization = f"Basic {token}"
-    return ForwardProxy(url.raw_host, url.port or 80, authorization)
+    return EgressProxy(url.raw_host, url.port or 80, authorization)
 
 
-def dialer(url: URL, proxy: ForwardProxy | None, connect_timeout_s: float) -> Direct:
+def dialer(url: URL, proxy: EgressProxy | None, connect_timeout_s: float) -> Direct:
     """The pool's connection factory for ``url``'s origin, through ``proxy`` if any."""
     if proxy is None:
         return Direct(url, connect_timeout_s)
@@ -164,7 +164,7 @@ class AbsoluteForm(Direct):
     _timeout_fault: FaultKind = "proxy"
     _failure_fault: FaultKind = "proxy"
 
-    def __init__(self, url: URL, connect_timeout_s: float, proxy: ForwardProxy) -> None:
+    def __init__(self, url: URL, connect_timeout_s: float, proxy: EgressProxy) -> None:
         super().__init__(url, connect_timeout_s)
         self._proxy = proxy
         self._origin = f"http://{url.raw_authority}".encode("ascii")
@@ -185,7 +185,7 @@ class AbsoluteForm(Direct):
 class Tunnel(Direct):
     """To an https upstream through a proxy: TLS inside a CONNECT tunnel (RFC 9110 §9.3.6)."""
 
-    def __init__(self, url: URL, connect_timeout_s: float, proxy: ForwardProxy) -> None:
+    def __init__(self, url: URL, connect_timeout_s: float, proxy: EgressProxy) -> None:
         super().__init__(url, connect_timeout_s)
         self._proxy = proxy
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -245,7 +245,7 @@ class Tunnel(Direct):
         return stream
 
 
-def _authorization_line(proxy: ForwardProxy) -> bytes:
+def _authorization_line(proxy: EgressProxy) -> bytes:
     if not proxy.authorization:
         return b""
     return f"Proxy-Authorization: {proxy.authorization}\r\n".encode("ascii")

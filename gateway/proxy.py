@@ -12,9 +12,8 @@ before any check (``read_body`` sends it once the body is known to be acceptable
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -27,7 +26,7 @@ from .client_ip import TrustedNetworks, derive_client_ip
 from .config import Settings
 from .counts import add
 from .edge import client_name, mark_request_finished, mark_request_started
-from .egress import dialer, forward_proxy
+from .egress import EgressProxy, dialer
 from .errors import (
     BodyTooLarge,
     FaultKind,
@@ -90,11 +89,10 @@ class Proxy:
         secrets: SecretStore,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        egress: EgressProxy | None = None,
         clock: Clock = time.time,
-        environ: Mapping[str, str] = os.environ,
     ) -> None:
         upstream = settings.upstream
-        egress = forward_proxy(upstream, environ)  # EgressError: a configuration error
         self.pool = Pool(
             dialer(upstream.url, egress, upstream.connect_timeout_s),
             max_connections=upstream.max_connections,

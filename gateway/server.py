@@ -20,8 +20,10 @@ from .client_ip import TrustedNetworks
 from .config import ListenAddress, Settings
 from .counts import add
 from .edge import EdgeGuard, EdgeLimits
+from .egress import egress_proxy
 from .logs import flush_periodically
 from .metrics import Metrics
+from .preflight import Preflight
 from .proxy import Clock, Proxy
 from .reloading import ReloadResult
 from .secret import SecretStore
@@ -143,7 +145,10 @@ class GatewayServer:
         environ: Mapping[str, str] = os.environ,
         clock: Clock = time.time,
         worker: bool = False,
+        loaded: Preflight | None = None,
     ) -> None:
+        """``loaded``: what serve's pre-flight read (the TLS pair, the egress proxy); else
+        it is read here, and what cannot be used raises TlsError or EgressError."""
         self.settings = settings
         self.worker = worker
         self.registry = registry or CollectorRegistry()
@@ -155,7 +160,13 @@ class GatewayServer:
         tls = settings.server.tls
         # TlsError here: the first pair cannot be used, a configuration error.
         self.certificates = (
-            CertificateStore(tls, on_reload=self._certificate_reloaded) if tls else None
+            CertificateStore(
+                tls,
+                on_reload=self._certificate_reloaded,
+                loaded=loaded.certificate if loaded else None,
+            )
+            if tls
+            else None
         )
         if self.certificates is not None:
             self.metrics.tls_certificate_expiry.set(self.certificates.not_after.timestamp())
@@ -164,8 +175,8 @@ class GatewayServer:
             secrets=self.secrets,
             metrics=self.metrics,
             lifecycle=self.lifecycle,
+            egress=loaded.egress if loaded else egress_proxy(settings.upstream, environ),
             clock=clock,
-            environ=environ,
         )
         self.admin_app = create_admin_app(
             secrets=self.secrets,

@@ -51,7 +51,7 @@ _HEX = re.compile(rb"^(?:[0-9a-fA-F]{2})+$")
 
 @dataclass(frozen=True, slots=True)
 class Scheme:
-    """How a request is signed: inert data, as configured (SPEC §2.1)."""
+    """How a request is signed: inert data, as configured (docs/signing.md)."""
 
     fields: tuple[str, ...] = DEFAULT_FIELDS
     separator: str = "\n"
@@ -503,7 +503,7 @@ class Authorization:
 def parse_authorization(value: str) -> Authorization | None:
     """Parse ``amx api_id:signature:request_id:timestamp``; None when malformed.
 
-    The signature is 44 base64 characters or 64 lowercase hex ones (SPEC §2.1).
+    The signature is 44 base64 characters or 64 lowercase hex ones (docs/signing.md).
     """
     scheme, _, credentials = value.partition(" ")
     if scheme != SCHEME:

@@ -36,6 +36,7 @@ class Loaded:
 
     context: ssl.SSLContext
     not_after: datetime.datetime
+    stamps: tuple[FileStamp | None, ...]  # the files as they were just before they were read
 
 
 def load(tls: TlsSettings) -> Loaded:
@@ -43,6 +44,7 @@ def load(tls: TlsSettings) -> Loaded:
     # Imported here: it costs ~9 MB of RSS, which a gateway without TLS does not pay.
     from cryptography import x509
 
+    stamps = tuple(file_stamp(path) for path in tls.files)
     cert_setting = f"server.tls_cert_file {tls.cert_file}"
     key_setting = f"server.tls_key_file {tls.key_file}"
     try:
@@ -71,7 +73,7 @@ def load(tls: TlsSettings) -> Loaded:
         except (ssl.SSLError, OSError):
             raise TlsError(f"{ca_setting}: no PEM certificate in it") from None
         context.verify_mode = ssl.CERT_REQUIRED
-    return Loaded(context, chain[0].not_valid_after_utc)
+    return Loaded(context, chain[0].not_valid_after_utc, stamps)
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -164,11 +166,14 @@ class CertificateStore(Reloading):
         self,
         tls: TlsSettings,
         on_reload: OnReload | None = None,
+        loaded: Loaded | None = None,
     ) -> None:
+        """``loaded``: the first pair, already loaded (serve's pre-flight); else it is
+        loaded here, and one that cannot be used raises TlsError."""
         super().__init__(on_reload)
         self._tls = tls
-        self._stamps = self._stamp()
-        loaded = load(tls)  # a first pair that cannot be used is a configuration error
+        loaded = loaded or load(tls)
+        self._stamps = loaded.stamps
         self.context = loaded.context
         self.not_after = loaded.not_after
         self.problem: str | None = None
@@ -185,12 +190,9 @@ class CertificateStore(Reloading):
         )
         return rotating
 
-    def _stamp(self) -> tuple[FileStamp | None, ...]:
-        return tuple(file_stamp(path) for path in self._tls.files)
-
     def refresh(self) -> ReloadResult:
         """Rebuild the context if a file changed, or while the last try failed."""
-        stamps = self._stamp()
+        stamps = tuple(file_stamp(path) for path in self._tls.files)
         if stamps == self._stamps and self.problem is None:
             return "unchanged"
         try:
@@ -204,7 +206,7 @@ class CertificateStore(Reloading):
             self.problem = str(exc)
             return self._report("error", self.problem)
         self._failed_once = False
-        self._stamps = stamps
+        self._stamps = loaded.stamps
         self.problem = None
         self.context = loaded.context
         self.not_after = loaded.not_after

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from .admin import Lifecycle, create_admin_app
-from .config import Settings
+from .preflight import Preflight
 from .secret import SecretStore
 from .server import (
     ShutdownSignals,
@@ -71,8 +71,10 @@ async def report_ready(link_fd: int, on_supervisor_gone: Callable[[], None]) -> 
 class Supervisor:
     """Starts, watches, restarts and stops the worker processes."""
 
-    def __init__(self, settings: Settings, config: Path, log_format: str) -> None:
+    def __init__(self, loaded: Preflight, config: Path, log_format: str) -> None:
+        settings = loaded.settings
         self.settings = settings
+        self._certificate = loaded.certificate
         self.config = config
         self.log_format = log_format
         # Until a worker reports that it listens, it counts as down (readiness 503).
@@ -89,7 +91,7 @@ class Supervisor:
         # Only for /readyz here: the workers sign and serve TLS with their own.
         secrets = SecretStore(self.settings.signing)
         tls = self.settings.server.tls
-        certificates = CertificateStore(tls) if tls else None
+        certificates = CertificateStore(tls, loaded=self._certificate) if tls else None
         tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s, certificates)
         try:
             registry = CollectorRegistry()

@@ -1,4 +1,4 @@
-"""An Aleacc signer written from the contract (SPEC §2, §2.1) alone, for the tests.
+"""An Aleacc signer written from the scheme as docs/signing.md defines it, alone, for the tests.
 
 It shares no code with ``gateway.signing``: where the two agree on a request, the
 gateway signs as the contract says, not merely as it says itself.

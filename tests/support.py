@@ -299,7 +299,7 @@ def verify_recorded(
     recorded: Recorded, scheme: RefScheme = DEFAULT_SCHEME, secret: bytes = DEMO_SECRET
 ) -> signing.Authorization:
     """The Authorization that reached the upstream is what the reference signer (written
-    from SPEC, not gateway.signing) makes of the bytes that reached it."""
+    from docs/signing.md, not gateway.signing) makes of the bytes that reached it."""
     headers = CIMultiDict(recorded.headers)
     auth = signing.parse_authorization(headers["Authorization"])
     assert auth is not None

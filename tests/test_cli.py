@@ -15,7 +15,7 @@ from gateway.mock.upstream import DEMO_SECRET
 from .support import run_cli as run
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
-# Aleacc's own example (SPEC §2): its header was reproduced with openssl, see test_signing.
+# Aleacc's own example (docs/signing.md): its header was reproduced with openssl, see test_signing.
 EXAMPLE_SECRET = "1234567890123456789012345678901212345678901234567890123456789012"
 EXAMPLE_BODY = '{\n  "Username": "test",\n  "Password": "testar"\n}'
 EXAMPLE_HEADER = (

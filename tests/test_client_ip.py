@@ -1,4 +1,4 @@
-"""The SPEC §3 X-Forwarded-For walk, as a table."""
+"""The X-Forwarded-For walk (docs/signing.md), as a table."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_defaults() -> None:
     assert s.upstream.idle_timeout_s == 4
     assert s.upstream.base_path == "/api"
     assert s.upstream.host_header == "aleacc.example.com"
-    assert s.signing.scheme == signing.Scheme()  # Aleacc's scheme (SPEC §2)
+    assert s.signing.scheme == signing.Scheme()  # Aleacc's scheme (docs/signing.md)
     assert s.signing.scheme.secret_encoding == "hex"
     assert s.limits.max_body_bytes == 1048576
     assert [str(n) for n in s.access.allowed_clients] == ["127.0.0.0/8", "::1/128"]

@@ -73,7 +73,7 @@ async def test_rules_and_dashboard_name_only_exported_metrics(gateway: Gateway) 
     named_in_dashboard = set(METRIC.findall(" ".join(exprs)))
     assert named_in_rules - exported == set()
     assert named_in_dashboard - exported == set()
-    # Every family the SPEC names appears somewhere an operator looks.
+    # Every family docs/observability.md names appears somewhere an operator looks.
     families = {
         name.rsplit("_", 1)[0] if name.endswith(("_total", "_bucket")) else name
         for name in named_in_dashboard

@@ -65,7 +65,9 @@ async def test_malformed_request_is_refused_before_the_upstream(
     assert status is None or 400 <= status < 500, (case["name"], answer[:300])
     if status is not None:
         body = answer.partition(b"\r\n\r\n")[2]
-        assert json.loads(body)["error"], answer  # SPEC §6 JSON, never aiohttp's text page
+        assert json.loads(body)["error"], (
+            answer
+        )  # the gateway's JSON error, never aiohttp's text page
         assert b"evil" not in body
     assert raw_upstream.connections == 0, case["name"]
     # The gateway is still healthy for the next caller.

@@ -1,5 +1,5 @@
 """learn and probe end to end: the stand-in runs a scheme, the reference signer (written
-from SPEC, not gateway.signing) makes requests it accepts, learn or probe finds the
+from docs/signing.md, not gateway.signing) makes requests it accepts, learn or probe finds the
 scheme, and a gateway configured with it is accepted on requests never seen."""
 
 from __future__ import annotations

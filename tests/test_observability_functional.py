@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.demo import metrics_summary
+from gateway.mock.demo import metrics_summary
 from gateway.mock.upstream import DEMO_SECRET, MockSettings, create_mock_app
 
 from .support import (

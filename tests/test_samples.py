@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.samples import SampleError, parse_curl, parse_har, parse_raw, shell_words
+from gateway.discover.samples import SampleError, parse_curl, parse_har, parse_raw, shell_words
 
 AUTH = "amx 12345678901234567890123456789012:" + "A" * 43 + "=:1:1433313039"
 SAMPLES = Path(__file__).parent.parent / "config" / "samples"

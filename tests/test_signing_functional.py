@@ -1,5 +1,5 @@
 """Aleacc's scheme on the wire: the gateway with its defaults, checked by the stand-in
-and by the reference signer (written from SPEC, not importing gateway.signing)."""
+and by the reference signer (written from docs/signing.md, not importing gateway.signing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Aleacc stand-in: verifies requests as Aleacc is documented to, serves a tiny player API.
+"""The mock upstream: verifies requests as Aleacc is documented to, serves a tiny player API.
 
 Used by ``demo``, the tests and the benchmark. Everything is in memory.
 """
@@ -24,7 +24,7 @@ REPLAY_WINDOW_S = 300
 JOURNAL_SIZE = 200
 FAULT_HEADER = "X-Mock-Fault"
 
-# The credentials `demo` and the stand-in use when given no others: those of Aleacc's
+# The credentials `demo` and the mock upstream use when given no others: those of Aleacc's
 # own example header (the secret is the api_id twice, 64 hex characters). Not a real secret.
 DEMO_API_ID = "12345678901234567890123456789012"
 DEMO_SECRET = DEMO_API_ID.encode() * 2
@@ -32,7 +32,7 @@ DEMO_SECRET = DEMO_API_ID.encode() * 2
 
 @dataclass(frozen=True, slots=True)
 class MockSettings:
-    """How the stand-in verifies and behaves."""
+    """How the mock upstream verifies and behaves."""
 
     api_id: str = DEMO_API_ID
     # More than one while a rotation is under way: Aleacc accepts old and new for a while.
@@ -46,7 +46,7 @@ class MockSettings:
 
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """One request as the stand-in received it, and how it answered."""
+    """One request as the mock upstream received it, and how it answered."""
 
     method: str
     path: str
@@ -94,7 +94,7 @@ _Api = Callable[[web.Request, bytes], Awaitable[web.Response]]
 
 
 class Refused(Exception):
-    """The stand-in refuses the request with ``status`` and ``code``."""
+    """The mock upstream refuses the request with ``status`` and ``code``."""
 
     def __init__(self, status: int, code: str) -> None:
         super().__init__(code)
@@ -103,7 +103,7 @@ class Refused(Exception):
 
 
 def create_mock_app(settings: MockSettings, state: MockState | None = None) -> web.Application:
-    """Build the stand-in application; ValueError if its scheme or a secret is bad."""
+    """Build the mock upstream application; ValueError if its scheme or a secret is bad."""
     encoding = settings.scheme.secret_encoding
     keys = tuple(signing.decode_secret(s, encoding) for s in settings.secrets)
     app = web.Application()
@@ -115,7 +115,7 @@ def create_mock_app(settings: MockSettings, state: MockState | None = None) -> w
 
 
 def now(settings: MockSettings) -> float:
-    """The stand-in's clock, offset to simulate an upstream whose time drifted."""
+    """The mock upstream's clock, offset to simulate an upstream whose time drifted."""
     return time.time() + settings.clock_offset_s
 
 
@@ -325,7 +325,7 @@ async def _balance(request: web.Request, body: bytes) -> web.Response:
 
 
 async def _echo(request: web.Request, body: bytes) -> web.Response:
-    """What the stand-in received, for tests and the benchmark (not an Aleacc method)."""
+    """What the mock upstream received, for tests and the benchmark (not an Aleacc method)."""
     return _json(
         {
             "method": request.method,
@@ -347,5 +347,5 @@ _ROUTES: dict[tuple[str, str], tuple[_Api, bool]] = {
 
 
 def journal(app: web.Application) -> Sequence[Seen]:
-    """The last requests the stand-in received, oldest first."""
+    """The last requests the mock upstream received, oldest first."""
     return tuple(app[STATE].journal)

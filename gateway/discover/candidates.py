@@ -9,7 +9,7 @@ client IP go); then the family of the 2015 ASP.NET Web API HMAC sample whose
 
 from __future__ import annotations
 
-from .signing import Scheme
+from ..signing import Scheme
 
 _HEAD = ("api_id", "request_id", "timestamp")
 _SESSION = "header:X-Player-Session-Id?"

@@ -1,4 +1,4 @@
-"""``aleacc-gateway probe``: try candidate schemes against the upstream, best first.
+"""The online search: candidate schemes tried against the upstream, best first.
 
 Online and bounded: one request per candidate, to the configured upstream only, at most
 ``--max-requests`` of them, ``--interval-s`` apart; it stops at the first answer that is
@@ -12,40 +12,18 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import signing
+from .. import signing
+from ..config import Settings
+from ..forwarding import upstream_path_and_query
 from .candidates import CANDIDATES
-from .config import ConfigError, Settings, load_settings
-from .forwarding import upstream_path_and_query
-from .secret import SecretUnavailable, read_secret
 
 FOUND, NONE = 0, 1
 DEFAULT_CLIENT_IP = "192.0.2.1"  # RFC 5737 documentation address: no real player's
-
-
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``probe`` subcommand's arguments."""
-    probe = commands.add_parser(
-        "probe",
-        help="find the signing scheme by asking the upstream (sends requests)",
-        description="Send one request per candidate scheme, best first, to the configured "
-        "upstream; stop at the first answer that is not 403.",
-    )
-    probe.add_argument("--config", type=Path, required=True)
-    probe.add_argument("--path", required=True, help="a harmless path, e.g. /player/balance")
-    probe.add_argument("--method", default="GET", help="default: GET")
-    probe.add_argument("--max-requests", type=int, default=16, help="default: 16")
-    probe.add_argument("--interval-s", type=float, default=1.0, help="pause between requests")
-    probe.add_argument("--session-id", help="send X-Player-Session-Id, to place it too")
-    probe.add_argument("--client-ip", default=DEFAULT_CLIENT_IP,
-                       help=f"X-Client-Ip to send (default: {DEFAULT_CLIENT_IP})")  # fmt: skip
-    probe.add_argument("--data", help="a body to send (none by default)")
-    probe.set_defaults(run=run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,27 +34,8 @@ class Attempt:
     status: int
 
 
-def run(args: argparse.Namespace) -> int:
-    """The command: 0 found, 1 none (or bad input, said in one line)."""
-    if not 1 <= args.max_requests <= 100 or not 0 <= args.interval_s <= 60:
-        print("probe: --max-requests must be 1-100 and --interval-s 0-60", file=sys.stderr)
-        return NONE
-    if not args.path.startswith("/"):
-        print(f"probe: --path {args.path!r} must start with /", file=sys.stderr)
-        return NONE
-    try:
-        settings = load_settings(args.config)
-        secret = read_secret(settings.signing)
-    except ConfigError as exc:
-        print(f"probe: {args.config}: " + "; ".join(exc.problems), file=sys.stderr)
-        return NONE
-    except SecretUnavailable as exc:
-        print(f"probe: {exc}", file=sys.stderr)
-        return NONE
-    return asyncio.run(_probe(settings, secret, args))
-
-
-async def _probe(settings: Settings, secret: bytes, args: argparse.Namespace) -> int:
+async def probe(settings: Settings, secret: bytes, args: argparse.Namespace) -> int:
+    """Try the candidates in turn, printing each answer; FOUND at the first accepted."""
     upstream = settings.upstream
     target = upstream_path_and_query(upstream.base_path, args.path)
     url = URL(f"{upstream.url.scheme}://{upstream.host_header}{target}", encoded=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDict
 from yarl import URL
 
-from .signing import Authorization, RequestParts, parse_authorization
+from ..signing import Authorization, RequestParts, parse_authorization
 
 
 class SampleError(ValueError):

@@ -1,6 +1,6 @@
 """``aleacc-gateway learn``: samples and the secret in, the fitting scheme printed.
 
-Offline: nothing is sent anywhere. The search itself is ``learn.py``; this module reads
+Offline: nothing is sent anywhere. The search itself is ``discover/learn.py``; this module reads
 the inputs, runs the search over every core with a progress bar on a terminal, and
 words the answer. It never prints the secret.
 """
@@ -19,11 +19,12 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from .candidates import CANDIDATES
-from .config import ConfigError, SigningSettings, load_settings
-from .learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
-from .samples import Sample, SampleError, parse_curl, parse_har, parse_raw
-from .secret import SecretUnavailable, read_secret
+from ..config import ConfigError, SigningSettings, load_settings
+from ..discover.candidates import CANDIDATES
+from ..discover.learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
+from ..discover.samples import Sample, SampleError, parse_curl, parse_har, parse_raw
+from ..secret import SecretUnavailable, read_secret
+from .common import Commands
 
 FOUND, NONE, SEVERAL = 0, 1, 2
 MISS_CAUSES = (
@@ -37,7 +38,7 @@ MISS_CAUSES = (
 )
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """The ``learn`` subcommand's arguments."""
     learn = commands.add_parser(
         "learn",

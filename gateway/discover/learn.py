@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
-from .samples import Sample
-from .signing import (
+from ..signing import (
     SECRET_ENCODINGS,
     Context,
     FieldPlan,
@@ -34,6 +33,7 @@ from .signing import (
     decode_secret,
     parse_field,
 )
+from .samples import Sample
 
 SEPARATORS = ("\n", "")
 MAX_FIELDS = 7  # the longest field list searched: Aleacc's default with both headers

@@ -1,4 +1,4 @@
-"""``aleacc-gateway demo``: the stand-in and the gateway on loopback, one player's walk."""
+"""``aleacc-gateway demo``: the mock upstream and the gateway on loopback, one player's walk."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from . import signing
-from .client_ip import parse_network
-from .config import (
+from .. import signing
+from ..client_ip import parse_network
+from ..config import (
     ClientIpSettings,
     ListenAddress,
     ServerSettings,
@@ -21,8 +21,8 @@ from .config import (
     SigningSettings,
     UpstreamSettings,
 )
-from .mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, Seen, create_mock_app, journal
-from .server import GatewayServer, bind
+from ..server import GatewayServer, bind
+from .upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, Seen, create_mock_app, journal
 
 LOOPBACK_ANY_PORT = ListenAddress("127.0.0.1", 0)
 SECRET_ENV = "ALEACC_DEMO_SECRET"  # noqa: S105 - the variable's name, not a secret
@@ -70,7 +70,7 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
     gateway = GatewayServer(demo_settings(upstream), environ=environ)
     bound = await gateway.start()
     base = URL(f"http://127.0.0.1:{bound.proxy[1]}")
-    out(f"Aleacc stand-in  {upstream}")
+    out(f"mock upstream  {upstream}")
     out(f"gateway          {base}   (admin http://127.0.0.1:{bound.admin[1]})")
     out(f"frontend sends   X-Forwarded-For: {FORWARDED_FOR}   (unsigned)")
     out("")
@@ -89,7 +89,7 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
                 session_id = str(data.get("session_id", session_id))
                 failures += _report(out, number, step, status, journal(mock_app)[-1])
             out("")
-            out("How step 2 was signed (the stand-in computed the same string and key):")
+            out("How step 2 was signed (the mock upstream computed the same string and key):")
             for line in _explain(walk[1], journal(mock_app)[1], upstream):
                 out(f"  {line}")
             out("")
@@ -154,10 +154,10 @@ async def _replay(out: Callable[[str], None], upstream: URL, original: Seen) -> 
 
 
 def _explain(step: Step, seen: Seen, upstream: URL) -> list[str]:
-    """The string to sign of a request the stand-in accepted, as ``sign --explain`` shows it."""
+    """The string to sign of a request the mock upstream accepted (as ``sign --explain``)."""
     auth = signing.parse_authorization(seen.authorization or "")
     if auth is None:
-        return ["(no amx Authorization reached the stand-in)"]
+        return ["(no amx Authorization reached the mock upstream)"]
     parts = signing.RequestParts(
         method=step.method,
         scheme=upstream.scheme,

@@ -1,0 +1,82 @@
+"""``aleacc-gateway mock-upstream``: serve the mock upstream, Aleacc's stand-in."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from .. import signing
+from ..config import parse_listen
+from ..logs import configure_logging
+from ..logs import flush as flush_logs
+from ..mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
+from ..secret import SecretUnavailable, load_key, read_secret
+from ..server import ListenError, bind, format_address
+from .common import Commands, load_or_report, log_format_option
+
+log = structlog.get_logger("aleacc_gateway")
+
+
+def add_parser(commands: Commands) -> None:
+    """The ``mock-upstream`` subcommand's arguments."""
+    mock = commands.add_parser(
+        "mock-upstream", parents=[log_format_option()], help="run the mock upstream"
+    )
+    mock.add_argument("--listen", default="127.0.0.1:8081", help="default: 127.0.0.1:8081")
+    mock.add_argument(
+        "--config", type=Path, help="take api_id, secret and scheme from this gateway config"
+    )
+    mock.add_argument("--base-path", default="", help="serve the API under this path, e.g. /api")
+    mock.add_argument(
+        "--faults", action="store_true", help="obey X-Mock-Fault: delay=S,status=N,cut,reset"
+    )
+    mock.add_argument(
+        "--clock-offset", type=float, default=0.0, help="seconds to shift the mock upstream's clock"
+    )
+    mock.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the mock upstream until interrupted; 1 or 2 (one line) for bad input."""
+    configure_logging(args.log_format)
+    try:
+        listen = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"--listen: {exc}", file=sys.stderr)
+        return 2
+    api_id, secret, scheme = DEMO_API_ID, DEMO_SECRET, signing.Scheme()
+    if args.config is not None:
+        settings = load_or_report(args.config)
+        if settings is None:
+            return 1
+        try:
+            secret = read_secret(settings.signing)
+            load_key(settings.signing)  # the same check and message as the gateway's
+        except SecretUnavailable as exc:
+            print(f"{args.config}: signing: {exc}", file=sys.stderr)
+            return 1
+        api_id, scheme = settings.signing.api_id, settings.signing.scheme
+    mock = MockSettings(
+        api_id=api_id,
+        secrets=(secret,),
+        scheme=scheme,
+        faults=args.faults,
+        clock_offset_s=args.clock_offset,
+        base_path=args.base_path.rstrip("/"),
+    )
+    app = create_mock_app(mock)
+    try:
+        sock = bind(listen, setting="--listen")
+    except ListenError as exc:
+        print(f"mock-upstream: {exc}", file=sys.stderr)
+        return 1
+    log.info(
+        "mock_upstream_started", listen=format_address(sock.getsockname()[:2]), faults=args.faults
+    )
+    flush_logs()  # whoever started the mock upstream may be waiting for this line
+    web.run_app(app, sock=sock, print=None, access_log=None)
+    return 0

@@ -1,0 +1,64 @@
+"""What ``check-config`` and ``serve`` share: the files a valid configuration names,
+loaded once, with every problem and warning found on the way.
+
+The settings are already valid (config.py); here the secret, the listener's TLS pair
+and the egress proxy's credentials are read. ``serve`` hands what was loaded on to the
+gateway instead of reading the files again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import tls
+from .config import Settings
+from .egress import EgressError, EgressFileMissing, EgressProxy, egress_proxy
+from .secret import SecretInvalid, SecretUnavailable, load_key
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What was loaded, and what stands in the way.
+
+    ``problems``: the configuration cannot work. ``missing``: a TLS or egress file not
+    there (yet): ``serve`` cannot start, ``check-config`` (run where it is not mounted)
+    warns. ``secret_missing``: the secret is not there (yet): ``serve`` starts unready.
+    """
+
+    settings: Settings
+    problems: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    secret_missing: str | None = None
+    certificate: tls.Loaded | None = None
+    egress: EgressProxy | None = None
+
+
+def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Preflight:
+    """Load what ``settings`` names; never raises for a file's problem."""
+    problems: list[str] = []
+    missing: list[str] = []
+    secret_missing = certificate = egress = None
+    try:
+        load_key(settings.signing, environ)
+    except SecretInvalid as exc:
+        # There, but it cannot be the key: a configuration error.
+        problems.append(f"signing: {exc}")
+    except SecretUnavailable as exc:
+        # Not a configuration error: in Kubernetes the secret is mounted only where it runs.
+        secret_missing = str(exc)
+    if settings.server.tls is not None:
+        try:
+            certificate = tls.load(settings.server.tls)
+        except tls.TlsFileMissing as exc:
+            missing.append(str(exc))
+        except tls.TlsError as exc:
+            problems.append(str(exc))
+    try:
+        egress = egress_proxy(settings.upstream, environ)  # reads proxy_auth_file
+    except EgressFileMissing as exc:
+        missing.append(str(exc))
+    except EgressError as exc:
+        problems.append(str(exc))
+    return Preflight(settings, problems, missing, secret_missing, certificate, egress)
