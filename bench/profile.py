@@ -29,7 +29,7 @@ _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
 
 # Under uvloop only some samples reach back to the entry point: leave it out of the shares.
-_ENTRY_POINTS = ("(gateway/cli.py)", "(gateway/__main__.py)")
+_ENTRY_POINTS = ("(gateway/cli.py)", "(gateway/__main__.py)", "(serve.py)")
 
 
 def frame_name(frame: str) -> str:
