@@ -81,7 +81,14 @@ class EdgeGuard:
     def protocol_factory(
         self, server: web.Server, loop: asyncio.AbstractEventLoop
     ) -> GatewayProtocol:
-        """A new protocol for one accepted connection."""
+        """A new protocol for one accepted connection.
+
+        aiohttp's own keep-alive timer (keepalive_timeout, armed at accept) stays at its
+        default, far beyond ours: it cannot stand in for the deadlines below. It closes
+        only a handler waiting for a request, so neither the rest of a pipelined request
+        nor a header deadline, and without a word to the connections-closed metric; and
+        0 does not turn it off (it would close every kept-alive connection at once).
+        """
         return GatewayProtocol(
             server, loop=loop, guard=self, access_log=None, lingering_time=self.limits.lingering_s
         )

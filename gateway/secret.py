@@ -16,11 +16,15 @@ from .reloading import FileStamp, OnReload, Reloading, ReloadResult, file_stamp
 from .signing import decode_secret
 
 
-class SecretUnavailable(Exception):
-    """No secret could be read; the message names the source, never the value."""
+class SecretError(Exception):
+    """The secret cannot be used; the message names the source, never the value."""
 
 
-class SecretInvalid(SecretUnavailable):
+class SecretUnavailable(SecretError):
+    """No secret could be read (not there, empty, unreadable): perhaps not mounted yet."""
+
+
+class SecretInvalid(SecretError):
     """The secret was read but does not decode under ``secret_encoding``: a
     configuration error, not a mount that is still on its way."""
 
@@ -37,7 +41,8 @@ def read_secret(settings: SigningSettings, environ: Mapping[str, str] = os.envir
 
 
 def load_key(settings: SigningSettings, environ: Mapping[str, str] = os.environ) -> bytes:
-    """Read the secret and decode it into the HMAC key; SecretInvalid if it does not decode."""
+    """Read the secret and decode it into the HMAC key; SecretUnavailable if it cannot be
+    read, SecretInvalid if it does not decode."""
     secret = read_secret(settings, environ)
     try:
         return decode_secret(secret, settings.scheme.secret_encoding)
@@ -102,7 +107,7 @@ class SecretStore(Reloading):
             return "unchanged"
         try:
             value = load_key(self._settings, self._environ)
-        except SecretUnavailable as exc:
+        except SecretError as exc:
             # Keep the stamp unchanged so a file fixed in place is retried next poll.
             self.problem = str(exc)
             return self._report("error", str(exc))

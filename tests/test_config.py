@@ -151,7 +151,7 @@ def test_each_problem_names_its_key(tables: dict[str, dict[str, object]], expect
 
 
 def test_tls_settings() -> None:
-    server = {"tls_cert_file": "/t/tls.crt", "tls_key_file": "/t/tls.key"}
+    server: dict[str, object] = {"tls_cert_file": "/t/tls.crt", "tls_key_file": "/t/tls.key"}
     assert parse_settings(MINIMAL).server.tls is None
     tls = parse_settings(merged(server=server)).server.tls
     assert tls is not None

@@ -7,6 +7,7 @@ import io
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -72,7 +73,7 @@ async def test_blackhole_is_504_at_the_configured_timeout(
 ) -> None:
     relay = await Relay(("127.0.0.1", 9), mode="blackhole").start()
     try:
-        gw = await start_gateway(relay_settings(relay))  # type: ignore[arg-type]
+        gw = await start_gateway(relay_settings(relay))
         started = time.monotonic()
         async with client.post(gw.url / "x", data=b"body") as r:
             assert r.status == 504
@@ -91,7 +92,7 @@ async def test_reset_mid_answer_aborts_the_caller(
     runner, port = await big_upstream(chunked)
     relay = await Relay(("127.0.0.1", port), mode="cut_response", cut_after=50_000).start()
     try:
-        gw = await start_gateway(relay_settings(relay, timeout_s=5))  # type: ignore[arg-type]
+        gw = await start_gateway(relay_settings(relay, timeout_s=5))
         async with client.get(gw.url / "big") as r:
             assert r.status == 200
             with pytest.raises(aiohttp.ClientPayloadError):
@@ -111,7 +112,7 @@ async def test_reset_after_the_request_was_sent_is_never_retried(
 ) -> None:
     relay = await Relay(("127.0.0.1", 9), mode="reset_on_request").start()
     try:
-        gw = await start_gateway(relay_settings(relay, retries=3))  # type: ignore[arg-type]
+        gw = await start_gateway(relay_settings(relay, retries=3))
         for method in ("GET", "POST", "PUT", "DELETE"):
             async with client.request(method, gw.url / "x") as r:
                 assert r.status == 502
@@ -260,7 +261,7 @@ async def test_an_oversized_streamed_body_is_refused_with_bounded_reading(
     gw = await start_gateway(settings_for(raw_upstream.url, limits={"max_body_bytes": limit}))
     sent = 0
 
-    async def twenty_megabytes():  # type: ignore[no-untyped-def]
+    async def twenty_megabytes() -> AsyncIterator[bytes]:
         nonlocal sent
         for _ in range(320):
             sent += 65536

@@ -58,10 +58,10 @@ async def test_counters_histograms_and_gauges_match_the_traffic(
         ("GET", "/echo", {"X-Mock-Fault": "status=500"}, 500),
         ("GET", "/echo", {"X-Mock-Fault": "delay=0.3"}, 200),
     ]
-    for method, path, headers, status in calls:
+    for method, path, headers, expected in calls:
         async with client.request(method, gateway.url / path.lstrip("/"), headers=headers) as r:
             await r.read()
-            assert r.status == status
+            assert r.status == expected
     after = await scrape(client, gateway)
 
     def delta(name: str, **labels: str) -> float:

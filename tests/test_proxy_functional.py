@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import socket
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -316,7 +317,7 @@ async def test_body_over_the_limit_is_refused(
         assert r.status == 413
         assert (await r.json())["error"] == "body_too_large"
 
-    async def chunked():  # type: ignore[no-untyped-def]
+    async def chunked() -> AsyncIterator[bytes]:
         for _ in range(20):
             yield b"y" * 100
 

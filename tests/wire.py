@@ -44,7 +44,7 @@ class Relay:
         if sock is None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         else:
-            self._server = await asyncio.start_server(self._handle, sock=sock)  # type: ignore[arg-type]
+            self._server = await asyncio.start_server(self._handle, sock=sock)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -23,7 +23,7 @@ from ..config import ConfigError, SigningSettings, load_settings
 from ..discover.candidates import CANDIDATES
 from ..discover.learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
 from ..discover.samples import Sample, SampleError, parse_curl, parse_har, parse_raw
-from ..secret import SecretUnavailable, read_secret
+from ..secret import SecretError, read_secret
 from .common import Commands
 
 FOUND, NONE, SEVERAL = 0, 1, 2
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 samples, secret, run=_parallel, progress=progress, max_fields=args.max_fields
             )
         elapsed = time.perf_counter() - started
-    except (SampleError, LearnError, SecretUnavailable, ValueError) as exc:
+    except (SampleError, LearnError, SecretError, ValueError) as exc:
         print(f"learn: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -14,7 +14,7 @@ from ..config import parse_listen
 from ..logs import configure_logging
 from ..logs import flush as flush_logs
 from ..mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
-from ..secret import SecretUnavailable, load_key, read_secret
+from ..secret import SecretError, load_key, read_secret
 from ..server import ListenError, bind, format_address
 from .common import Commands, load_or_report, log_format_option
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             secret = read_secret(settings.signing)
             load_key(settings.signing)  # the same check and message as the gateway's
-        except SecretUnavailable as exc:
+        except SecretError as exc:
             print(f"{args.config}: signing: {exc}", file=sys.stderr)
             return 1
         api_id, scheme = settings.signing.api_id, settings.signing.scheme

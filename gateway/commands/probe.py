@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_settings
 from ..discover.probe import DEFAULT_CLIENT_IP, NONE, probe
-from ..secret import SecretUnavailable, read_secret
+from ..secret import SecretError, read_secret
 from .common import Commands
 
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"probe: {args.config}: " + "; ".join(exc.problems), file=sys.stderr)
         return NONE
-    except SecretUnavailable as exc:
+    except SecretError as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return NONE
     return asyncio.run(probe(settings, secret, args))

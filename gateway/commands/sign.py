@@ -14,7 +14,7 @@ from yarl import URL
 
 from .. import signing
 from ..config import ConfigError, SigningSettings, load_settings
-from ..secret import SecretUnavailable, load_key
+from ..secret import SecretError, load_key
 from .common import Commands, parse_toml_string
 
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"sign: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
-    except (ValueError, SecretUnavailable) as exc:
+    except (ValueError, SecretError) as exc:
         print(f"sign: {exc}", file=sys.stderr)
         return 2
     query = url.raw_query_string
