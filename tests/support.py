@@ -444,8 +444,11 @@ class GatewayProcess:
         await self._reader
 
 
+StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
+
+
 @pytest.fixture
-async def gateway_process() -> AsyncIterator[Callable[[Path], Awaitable[GatewayProcess]]]:
+async def gateway_process() -> AsyncIterator[StartProcess]:
     """Start ``serve`` processes; each is killed after the test if still running."""
     started: list[GatewayProcess] = []
 
@@ -485,3 +488,22 @@ def config_file(
         + lines(limits)
     )
     return path
+
+
+# ---------------------------------------------------------------- shared by several test modules
+
+# A request that asks the gateway to close the connection after its answer.
+GET_CLOSE = b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+# Upstream deadlines short enough for fault tests through the relay.
+FAST = {"connect_timeout_s": 0.5, "timeout_s": 0.3, "retry_backoff_s": 0.0}
+
+
+def relay_settings(relay: Relay, **upstream: float) -> Settings:
+    """Gateway settings whose upstream is ``relay``, with FAST deadlines unless overridden."""
+    return settings_for(f"http://127.0.0.1:{relay.port}", upstream={**FAST, **upstream})
+
+
+async def readiness(client: aiohttp.ClientSession, gateway: GatewayProcess) -> int:
+    """The status of a gateway process's /readyz."""
+    async with client.get(gateway.admin / "readyz") as r:
+        return r.status

@@ -1,22 +1,47 @@
-"""The command line, run as real processes."""
+"""The command line: one real process per command, and the error messages in-process
+through ``cli.main`` (the same code, without a process start per case)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from gateway import cli
 from gateway.mock.upstream import DEMO_SECRET
 
+from .support import (
+    run_cli,
+)
 from .support import run_cli as run
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 # Aleacc's own example (docs/signing.md): its header was reproduced with openssl, see test_signing.
 EXAMPLE_SECRET = "1234567890123456789012345678901212345678901234567890123456789012"
+Main = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Main:
+    """``aleacc-gateway ARGS`` in this process: its exit code, stdout and stderr."""
+
+    def run_main(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run_main
+
+
 EXAMPLE_BODY = '{\n  "Username": "test",\n  "Password": "testar"\n}'
 EXAMPLE_HEADER = (
     "Authorization: amx 12345678901234567890123456789012:"
@@ -30,13 +55,13 @@ async def test_check_config_accepts_the_examples() -> None:
     assert "ok (warning: secret file /run/secrets/aleacc/api-secret" in out
 
 
-async def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+def test_check_config_lists_every_problem(tmp_path: Path, main: Main) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(
         '[server]\nlisten = "nope"\n[upstream]\nurl = "ftp://x"\ntimout_s = 3\n'
         '[signing]\napi_id = "a"\nsecret_env = "A"\nsecret_file = "/b"\nfields = ["bogus"]\n'
     )
-    code, _, err = await run("check-config", "--config", str(config))
+    code, _, err = main("check-config", "--config", str(config))
     assert code == 1
     assert "5 problem(s)" in err
     for key in ("server.listen", "upstream.url", "upstream.timout_s: unknown key",
@@ -44,10 +69,10 @@ async def test_check_config_lists_every_problem(tmp_path: Path) -> None:
         assert f"  - {key}" in err
 
 
-async def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+def test_serve_refuses_a_bad_config(tmp_path: Path, main: Main) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[upstream]\n")
-    code, _, err = await run("serve", "--config", str(config))
+    code, _, err = main("serve", "--config", str(config))
     assert code == 1
     assert "upstream.url: required" in err
     assert "signing.api_id: required" in err
@@ -77,8 +102,8 @@ async def test_sign_prints_aleaccs_example_header_and_explains_without_the_secre
     assert EXAMPLE_SECRET not in out
 
 
-async def test_sign_takes_the_scheme_from_flags() -> None:
-    code, out, _ = await run(
+def test_sign_takes_the_scheme_from_flags(main: Main) -> None:
+    code, out, _ = main(
         "sign", "GET", "https://h/x", "--api-id", "a", "--secret-env", "KAT_SECRET",
         "--request-id", "1", "--timestamp", "1433313039", "--fields", "api_id,method|lower",
         "--separator", "\\t", "--secret-encoding", "utf-8", "--signature-encoding", "hex",
@@ -92,7 +117,7 @@ async def test_sign_takes_the_scheme_from_flags() -> None:
     assert '(5 bytes, fields joined by "\\t")' in out
 
 
-async def test_a_secret_that_is_not_hex_is_refused_by_name(tmp_path: Path) -> None:
+async def test_a_secret_that_is_not_hex_is_refused_by_name(tmp_path: Path, main: Main) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("not-hex-but-secret\n")
     config = tmp_path / "gw.toml"
@@ -102,19 +127,24 @@ async def test_a_secret_that_is_not_hex_is_refused_by_name(tmp_path: Path) -> No
         f'[signing]\napi_id = "a"\nsecret_file = "{secret_file}"\n'
     )
     expected = f"signing: secret file {secret_file} is not hex (secret_encoding = 'hex'"
-    for command in ("check-config", "serve", "mock-upstream"):
-        code, out, err = await run(command, "--config", str(config))
-        assert code == 1, (command, out, err)
-        assert expected in err, (command, err)
+    # mock-upstream as a process: in this one, it would set up logging on stdout.
+    answers = [
+        main("check-config", "--config", str(config)),
+        main("serve", "--config", str(config)),
+    ]
+    answers.append(await run("mock-upstream", "--config", str(config)))
+    for code, out, err in answers:
+        assert code == 1, (out, err)
+        assert expected in err, err
         assert "Traceback" not in err
         assert "not-hex-but-secret" not in out + err
-    code, _, err = await run("sign", "GET", "https://h/x", "--config", str(config))
+    code, _, err = main("sign", "GET", "https://h/x", "--config", str(config))
     assert code == 2
     assert f"sign: secret file {secret_file} is not hex" in err
 
 
-async def test_sign_without_credentials_is_a_clear_error() -> None:
-    code, out, err = await run("sign", "GET", "https://h/x")
+def test_sign_without_credentials_is_a_clear_error(main: Main) -> None:
+    code, out, err = main("sign", "GET", "https://h/x")
     assert code == 2
     assert out == ""
     assert "give --config, or --api-id with --secret-file or --secret-env" in err
@@ -173,3 +203,13 @@ async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_the_stand_in_on_a_busy_port_is_one_line() -> None:
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        code, _, err = await run_cli("mock-upstream", "--listen", f"127.0.0.1:{port}")
+    finally:
+        taken.close()
+    assert (code, err) == (1, f"mock-upstream: --listen 127.0.0.1:{port}: address already in use\n")

@@ -36,7 +36,7 @@ from .support import (
     system_tool,
 )
 from .test_observability_functional import wait_for_status
-from .test_upstream_pool import until
+from .test_pool import until
 
 POLL_S = 0.05
 

@@ -26,7 +26,7 @@ from .support import (
     unused_port,
     verify_recorded,
 )
-from .test_upstream_pool import ScriptedUpstream, tls_upstream
+from .test_pool import ScriptedUpstream, tls_upstream
 
 USER, PASSWORD = "gw", "s3cret-proxy-password"
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +22,26 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from aiohttp import web
 from yarl import URL
 
 from gateway.response import MAX_HEAD_BYTES, MAX_HEADERS
 
-from .support import Gateway, Recorded, StartGateway, settings_for, tcp_server
-from .wire import check_framing
+from .support import (
+    FAST,
+    GET_CLOSE,
+    Gateway,
+    RawUpstream,
+    Recorded,
+    StartGateway,
+    log_events,
+    relay_settings,
+    serve_handler,
+    settings_for,
+    tcp_server,
+)
+from .test_hardening import exchange_raw, status_of
+from .wire import Relay, check_framing
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -186,7 +203,7 @@ async def test_head_answers_carry_no_body_and_the_next_request_is_clean(
 async def test_interim_answers_are_skipped(
     scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
 ) -> None:
-    scripted.answer = lambda n: b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + OK
+    scripted.answer = lambda n: b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 2 + OK
     gw = await start(start_gateway, scripted)
     # A guard, not a wait: passing the 103 on as the answer would leave the caller hanging.
     async with asyncio.timeout(5), client.get(gw.url / "x") as r:
@@ -341,3 +358,126 @@ async def test_a_large_answer_waits_for_a_slow_caller_and_arrives_intact(
             while chunk := await r.content.read(64 * 1024):
                 digest.update(chunk)
         assert digest.digest() == hashlib.sha256(payload).digest()
+
+
+# 6. A wait for a pooled connection: its own kind, not retried, 504.
+async def test_a_pool_wait_is_not_a_connect_and_is_not_retried(
+    start_gateway: StartGateway, client: aiohttp.ClientSession, logs: object
+) -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.StreamResponse:
+        # Holds the one pooled connection, a byte at a time so that its own reads
+        # never time out, until released.
+        response = web.StreamResponse()
+        await response.prepare(request)
+        entered.set()
+        while not release.is_set():
+            await response.write(b".")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), 0.05)
+        await response.write_eof()
+        return response
+
+    runner, url = await serve_handler(hold)
+    try:
+        gw = await start_gateway(settings_for(url, upstream={
+            "max_connections": 1, "timeout_s": 0.3, "retries": 1, "retry_backoff_s": 0
+        }))  # fmt: skip
+
+        async def first_call() -> int:
+            async with client.get(gw.url / "first") as r:
+                await r.read()
+                return r.status
+
+        first = asyncio.create_task(first_call())
+        await entered.wait()
+        async with client.get(gw.url / "second") as r:
+            assert (r.status, (await r.json())["error"]) == (504, "upstream_timeout")
+        release.set()
+        assert await first == 200
+        assert gw.sample("aleacc_gateway_upstream_errors_total", kind="pool_timeout") == 1
+        assert gw.sample("aleacc_gateway_upstream_errors_total", kind="connect_timeout") == 0
+        assert log_events(logs, "upstream_attempt_failed") == []  # type: ignore[arg-type]
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+# 7. Status codes outside 100-599, and endless interim answers: 502 at once.
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 600 Big\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["099", "000", "600", "nine-interim"],
+)
+async def test_an_invalid_upstream_status_is_502(
+    raw_upstream: RawUpstream, start_gateway: StartGateway, answer: bytes
+) -> None:
+    raw_upstream.response = answer
+    gw = await start_gateway(settings_for(raw_upstream.url, upstream={"timeout_s": 30}))
+    reply = await exchange_raw(gw.bound.proxy[1], GET_CLOSE)
+    assert status_of(reply) == 502
+    assert json.loads(reply.partition(b"\r\n\r\n")[2])["error"] == "upstream_unavailable"
+    assert gw.sample("aleacc_gateway_upstream_errors_total", kind="protocol") == 1
+
+
+async def test_refused_connection_is_502_within_the_connect_timeout(
+    start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gw = await start_gateway(settings_for(f"http://127.0.0.1:{port}", upstream=FAST))
+    started = time.monotonic()
+    async with client.get(gw.url / "x") as r:
+        assert r.status == 502
+        assert (await r.json())["error"] == "upstream_unavailable"
+    assert time.monotonic() - started < FAST["connect_timeout_s"]
+
+
+async def test_blackhole_is_504_at_the_configured_timeout(
+    start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    relay = await Relay(("127.0.0.1", 9), mode="blackhole").start()
+    try:
+        gw = await start_gateway(relay_settings(relay))
+        started = time.monotonic()
+        async with client.post(gw.url / "x", data=b"body") as r:
+            assert r.status == 504
+        elapsed = time.monotonic() - started
+        assert FAST["timeout_s"] <= elapsed < FAST["timeout_s"] + 1
+        assert len(relay.streams) == 1  # not retried: the request was sent
+        assert check_framing(bytes(relay.streams[0])) == 1
+    finally:
+        await relay.close()
+
+
+async def test_a_slow_upstream_call_does_not_hold_up_others(
+    start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/slow":
+            await release.wait()
+        return web.Response(text=request.path)
+
+    runner, url = await serve_handler(handler)
+    try:
+        gw = await start_gateway(settings_for(url))
+        slow = asyncio.create_task(client.get(gw.url / "slow"))
+        for i in range(20):
+            async with client.get(gw.url / f"fast{i}") as r:
+                assert await r.text() == f"/fast{i}"
+        assert not slow.done()
+        release.set()
+        async with await slow as r:
+            assert await r.text() == "/slow"
+    finally:
+        await runner.cleanup()

@@ -1,135 +1,41 @@
-"""Graceful drain and hot secret rotation, on a real gateway process."""
+"""The secret (gateway/secret.py) as a running gateway sees it: readiness follows its source
+at every poll, and a rotation (file change, symlink swap, SIGHUP) loses no request."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+import pytest
 
 from gateway.mock.upstream import DEMO_SECRET, MockSettings, create_mock_app, journal
 
 from .support import (
     SENSITIVE,
-    GatewayProcess,
+    Gateway,
+    RawUpstream,
+    StartGateway,
+    StartProcess,
     config_file,
+    readiness,
     remember_sensitive,
     serve_app,
-    serve_handler,
+    settings_for,
 )
 
-StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
-NEW_SECRET = b"0123456789abcdef" * 4  # a rotated key, 64 hex characters
 
-
-async def readiness(client: aiohttp.ClientSession, gateway: GatewayProcess) -> int:
-    async with client.get(gateway.admin / "readyz") as r:
-        return r.status
-
-
-async def test_drain_finishes_in_flight_requests_then_refuses(
-    gateway_process: StartProcess, tmp_path: Path
-) -> None:
-    held = 20
-    entered = 0
-    all_entered, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        nonlocal entered
-        entered += 1
-        if entered == held:
-            all_entered.set()
-        await release.wait()
-        return web.Response(text="done")
-
-    runner, upstream = await serve_handler(slow)
+# 1. Readiness follows the secret source at every poll.
+async def gateway_with_secret_file(
+    tmp_path: Path, start_gateway: StartGateway, raw_upstream: RawUpstream
+) -> tuple[Path, Gateway]:
     secret = tmp_path / "secret"
     secret.write_bytes(DEMO_SECRET)
-    config = config_file(
-        tmp_path / "gw.toml",
-        upstream,
-        secret,
-        server={"drain_delay_s": 0.5, "drain_timeout_s": 10},
-    )
-    gateway = await gateway_process(config)
-    try:
-        async with aiohttp.ClientSession() as client:
-            in_flight = [
-                asyncio.create_task(client.get(gateway.proxy / f"r{i}")) for i in range(held)
-            ]
-            await all_entered.wait()
-            assert await readiness(client, gateway) == 200
-
-            signalled = time.monotonic()
-            gateway.signal(signal.SIGTERM)
-            await gateway.wait_for("draining")
-            assert await readiness(client, gateway) == 503  # at once
-
-            # During the drain delay the listener still serves, closing each connection.
-            release.set()
-            async with client.get(gateway.proxy / "late") as r:
-                assert r.status == 200
-                assert r.headers["Connection"] == "close"
-
-            responses = await asyncio.gather(*in_flight)
-            assert [r.status for r in responses] == [200] * held  # zero failed in flight
-            for r in responses:
-                assert await r.text() == "done"
-                r.release()
-
-            assert await gateway.exit_code() == 0
-            elapsed = time.monotonic() - signalled
-            assert elapsed < 0.5 + 10  # inside delay + timeout
-            stopped = gateway.events("stopped")
-            assert stopped, "no 'stopped' line"
-            assert gateway.events("stopping")[0]["signal"] == "SIGTERM"
-            # And now the port is closed: new connections are refused.
-            try:
-                async with client.get(gateway.proxy / "after"):
-                    raise AssertionError("the listener is still open")
-            except aiohttp.ClientConnectorError:
-                pass
-    finally:
-        await runner.cleanup()
-
-
-async def test_drain_timeout_bounds_a_stuck_request(
-    gateway_process: StartProcess, tmp_path: Path
-) -> None:
-    entered, test_over = asyncio.Event(), asyncio.Event()
-
-    async def stuck(request: web.Request) -> web.Response:
-        entered.set()
-        await test_over.wait()  # never answers while the gateway drains
-        return web.Response()
-
-    runner, upstream = await serve_handler(stuck)
-    secret = tmp_path / "secret"
-    secret.write_bytes(DEMO_SECRET)
-    config = config_file(
-        tmp_path / "gw.toml", upstream, secret, server={"drain_delay_s": 0, "drain_timeout_s": 1}
-    )
-    gateway = await gateway_process(config)
-    try:
-        async with aiohttp.ClientSession() as client:
-            pending = asyncio.create_task(client.get(gateway.proxy / "stuck"))
-            await entered.wait()
-            signalled = time.monotonic()
-            gateway.signal(signal.SIGTERM)
-            assert await gateway.exit_code() == 0
-            assert time.monotonic() - signalled < 5  # the 1 s deadline, plus start-up slack
-            # The stuck request was cut at the deadline, as configured.
-            with contextlib.suppress(aiohttp.ClientError):
-                (await pending).release()
-    finally:
-        test_over.set()
-        await runner.cleanup()
+    settings = settings_for(raw_upstream.url, signing={"secret_file": secret, "secret_env": None})
+    return secret, await start_gateway(settings)
 
 
 def kubernetes_secret_dir(root: Path, value: bytes, generation: str) -> None:
@@ -142,6 +48,42 @@ def kubernetes_secret_dir(root: Path, value: bytes, generation: str) -> None:
     os.replace(link, root / "..data")  # rename(2) over the old "..data": atomic
     if not (root / "api-secret").is_symlink():
         (root / "api-secret").symlink_to("..data/api-secret")
+
+
+NEW_SECRET = b"0123456789abcdef" * 4  # a rotated key, 64 hex characters
+
+
+async def test_readiness_recovers_when_the_secret_file_comes_back_unchanged(
+    tmp_path: Path, start_gateway: StartGateway, raw_upstream: RawUpstream
+) -> None:
+    secret, gw = await gateway_with_secret_file(tmp_path, start_gateway, raw_upstream)
+    store = gw.server.secrets
+
+    async def ready() -> int:
+        async with aiohttp.ClientSession() as c, c.get(gw.admin_url / "readyz") as r:
+            return r.status
+
+    assert await ready() == 200
+    secret.rename(tmp_path / "secret.gone")
+    store.refresh()  # what the poll does every secret_poll_s
+    assert await ready() == 503
+    (tmp_path / "secret.gone").rename(secret)  # same inode, size, mtime, mode
+    store.refresh()
+    assert await ready() == 200
+    assert store.problem is None
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+async def test_an_unreadable_secret_file_is_noticed_and_recovered(
+    tmp_path: Path, start_gateway: StartGateway, raw_upstream: RawUpstream
+) -> None:
+    secret, gw = await gateway_with_secret_file(tmp_path, start_gateway, raw_upstream)
+    secret.chmod(0)
+    gw.server.secrets.refresh()
+    assert gw.server.secrets.problem is not None
+    secret.chmod(0o600)
+    gw.server.secrets.refresh()
+    assert gw.server.secrets.problem is None
 
 
 async def test_symlink_swap_rotation_without_a_failed_request(
