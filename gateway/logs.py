@@ -97,8 +97,8 @@ class _LineLogger:
 
 
 def render_json(event: dict[str, Any], default: Callable[[Any], Any], option: int = 0) -> str:
-    """One JSON line for ``event``: orjson (as structlog's performance guide suggests,
-    about eight times faster than json.dumps here), or json.dumps for what orjson refuses
+    """One JSON line for ``event``: orjson (as structlog's performance guide suggests;
+    the figures are in bench/README.md), or json.dumps for what orjson refuses
     (text with lone surrogates from undecodable bytes, integers beyond 64 bits), which
     escapes it as valid JSON instead of losing the line.
     """
@@ -160,7 +160,7 @@ class AccessLog:
     same line structlog renders for ``log.info("request", **fields)`` — the bound context
     variables (a worker's number), ``level``, the fields in their order, ``event``,
     ``timestamp`` — without structlog's per-line machinery (a bound-logger call, a context
-    copy, two processors; ~4 µs of a request's CPU). Every other event, and the access
+    copy, two processors: bench/README.md has the cost). Every other event, and the access
     line in the console format, goes through structlog. Build it after
     configure_logging() and after binding context variables.
     """
@@ -178,7 +178,7 @@ class AccessLog:
             self._logger.info("request", **fields)
             return
         # orjson writes the time as structlog's ISO stamper does ("...T00:00:00.123456Z",
-        # no fraction at 0 µs), at half the cost of isoformat() and a replace.
+        # no fraction at 0 µs), more cheaply than isoformat() and a replace.
         line = {**self._head, **fields, "event": "request", "timestamp": _now()}
         self._sink.write(render_json(line, _iso_or_str, orjson.OPT_UTC_Z) + "\n")
 

@@ -89,7 +89,7 @@ class Credentials:
     """The API id and the HMAC key (the secret, already decoded).
 
     ``mac`` is HMAC-SHA256 keyed once: each signature copies it (hmac's documented way to
-    share a common start) instead of keying a new one, ~0.4 µs less per request.
+    share a common start) instead of keying a new one (the saving: bench/README.md).
     """
 
     api_id: str

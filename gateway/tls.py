@@ -41,7 +41,7 @@ class Loaded:
 
 def load(tls: TlsSettings) -> Loaded:
     """Build the proxy listener's context from ``tls``; TlsError names the bad file."""
-    # Imported here: it costs ~9 MB of RSS, which a gateway without TLS does not pay.
+    # Imported here: its memory (bench/README.md) is paid only by a gateway with TLS.
     from cryptography import x509
 
     stamps = tuple(file_stamp(path) for path in tls.files)
