@@ -458,6 +458,15 @@ _SCHEME_KEYS = {
         "timestamp_unit",
         Key(_one_of(signing.TIMESTAMP_UNITS), "`s` or `ms`, in the header and the signed value"),
     ),
+    "request_id_format": (
+        "request_id_format",
+        Key(
+            _one_of(signing.REQUEST_ID_FORMATS),
+            "the request id's form: `hex32` (32 lowercase hex characters), `decimal` (a "
+            "random integer from 1 to 2^31 - 1), `uuid` (36 characters with dashes); see "
+            "docs/signing.md for the odds of a repeat",
+        ),
+    ),
 }
 
 

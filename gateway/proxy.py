@@ -109,6 +109,7 @@ class Proxy:
         self._credentials: signing.Credentials | None = None
         # Compiled once: the request path runs the plan, never re-parses the scheme.
         self._plan = signing.compile_scheme(settings.signing.scheme)
+        self._new_request_id = self._plan.new_request_id
         self._scheme = upstream.url.scheme
         self._host = upstream.host_header
         self._host_line = b"Host: " + signing.text(self._host)
@@ -285,7 +286,7 @@ class Proxy:
             credentials = self._credentials = signing.Credentials(self._api_id, secret)
         try:
             return self._plan.sign(
-                parts, credentials, signing.new_request_id(), self._plan.timestamp(self._clock())
+                parts, credentials, self._new_request_id(), self._plan.timestamp(self._clock())
             )
         except UnicodeEncodeError:
             # A header value that is not valid text cannot be put into the signed string.

@@ -36,6 +36,10 @@ DEFAULT_FIELDS: tuple[str, ...] = (
 SECRET_ENCODINGS = ("hex", "utf-8", "base64")
 SIGNATURE_ENCODINGS = ("base64", "hex")
 TIMESTAMP_UNITS = ("s", "ms")
+# hex32: 32 lowercase hex characters (a random UUID4); decimal: a random integer from 1 to
+# 2^31 - 1, for a server that parses the id as a signed 32-bit integer (Aleacc's example
+# uses 1); uuid: the 36-character UUID4 with dashes.
+REQUEST_ID_FORMATS = ("hex32", "decimal", "uuid")
 
 HEADER_FIELD_PREFIX = "header:"
 OPTIONAL_SUFFIX = "?"
@@ -58,6 +62,7 @@ class Scheme:
     secret_encoding: str = "hex"  # noqa: S105 - an encoding's name, not a secret
     signature_encoding: str = "base64"
     timestamp_unit: str = "s"
+    request_id_format: str = "hex32"
 
     def toml(self) -> str:
         """The ``[signing]`` table's scheme keys, ready to paste into a config file."""
@@ -70,6 +75,7 @@ class Scheme:
                 f"secret_encoding = {toml_string(self.secret_encoding)}",
                 f"signature_encoding = {toml_string(self.signature_encoding)}",
                 f"timestamp_unit = {toml_string(self.timestamp_unit)}",
+                f"request_id_format = {toml_string(self.request_id_format)}",
             ]
         )
 
@@ -345,6 +351,11 @@ class Plan:
             bytes.hex if hex_sig else lambda d: base64.b64encode(d).decode("ascii")
         )
 
+    @property
+    def new_request_id(self) -> Callable[[], str]:
+        """The scheme's request id maker: a fresh id per call."""
+        return _REQUEST_IDS[self.scheme.request_id_format]
+
     def timestamp(self, clock_s: float) -> int:
         """The header's timestamp for a clock reading in seconds."""
         return int(clock_s * 1000) if self._ms else int(clock_s)
@@ -436,6 +447,7 @@ def scheme_problems(scheme: Scheme) -> list[str]:
         ("secret_encoding", scheme.secret_encoding, SECRET_ENCODINGS),
         ("signature_encoding", scheme.signature_encoding, SIGNATURE_ENCODINGS),
         ("timestamp_unit", scheme.timestamp_unit, TIMESTAMP_UNITS),
+        ("request_id_format", scheme.request_id_format, REQUEST_ID_FORMATS),
     ):
         if value not in allowed:
             problems.append(f"{key} {value!r} must be one of {', '.join(allowed)}")
@@ -467,6 +479,13 @@ class _RandomPool:
     def _reset(self) -> None:
         self._buffer, self._offset = b"", 0
 
+    def take4(self) -> int:
+        if self._offset + 4 > len(self._buffer):
+            self._buffer, self._offset = os.urandom(4096), 0
+        value = int.from_bytes(self._buffer[self._offset : self._offset + 4], "big")
+        self._offset += 4
+        return value
+
     def take16(self) -> int:
         if self._offset + 16 > len(self._buffer):
             self._buffer, self._offset = os.urandom(4096), 0
@@ -483,6 +502,41 @@ _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 def new_request_id() -> str:
     """A fresh request id: a random UUID4 as 32 lowercase hex characters."""
     return format((_random.take16() & _UUID4_CLEAR) | _UUID4_SET, "032x")
+
+
+def new_decimal_request_id() -> str:
+    """A fresh request id: a random integer from 1 to 2^31 - 1, in decimal."""
+    while True:
+        value = _random.take4() & 0x7FFFFFFF
+        if value:  # 0 is left out: a server may take it for "no id"
+            return str(value)
+
+
+def new_uuid_request_id() -> str:
+    """A fresh request id: a random UUID4 with dashes (36 characters)."""
+    value = format((_random.take16() & _UUID4_CLEAR) | _UUID4_SET, "032x")
+    return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+
+
+_REQUEST_IDS: dict[str, Callable[[], str]] = {
+    "hex32": new_request_id,
+    "decimal": new_decimal_request_id,
+    "uuid": new_uuid_request_id,
+}
+_DECIMAL_ID = re.compile(r"^[1-9][0-9]{0,9}$")
+_UUID_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_HEX32_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def request_id_format(request_id: str) -> str | None:
+    """The format a request id has (``decimal``, ``uuid``, ``hex32``), None for others."""
+    if _DECIMAL_ID.match(request_id) and int(request_id) < 2**31:
+        return "decimal"
+    if _UUID_ID.match(request_id):
+        return "uuid"
+    if _HEX32_ID.match(request_id):
+        return "hex32"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

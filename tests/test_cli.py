@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import sys
@@ -141,6 +142,17 @@ async def test_a_secret_that_is_not_hex_is_refused_by_name(tmp_path: Path, main:
     code, _, err = main("sign", "GET", "https://h/x", "--config", str(config))
     assert code == 2
     assert f"sign: secret file {secret_file} is not hex" in err
+
+
+def test_sign_makes_a_fresh_id_of_the_form_asked_for(main: Main) -> None:
+    for form, pattern in (("decimal", r"[1-9][0-9]*"), ("uuid", r"[0-9a-f-]{36}")):
+        code, out, err = main(
+            "sign", "GET", "https://h/x", "--api-id", "a", "--secret-env", "KAT_SECRET",
+            "--request-id-format", form, env={"KAT_SECRET": EXAMPLE_SECRET},
+        )  # fmt: skip
+        assert code == 0, err
+        request_id = out.strip().split(":")[3]
+        assert re.fullmatch(pattern, request_id), out
 
 
 def test_sign_without_credentials_is_a_clear_error(main: Main) -> None:

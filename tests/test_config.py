@@ -52,6 +52,9 @@ def test_defaults() -> None:
     assert s.upstream.host_header == "aleacc.example.com"
     assert s.signing.scheme == signing.Scheme()  # Aleacc's scheme (docs/signing.md)
     assert s.signing.scheme.secret_encoding == "hex"
+    assert s.signing.scheme.request_id_format == "hex32"
+    decimal = parse_settings(merged(signing={"request_id_format": "decimal"}))
+    assert decimal.signing.scheme.request_id_format == "decimal"
     assert s.limits.max_body_bytes == 1048576
     assert [str(n) for n in s.access.allowed_clients] == ["127.0.0.0/8", "::1/128"]
 
@@ -98,6 +101,7 @@ def test_upstream_host_and_base_path(url: str, host: str, base: str) -> None:
         ({"signing": {"secret_encoding": "hexa"}}, "signing.secret_encoding: 'hexa' must be"),
         ({"signing": {"signature_encoding": "b64"}}, "signing.signature_encoding:"),
         ({"signing": {"timestamp_unit": "us"}}, "signing.timestamp_unit:"),
+        ({"signing": {"request_id_format": "int"}}, "signing.request_id_format: 'int' must be"),
         (
             {"signing": {"secret_file": "/x"}},
             "signing: set exactly one of secret_file and secret_env",

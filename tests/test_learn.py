@@ -63,10 +63,16 @@ def as_curl(request: RefRequest) -> str:
 class StandIn:
     """The stand-in verifying ``scheme``, and accepted samples signed by the reference."""
 
-    def __init__(self, scheme: RefScheme, secret: bytes) -> None:
-        self.scheme, self.secret = scheme, secret
+    def __init__(self, scheme: RefScheme, secret: bytes, decimal_ids: bool = False) -> None:
+        """``decimal_ids``: the samples carry integer ids, and only those are accepted."""
+        self.scheme, self.secret, self.decimal_ids = scheme, secret, decimal_ids
         self.app = create_mock_app(
-            MockSettings(secrets=(secret,), scheme=gateway_scheme(scheme), base_path="/api")
+            MockSettings(
+                secrets=(secret,),
+                scheme=gateway_scheme(scheme),
+                base_path="/api",
+                request_id_format="decimal" if decimal_ids else None,
+            )
         )
 
     async def __aenter__(self) -> StandIn:
@@ -87,8 +93,12 @@ class StandIn:
             headers["Content-Type"] = "application/json"
         request = RefRequest(method, f"{self.url}/api{target}", headers, body)
         ts = int(time.time() * (1000 if self.scheme.timestamp_unit == "ms" else 1))
+        # An integer id, as the one public client of this API shape makes them.
+        request_id = (
+            str(uuid.uuid4().int % (2**31 - 1) + 1) if self.decimal_ids else uuid.uuid4().hex
+        )
         auth = reference.authorization(
-            self.scheme, request, DEMO_API_ID, self.secret, uuid.uuid4().hex, ts
+            self.scheme, request, DEMO_API_ID, self.secret, request_id, ts
         )
         request.headers["Authorization"] = auth
         async with (
@@ -166,6 +176,33 @@ async def test_learn_finds_the_scheme_and_the_gateway_is_accepted_with_it(
         table = table_of(out)
         assert table["fields"] == list(scheme.fields)
         await gateway_accepted(stand_in, table, start_gateway)
+
+
+async def test_integer_request_ids_are_learned_and_a_decimal_only_upstream_takes_the_gateway(
+    start_gateway: StartGateway,
+) -> None:
+    scheme = RefScheme(fields=("api_id", "request_id", "timestamp", "path_and_query", "body"))
+    async with StandIn(scheme, DEMO_SECRET, decimal_ids=True) as stand_in:
+        curls = [
+            await stand_in.accepted_sample("POST", "/echo", SIGNIN, X_Client_Ip=IP),
+            await stand_in.accepted_sample(
+                "GET", "/echo?currency=EUR", X_Client_Ip=IP, X_Player_Session_Id=SESSION
+            ),
+            await stand_in.accepted_sample("DELETE", "/echo", X_Client_Ip=IP),
+        ]
+        code, out, err = await learn(DEMO_SECRET, curls, "--toml", "--max-fields", "5")
+        assert code == 0, out + err
+        table = table_of(out)
+        assert table["request_id_format"] == "decimal"
+        # The gateway signing with it is accepted by an upstream that takes integers only,
+        # and refused with its default (hex32) ids.
+        await gateway_accepted(stand_in, table, start_gateway)
+        gw = await start_gateway(
+            settings_for(stand_in.url / "api"), environ={SECRET_ENV: DEMO_SECRET.decode()}
+        )
+        async with aiohttp.ClientSession() as client, client.get(gw.url / "echo") as r:
+            assert r.status == 403
+        assert journal(stand_in.app)[-1].error == "malformed_request_id"
 
 
 SESSION_AFTER_PATH = RefScheme(
@@ -272,15 +309,16 @@ async def test_probe_finds_the_stand_ins_scheme_and_stops_there(tmp_path: Path) 
     assert code == 0, out + err
     lines = out.splitlines()
     assert lines[0].startswith(f"probe: up to 16 GET request(s) to {stand_in.url}/api/echo")
-    assert lines[1:6] == [
+    assert lines[1:7] == [
         "  1. Aleacc's scheme (the default): 403",
-        "  2. neither header signed (exactly the example's fields): 403",
-        "  3. the client IP not signed: 403",
-        "  4. the session not signed: 403",
-        "  5. the session after the path: 200",
+        "  2. Aleacc's scheme, decimal request ids: 403",
+        "  3. neither header signed (exactly the example's fields): 403",
+        "  4. the client IP not signed: 403",
+        "  5. the session not signed: 403",
+        "  6. the session after the path: 200",
     ]
     assert table_of(out.split("not 403):\n\n", 1)[1])["fields"] == list(SESSION_AFTER_PATH.fields)
-    assert [s.status for s in seen] == [403, 403, 403, 403, 200]  # and nothing after
+    assert [s.status for s in seen] == [403, 403, 403, 403, 403, 200]  # and nothing after
     assert all(s.client_ip == "192.0.2.1" and s.session_id == SESSION for s in seen)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 
 import pytest
@@ -434,3 +435,49 @@ def test_aleaccs_unrolled_string_is_the_generic_loops(
     generic = plan.values(request, signing.Context(*context))
     expected = plan.separator.join(value for value in generic if value is not None)
     assert plan.string_to_sign(request, signing.Context(*context)) == expected
+
+
+@pytest.mark.parametrize(
+    ("form", "pattern"),
+    [
+        ("hex32", r"^[0-9a-f]{32}$"),
+        ("decimal", r"^[1-9][0-9]{0,9}$"),
+        ("uuid", r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"),
+    ],
+)
+def test_each_request_id_format_makes_ids_of_its_form(form: str, pattern: str) -> None:
+    plan = signing.compile_scheme(signing.Scheme(request_id_format=form))
+    ids = [plan.new_request_id() for _ in range(2000)]  # crosses pool refills
+    for request_id in ids:
+        assert re.match(pattern, request_id), request_id
+        assert signing.request_id_format(request_id) == form
+    if form == "decimal":
+        # Fits a signed 32-bit integer, and is never 0.
+        assert all(1 <= int(i) <= 2**31 - 1 for i in ids)
+        assert max(map(int, ids)) > 2**30  # the whole range is used, not a corner of it
+    else:
+        assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("request_id", "form"),
+    [
+        ("1", "decimal"),
+        ("2147483647", "decimal"),
+        ("2147483648", None),  # beyond a signed 32-bit integer
+        ("0", None),
+        ("01", None),
+        ("0123456789abcdef0123456789abcdef", "hex32"),
+        ("0123456789ABCDEF0123456789ABCDEF", None),
+        ("01234567-89ab-4def-8123-456789abcdef", "uuid"),
+        ("req-1", None),
+    ],
+)
+def test_request_id_format_reads_an_ids_form(request_id: str, form: str | None) -> None:
+    assert signing.request_id_format(request_id) == form
+
+
+def test_an_unknown_request_id_format_is_a_scheme_problem() -> None:
+    assert signing.scheme_problems(signing.Scheme(request_id_format="int")) == [
+        "request_id_format 'int' must be one of hex32, decimal, uuid"
+    ]

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
     api_id, secret, scheme = DEMO_API_ID, DEMO_SECRET, signing.Scheme()
+    id_format: str | None = None
     if args.config is not None:
         settings = load_or_report(args.config)
         if settings is None:
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.config}: signing: {exc}", file=sys.stderr)
             return 1
         api_id, scheme = settings.signing.api_id, settings.signing.scheme
+        # Given a config, it enforces the config's request id form, as a strict Aleacc would.
+        id_format = scheme.request_id_format
     mock = MockSettings(
         api_id=api_id,
         secrets=(secret,),
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         faults=args.faults,
         clock_offset_s=args.clock_offset,
         base_path=args.base_path.rstrip("/"),
+        request_id_format=id_format,
     )
     app = create_mock_app(mock)
     try:

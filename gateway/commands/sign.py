@@ -34,6 +34,11 @@ def add_parser(commands: Commands) -> None:
     scheme.add_argument("--secret-encoding", choices=signing.SECRET_ENCODINGS)
     scheme.add_argument("--signature-encoding", choices=signing.SIGNATURE_ENCODINGS)
     scheme.add_argument("--timestamp-unit", choices=signing.TIMESTAMP_UNITS)
+    scheme.add_argument(
+        "--request-id-format",
+        choices=signing.REQUEST_ID_FORMATS,
+        help="the form of a fresh request id (without --request-id)",
+    )
     body = sign.add_mutually_exclusive_group()
     body.add_argument("--body-file", type=Path)
     body.add_argument("--data", help="the body as text")
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         headers=headers,
         body=body,
     )
-    request_id = args.request_id or signing.new_request_id()
+    request_id = args.request_id or plan.new_request_id()
     timestamp = args.timestamp if args.timestamp is not None else plan.timestamp(time.time())
     signed = plan.sign(parts, signing.Credentials(api_id, key), request_id, timestamp)
     if args.explain:
@@ -106,7 +111,7 @@ def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan]
         overrides["fields"] = tuple(f.strip() for f in args.fields.split(","))
     if args.separator is not None:
         overrides["separator"] = parse_toml_string(args.separator, "--separator")
-    for name in ("secret_encoding", "signature_encoding", "timestamp_unit"):
+    for name in ("secret_encoding", "signature_encoding", "timestamp_unit", "request_id_format"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     sign = dataclasses.replace(sign, scheme=dataclasses.replace(sign.scheme, **overrides))

@@ -21,6 +21,9 @@ CANDIDATES: tuple[tuple[str, Scheme], ...] = (
     # Aleacc's example header, reproduced; the two headers where a public client of the
     # same API shape (goa-codebet/enji-sdk) puts them: the default.
     ("Aleacc's scheme (the default)", Scheme()),
+    # Both public data points use an integer id (Aleacc's example "1"; enji-sdk a random
+    # integer): a server that parses it as one refuses 32 hex characters.
+    ("Aleacc's scheme, decimal request ids", Scheme(request_id_format="decimal")),
     # The example has neither header: each neighbour moves or drops one of them.
     ("neither header signed (exactly the example's fields)",
      Scheme(fields=(*_HEAD, "path_and_query", "body"))),

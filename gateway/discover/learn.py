@@ -32,6 +32,7 @@ from ..signing import (
     compile_scheme,
     decode_secret,
     parse_field,
+    request_id_format,
 )
 from .samples import Sample
 
@@ -93,6 +94,9 @@ class Facts:
     api_id: str
     timestamp_unit: str
     signature_encoding: str
+    # The form every sample's request id has; the default where they differ or have
+    # none of the forms (a server that took them accepts any token).
+    request_id_format: str = "hex32"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,9 @@ def read_facts(samples: Sequence[Sample]) -> Facts:
     for what, found in (("api_id", api_ids), ("timestamp unit", units), ("signature encoding", encodings)):  # fmt: skip # noqa: E501
         if len(found) > 1:
             raise LearnError(f"the samples disagree on the {what}: {', '.join(sorted(found))}")
-    return Facts(api_ids.pop(), units.pop(), encodings.pop())
+    forms = {request_id_format(s.auth.request_id) for s in samples}
+    form = forms.pop() if len(forms) == 1 else None
+    return Facts(api_ids.pop(), units.pop(), encodings.pop(), form or "hex32")
 
 
 def tasks(secret: bytes, pool: Sequence[Atom]) -> list[Task]:
@@ -248,6 +254,7 @@ def scheme_of(sequence: Iterable[Atom], task: Task, facts: Facts) -> Scheme:
         secret_encoding=task.secret_encoding,
         signature_encoding=facts.signature_encoding,
         timestamp_unit=facts.timestamp_unit,
+        request_id_format=facts.request_id_format,
     )
 
 

@@ -101,7 +101,7 @@ async def _send(
     )
     plan = signing.compile_scheme(scheme)
     credentials = signing.Credentials(settings.signing.api_id, key)
-    signed = plan.sign(parts, credentials, signing.new_request_id(), plan.timestamp(time.time()))
+    signed = plan.sign(parts, credentials, plan.new_request_id(), plan.timestamp(time.time()))
     headers["Authorization"] = signed.authorization
     async with client.request(
         parts.method, url, headers=headers, data=body or None, allow_redirects=False

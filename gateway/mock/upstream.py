@@ -42,6 +42,9 @@ class MockSettings:
     faults: bool = False
     clock_offset_s: float = 0.0
     base_path: str = ""
+    # Accept only request ids of this form (signing.REQUEST_ID_FORMATS); None: any
+    # printable token, as Aleacc's own documentation allows.
+    request_id_format: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,10 @@ def verify(
         raise Refused(403, "malformed_authorization")
     if auth.api_id != settings.api_id:
         raise Refused(403, "unknown_api_id")
+    if settings.request_id_format and (
+        signing.request_id_format(auth.request_id) != settings.request_id_format
+    ):
+        raise Refused(403, "malformed_request_id")
     clock = now(settings)
     if abs(clock - verifier.plan.seconds(auth.timestamp)) > REPLAY_WINDOW_S:
         raise Refused(403, "timestamp_out_of_window")
