@@ -214,6 +214,7 @@ class Proxy:
             upstream_path_and_query(self._base_path, request.raw_path),
             signed,
             body,
+            self._base_path,
         )
         lines = [
             self._host_line,

@@ -118,6 +118,16 @@ class RequestParts(NamedTuple):
     path_and_query: str
     headers: Mapping[str, str]
     body: bytes
+    # The upstream URL's path that the gateway put before the caller's target ("": none).
+    base_path: str = ""
+
+    @property
+    def incoming_path_and_query(self) -> str:
+        """The caller's target as it arrived: ``path_and_query`` without the base path."""
+        base = self.base_path
+        if base and self.path_and_query.startswith(base):
+            return self.path_and_query[len(base) :] or "/"
+        return self.path_and_query
 
     @property
     def path(self) -> str:
@@ -179,6 +189,8 @@ FIELDS: dict[str, Getter] = {
     "host": lambda p, c: text(p.host),
     "path": lambda p, c: text(p.path),
     "query": lambda p, c: text(p.query),
+    "incoming_path_and_query": lambda p, c: text(p.incoming_path_and_query),
+    "incoming_path": lambda p, c: text(p.incoming_path_and_query.partition("?")[0]),
 }
 
 

@@ -46,6 +46,7 @@ class RefRequest:
     url: str  # absolute, exactly as sent: scheme://host[:port]/path?query
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    base_path: str = ""  # the upstream URL's own path; incoming_* sign what follows it
 
 
 def key_of(secret: bytes, encoding: str) -> bytes:
@@ -72,6 +73,8 @@ def _base_value(name: str, request: RefRequest, api_id: str, rid: str, ts: str) 
     split = urlsplit(request.url)
     target = split.path + ("?" + split.query if split.query else "")
     header = {k.lower(): v for k, v in request.headers.items()}
+    base = request.base_path
+    incoming = target[len(base) :] if base and target.startswith(base + "/") else target
     if name.startswith("header:"):
         return header.get(name[7:].lower(), "").encode()
     values = {
@@ -79,6 +82,7 @@ def _base_value(name: str, request: RefRequest, api_id: str, rid: str, ts: str) 
         "method": request.method.upper(), "path_and_query": target,
         "content_type": header.get("content-type", ""), "url": request.url,
         "host": split.netloc, "path": split.path, "query": split.query,
+        "incoming_path_and_query": incoming, "incoming_path": incoming.partition("?")[0],
     }  # fmt: skip
     if name == "body":
         return request.body

@@ -155,6 +155,18 @@ def test_sign_makes_a_fresh_id_of_the_form_asked_for(main: Main) -> None:
         assert re.fullmatch(pattern, request_id), out
 
 
+def test_sign_explains_the_incoming_path_below_the_base_path(main: Main) -> None:
+    code, out, err = main(
+        "sign", "GET", "https://h/api/player/balance?a=1", "--api-id", "a",
+        "--secret-env", "KAT_SECRET", "--base-path", "/api", "--explain",
+        "--fields", "api_id,incoming_path_and_query,path_and_query",
+        env={"KAT_SECRET": EXAMPLE_SECRET},
+    )  # fmt: skip
+    assert code == 0, err
+    assert "  incoming_path_and_query: /player/balance?a=1" in out.splitlines()
+    assert "  path_and_query: /api/player/balance?a=1" in out.splitlines()
+
+
 def test_sign_without_credentials_is_a_clear_error(main: Main) -> None:
     code, out, err = main("sign", "GET", "https://h/x")
     assert code == 2

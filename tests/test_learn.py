@@ -16,6 +16,7 @@ from yarl import URL
 
 from gateway import signing
 from gateway.config import SigningSettings
+from gateway.discover import candidates
 from gateway.mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app, journal
 
 from . import reference
@@ -91,7 +92,7 @@ class StandIn:
         headers = {k.replace("_", "-"): v for k, v in headers.items()}
         if body:
             headers["Content-Type"] = "application/json"
-        request = RefRequest(method, f"{self.url}/api{target}", headers, body)
+        request = RefRequest(method, f"{self.url}/api{target}", headers, body, base_path="/api")
         ts = int(time.time() * (1000 if self.scheme.timestamp_unit == "ms" else 1))
         # An integer id, as the one public client of this API shape makes them.
         request_id = (
@@ -205,6 +206,65 @@ async def test_integer_request_ids_are_learned_and_a_decimal_only_upstream_takes
         assert journal(stand_in.app)[-1].error == "malformed_request_id"
 
 
+async def test_headers_each_sample_lacks_are_placed_from_the_samples_that_carry_them() -> None:
+    # Neither sample carries both optional headers, so whichever the search signs leaves
+    # one out: its place is found from the other sample.
+    scheme = RefScheme(
+        fields=("api_id", "header:X-Player-Session-Id?", "request_id", "timestamp",
+                "path_and_query", "header:X-Client-Ip?"),
+    )  # fmt: skip
+    async with StandIn(scheme, DEMO_SECRET) as stand_in:
+        curls = [
+            await stand_in.accepted_sample("GET", "/echo?a=1", X_Player_Session_Id=SESSION),
+            await stand_in.accepted_sample("POST", "/echo", SIGNIN, X_Client_Ip=IP),
+        ]
+    code, out, err = await learn(DEMO_SECRET, curls, "--toml", "--max-fields", "6")
+    assert code == 0, out + err
+    assert table_of(out)["fields"] == list(scheme.fields)
+
+
+INCOMING = RefScheme(fields=tuple(candidates.INCOMING_FIELDS))
+
+
+async def test_a_scheme_that_signs_the_path_below_the_base_is_learned_and_checked(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    below = RefScheme(fields=("api_id", "request_id", "timestamp", "incoming_path_and_query"))
+    async with StandIn(below, DEMO_SECRET) as stand_in:
+        curls = [
+            await stand_in.accepted_sample("POST", "/echo", SIGNIN, X_Client_Ip=IP),
+            await stand_in.accepted_sample(
+                "GET", "/echo?currency=EUR", X_Client_Ip=IP, X_Player_Session_Id=SESSION
+            ),
+        ]
+        code, out, err = await learn(DEMO_SECRET, curls, "--max-fields", "4")
+        assert code == 0, out + err
+        table = table_of(out.split("\n\n", 1)[1].split("\n\n", 1)[0])
+        assert table["fields"] == list(below.fields)
+        assert "It signs the path below the base path /api: upstream.url must end in /api" in out
+        assert "  incoming_path_and_query: /echo" in out  # the first sample's string to sign
+        # Checked against a config whose upstream URL has no base path: said, as a warning.
+        config = probe_config(tmp_path, stand_in.url, DEMO_SECRET, path="")
+        code, out, err = await run_cli("learn", "--config", str(config), "--toml",
+                                       "--max-fields", "4",
+                                       *(a for c in curls for a in ("--curl", c)))  # fmt: skip
+        assert code == 0, out + err
+        assert f"warning: {config}: upstream.url has no path, not /api" in err
+        await gateway_accepted(stand_in, table, start_gateway)
+
+
+async def test_probe_tries_the_path_below_the_base_third(tmp_path: Path) -> None:
+    async with StandIn(INCOMING, DEMO_SECRET) as stand_in:
+        config = probe_config(tmp_path, stand_in.url, DEMO_SECRET)
+        code, out, err = await run_cli(
+            "probe", "--config", str(config), "--path", "/echo", "--interval-s", "0"
+        )
+    assert code == 0, out + err
+    assert out.splitlines()[3] == (
+        "  3. Aleacc's scheme, the path below upstream.url's base path: 200"
+    )
+
+
 SESSION_AFTER_PATH = RefScheme(
     fields=("api_id", "request_id", "timestamp", "header:X-Client-Ip?", "path_and_query",
             "header:X-Player-Session-Id?", "body"),
@@ -287,12 +347,12 @@ async def test_a_missing_secret_is_one_line_naming_it() -> None:
 # ------------------------------------------------------------------ probe
 
 
-def probe_config(tmp_path: Path, upstream: URL, secret: bytes) -> Path:
+def probe_config(tmp_path: Path, upstream: URL, secret: bytes, path: str = "/api") -> Path:
     secret_file = tmp_path / "secret"
     secret_file.write_bytes(secret)
     config = tmp_path / "gw.toml"
     config.write_text(
-        f'[upstream]\nurl = "{upstream}/api"\n'
+        f'[upstream]\nurl = "{upstream}{path}"\n'
         f'[signing]\napi_id = "{DEMO_API_ID}"\nsecret_file = "{secret_file}"\n'
     )
     return config
@@ -309,16 +369,17 @@ async def test_probe_finds_the_stand_ins_scheme_and_stops_there(tmp_path: Path) 
     assert code == 0, out + err
     lines = out.splitlines()
     assert lines[0].startswith(f"probe: up to 16 GET request(s) to {stand_in.url}/api/echo")
-    assert lines[1:7] == [
+    assert lines[1:8] == [
         "  1. Aleacc's scheme (the default): 403",
         "  2. Aleacc's scheme, decimal request ids: 403",
-        "  3. neither header signed (exactly the example's fields): 403",
-        "  4. the client IP not signed: 403",
-        "  5. the session not signed: 403",
-        "  6. the session after the path: 200",
+        "  3. Aleacc's scheme, the path below upstream.url's base path: 403",
+        "  4. neither header signed (exactly the example's fields): 403",
+        "  5. the client IP not signed: 403",
+        "  6. the session not signed: 403",
+        "  7. the session after the path: 200",
     ]
     assert table_of(out.split("not 403):\n\n", 1)[1])["fields"] == list(SESSION_AFTER_PATH.fields)
-    assert [s.status for s in seen] == [403, 403, 403, 403, 403, 200]  # and nothing after
+    assert [s.status for s in seen] == [403] * 6 + [200]  # and nothing after
     assert all(s.client_ip == "192.0.2.1" and s.session_id == SESSION for s in seen)
 
 

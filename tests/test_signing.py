@@ -481,3 +481,26 @@ def test_an_unknown_request_id_format_is_a_scheme_problem() -> None:
     assert signing.scheme_problems(signing.Scheme(request_id_format="int")) == [
         "request_id_format 'int' must be one of hex32, decimal, uuid"
     ]
+
+
+@pytest.mark.parametrize(
+    ("base", "path_and_query", "incoming"),
+    [
+        ("/api", "/api/player/signin?a=1", "/player/signin?a=1"),
+        ("/api", "/api/a%2Fb?q=%20x", "/a%2Fb?q=%20x"),  # bytes kept as received
+        ("/api", "/api/", "/"),
+        ("", "/player/signin", "/player/signin"),
+        ("/api/v2", "/api/v2/x", "/x"),
+    ],
+)
+def test_the_incoming_fields_sign_the_callers_target_without_the_base_path(
+    base: str, path_and_query: str, incoming: str
+) -> None:
+    request = signing.RequestParts("GET", "https", "h", path_and_query, {}, b"", base)
+    context = signing.Context("id", "1", "1")
+    plan = signing.compile_scheme(
+        signing.Scheme(fields=("incoming_path_and_query", "incoming_path"), separator="|")
+    )
+    assert plan.string_to_sign(request, context) == (
+        f"{incoming}|{incoming.partition('?')[0]}".encode()
+    )

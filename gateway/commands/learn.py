@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     """The command: 0 one fit, 1 none, 2 several (or bad input, said in one line)."""
     try:
         samples = read_samples(args)
-        secret = _secret(args)
+        secret, config_base = _secret(args)
         started = time.perf_counter()
         with closing(_Progress()) as progress:
             result = learn(
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"learn: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
-    return report(result, samples, elapsed, toml_only=args.toml)
+    return report(result, samples, elapsed, toml_only=args.toml, config_base=config_base)
 
 
 def read_samples(args: argparse.Namespace) -> list[Sample]:
@@ -95,17 +95,33 @@ def read_samples(args: argparse.Namespace) -> list[Sample]:
     return samples
 
 
-def _secret(args: argparse.Namespace) -> bytes:
-    if args.config is not None:
-        try:
-            settings = load_settings(args.config).signing
-        except ConfigError as exc:
-            raise ValueError(f"{args.config}: " + "; ".join(exc.problems)) from None
-    else:
+def _secret(args: argparse.Namespace) -> tuple[bytes, tuple[Path, str] | None]:
+    """The secret; and with --config, the config and its upstream URL's base path."""
+    if args.config is None:
         settings = SigningSettings(
             api_id="learn", secret_file=args.secret_file, secret_env=args.secret_env
         )
-    return read_secret(settings)
+        return read_secret(settings), None
+    try:
+        config = load_settings(args.config)
+    except ConfigError as exc:
+        raise ValueError(f"{args.config}: " + "; ".join(exc.problems)) from None
+    return read_secret(config.signing), (args.config, config.upstream.base_path)
+
+
+def base_path_note(base: str, config_base: tuple[Path, str] | None) -> str:
+    """What a fit that signs the path below ``base`` means for upstream.url."""
+    note = (
+        f"It signs the path below the base path {base}: upstream.url must end in {base} "
+        f"(like https://aleacc.example.com{base}), and the gateway signs what follows it."
+    )
+    if config_base is None:
+        return note
+    path, configured = config_base
+    if configured == base:
+        return f"{note} {path}: upstream.url has it."
+    shown = configured or "no path"
+    return f"{note} warning: {path}: upstream.url has {shown}, not {base}."
 
 
 def _parallel(search: Callable[[Task], Found], work: list[Task]) -> Iterable[Found]:
@@ -131,14 +147,23 @@ class _Progress:
             self._bar.close()
 
 
-def report(result: Result, samples: list[Sample], elapsed: float, toml_only: bool) -> int:
+def report(
+    result: Result,
+    samples: list[Sample],
+    elapsed: float,
+    toml_only: bool,
+    config_base: tuple[Path, str] | None = None,
+) -> int:
     """Print the answer; the exit code."""
     classes = result.classes
+    base = result.bases.get(classes[0][0], "") if classes else ""
     if toml_only and len(classes) == 1 and not result.unseen:
         print(classes[0][0].toml())
+        if base:
+            print(f"learn: {base_path_note(base, config_base)}", file=sys.stderr)
         return FOUND
     out = sys.stdout if classes else sys.stderr
-    size = f"{len(samples)} sample(s), {result.tried:,} schemes tried in {elapsed:.1f} s"
+    size = f"{len(samples)} sample(s), {result.tried:,} strings signed in {elapsed:.1f} s"
     if not classes:
         print(f"learn: no scheme reproduces every sample ({size}).", file=out)
         print("The nearest candidates, the string to sign of the first sample under each:",
@@ -158,8 +183,10 @@ def report(result: Result, samples: list[Sample], elapsed: float, toml_only: boo
     if len(classes) == 1 and not result.unseen:
         print(f"learn: one scheme fits every sample ({size}):\n")
         print(classes[0][0].toml())
+        if base:
+            print(f"\n{base_path_note(base, config_base)}")
         print("\nThe first sample's string to sign (as `sign --explain` shows it):")
-        for line in explain_first(classes[0][0], samples):
+        for line in explain_first(classes[0][0], samples, base):
             print(f"  {line}")
         return FOUND
     kinds = f"{len(classes)} kinds of scheme fit" if len(classes) > 1 else "a scheme fits"

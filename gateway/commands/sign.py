@@ -45,6 +45,11 @@ def add_parser(commands: Commands) -> None:
     sign.add_argument(
         "-H", "--header", action="append", default=[], help="'Name: value', repeatable"
     )
+    sign.add_argument(
+        "--base-path",
+        help="the part of the URL's path that is the upstream's own, as in upstream.url "
+        "(default: --config's, else none); the incoming_* fields sign what follows it",
+    )
     sign.add_argument("--request-id", help="default: a fresh random one")
     sign.add_argument("--timestamp", type=int, help="default: now")
     sign.add_argument("--explain", action="store_true", help="also print the string to sign")
@@ -54,7 +59,7 @@ def add_parser(commands: Commands) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the Authorization header (and with --explain the string to sign); 2 for bad input."""
     try:
-        api_id, key, plan = _signing_inputs(args)
+        api_id, key, plan, config_base = _signing_inputs(args)
         url = URL(args.url, encoded=True)
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise ValueError(f"{args.url!r} is not an absolute http(s) URL")
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sign: {exc}", file=sys.stderr)
         return 2
     query = url.raw_query_string
+    base_path = (args.base_path if args.base_path is not None else config_base).rstrip("/")
     parts = signing.RequestParts(
         method=args.method.upper(),
         scheme=url.scheme,
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         path_and_query=(url.raw_path or "/") + (f"?{query}" if query else ""),
         headers=headers,
         body=body,
+        base_path=base_path if (url.raw_path or "/").startswith(base_path + "/") else "",
     )
     request_id = args.request_id or plan.new_request_id()
     timestamp = args.timestamp if args.timestamp is not None else plan.timestamp(time.time())
@@ -97,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan]:
+def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan, str]:
+    """The api_id, the key, the compiled scheme and the config's upstream base path."""
+    base_path = ""
     if args.config is not None:
-        sign = load_settings(args.config).signing
+        settings = load_settings(args.config)
+        sign, base_path = settings.signing, settings.upstream.base_path
     elif args.api_id and (args.secret_file or args.secret_env):
         sign = SigningSettings(
             api_id=args.api_id, secret_file=args.secret_file, secret_env=args.secret_env
@@ -116,4 +126,4 @@ def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan]
             overrides[name] = getattr(args, name)
     sign = dataclasses.replace(sign, scheme=dataclasses.replace(sign.scheme, **overrides))
     plan = signing.compile_scheme(sign.scheme)  # SchemeError is a ValueError
-    return sign.api_id, load_key(sign), plan
+    return sign.api_id, load_key(sign), plan, base_path

@@ -9,13 +9,19 @@ client IP go); then the family of the 2015 ASP.NET Web API HMAC sample whose
 
 from __future__ import annotations
 
-from ..signing import Scheme
+from ..signing import DEFAULT_FIELDS, Scheme
 
 _HEAD = ("api_id", "request_id", "timestamp")
 _SESSION = "header:X-Player-Session-Id?"
 _IP = "header:X-Client-Ip?"
 _CLASSIC = ("api_id", "method", "url|lower|urlencode", "timestamp", "request_id",
             "body|md5|base64")  # fmt: skip
+
+# Aleacc's fields with the caller's path (below upstream.url's base path) signed instead.
+INCOMING_FIELDS = tuple(
+    "incoming_path_and_query" if f == "path_and_query" else f for f in DEFAULT_FIELDS
+)
+INCOMING_LABEL = "Aleacc's scheme, the path below upstream.url's base path"
 
 CANDIDATES: tuple[tuple[str, Scheme], ...] = (
     # Aleacc's example header, reproduced; the two headers where a public client of the
@@ -24,6 +30,8 @@ CANDIDATES: tuple[tuple[str, Scheme], ...] = (
     # Both public data points use an integer id (Aleacc's example "1"; enji-sdk a random
     # integer): a server that parses it as one refuses 32 hex characters.
     ("Aleacc's scheme, decimal request ids", Scheme(request_id_format="decimal")),
+    # Where Aleacc is hosted under a prefix, it may sign the path below it.
+    (INCOMING_LABEL, Scheme(fields=INCOMING_FIELDS)),
     # The example has neither header: each neighbour moves or drops one of them.
     ("neither header signed (exactly the example's fields)",
      Scheme(fields=(*_HEAD, "path_and_query", "body"))),

@@ -18,8 +18,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from multidict import CIMultiDict
 
@@ -85,6 +86,9 @@ class Atom:
     group: str
     expression: str
     values: tuple[bytes | None, ...]
+    # For the incoming_* fields: the base path they imply (the samples' common prefix
+    # that the upstream URL would have to end in); "" for every other field.
+    base: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,8 @@ class Result:
     facts: Facts
     differ_on: list[str] = field(default_factory=list)
     unseen: list[str] = field(default_factory=list)
+    # The base path a fit that signs an incoming_* field implies (absent: none).
+    bases: dict[Scheme, str] = field(default_factory=dict)
 
 
 def read_facts(samples: Sequence[Sample]) -> Facts:
@@ -144,18 +150,31 @@ def tasks(secret: bytes, pool: Sequence[Atom]) -> list[Task]:
             key = decode_secret(secret, encoding)
         except ValueError:
             continue
-        # The first field of each part: one atom of each alike set (see _alike).
-        firsts = {_alike(a): i for i, a in reversed(list(enumerate(pool)))}
+        # The first field of each part: one atom of each set the search walks as one
+        # (see _walked), none that the searched sample leaves out.
+        walked = search_sample(pool)
+        firsts = {
+            _walked(a, walked): i
+            for i, a in reversed(list(enumerate(pool)))
+            if a.values[walked] is not None
+        }
         for separator in SEPARATORS:
             found.extend(Task(encoding, separator, i, key) for i in sorted(firsts.values()))
     return found
 
 
-def _alike(atom: Atom) -> tuple[str | None, tuple[bytes | None, ...]]:
-    """Atoms with the same values on every sample, and the same group or no required
-    one, lead to the same strings: the search walks one of each (``widen`` restores the
-    rest)."""
-    return (atom.group if atom.group in REQUIRED else None, atom.values)
+def search_sample(pool: Sequence[Atom]) -> int:
+    """The sample the search signs: the one that leaves out the fewest fields, so the
+    fewest sequences give one string (the first of those)."""
+    count = len(pool[0].values) if pool else 1
+    return min(range(count), key=lambda i: sum(a.values[i] is None for a in pool))
+
+
+def _walked(atom: Atom, walked: int) -> tuple[str, bytes | None]:
+    """Atoms of one group with the same value on the searched sample give the same
+    strings there: the search walks one of each and, on a hit, tries every member on
+    every sample (``_members``)."""
+    return (atom.group, atom.values[walked])
 
 
 def atoms(samples: Sequence[Sample]) -> list[Atom]:
@@ -171,7 +190,32 @@ def atoms(samples: Sequence[Sample]) -> list[Atom]:
             if all(v is None for v in values):
                 continue
             found.append(Atom(group, expression, values))
+    # The path below a base path Aleacc may be hosted under: each prefix at a "/" that
+    # every sample's path shares (for /api/Player/SignIn: /api, /api/Player).
+    for base in base_paths(samples):
+        for expression in ("incoming_path_and_query", "incoming_path"):
+            plan = parse_field(expression)
+            rebased = [replace(s, parts=s.parts._replace(base_path=base)) for s in samples]
+            found.append(Atom("target", expression, tuple(_value(plan, s) for s in rebased), base))
     return found
+
+
+def base_paths(samples: Sequence[Sample]) -> list[str]:
+    """The prefixes at a "/" boundary that every sample's path has below it, shortest first."""
+    paths = [s.parts.path.split("/")[1:] for s in samples]  # "/api/x" -> ["api", "x"]
+    shortest = min(len(p) for p in paths)
+    bases = []
+    for depth in range(1, shortest):  # the last segment is never the base's
+        segments = {tuple(p[:depth]) for p in paths}
+        if len(segments) != 1:
+            break
+        bases.append("/" + "/".join(segments.pop()))
+    return bases
+
+
+def base_of(fields: Iterable[Atom]) -> str:
+    """The base path a sequence implies ("" when it signs no incoming_* field)."""
+    return next((a.base for a in fields if a.base), "")
 
 
 def _value(plan: FieldPlan, sample: Sample) -> bytes | None:
@@ -193,15 +237,24 @@ def search(
     facts: Facts,
     max_fields: int = MAX_FIELDS,
 ) -> tuple[list[tuple[Atom, ...]], int]:
-    """The sequences that reproduce every sample under ``task``; and how many were tried."""
+    """The sequences that reproduce every sample under ``task``; and how many distinct
+    strings were signed to find them.
+
+    Only the searched sample (``search_sample``) is signed in the walk, each distinct
+    string of it once: of the fields with one value there, one stands for all, and the
+    fields it leaves out (an optional header it lacks) are not walked at all. A string
+    that matches its signature is then tried with every field it stood for, and with
+    the left-out fields put in every place, on every sample (``_candidates``).
+    """
+    walked = search_sample(pool)
     block = hashlib.sha256().block_size
     key = task.key if len(task.key) <= block else hashlib.sha256(task.key).digest()
     key = key.ljust(block, b"\0")
     inner0 = hashlib.sha256(bytes(b ^ 0x36 for b in key))
     outer0 = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    target = _target(samples[0], facts.signature_encoding)
+    target = _target(samples[walked], facts.signature_encoding)
     separator = task.separator.encode()
-    first = [a.values[0] for a in pool]
+    first = [a.values[walked] for a in pool]
     fits: list[tuple[Atom, ...]] = []
     tried = 0
     chosen: list[Atom] = []
@@ -209,10 +262,10 @@ def search(
     groups = sorted({a.group for a in pool})
     group_of = [groups.index(a.group) for a in pool]
     required = [a.group in REQUIRED for a in pool]
-    classes: dict[tuple[str | None, tuple[bytes | None, ...]], int] = {}
-    alike = [classes.setdefault(_alike(a), len(classes)) for a in pool]
+    classes: dict[tuple[str, bytes | None], int] = {}
+    alike = [classes.setdefault(_walked(a, walked), len(classes)) for a in pool]
     used = [False] * len(groups)
-    everything = range(len(pool))
+    everything = [i for i, value in enumerate(first) if value is not None]
 
     # A copy and an update per node; a copy, an update and two digests per complete
     # sequence; no call for the last level.
@@ -234,8 +287,12 @@ def search(
                 tried += 1
                 outer = outer0.copy()
                 outer.update(state.digest())
-                if outer.digest() == target and _all_match(task, samples, chosen, facts):
-                    fits.append(tuple(chosen))
+                if outer.digest() == target:
+                    fits.extend(
+                        c
+                        for c in _candidates(chosen, pool, walked, max_fields)
+                        if _all_match(task, samples, list(c), facts)
+                    )
             if room and room >= left:
                 used[group_of[i]] = True
                 walk(state, started or value is not None, everything, left)
@@ -244,6 +301,37 @@ def search(
 
     walk(inner0, False, [task.first], len(REQUIRED))
     return fits, tried
+
+
+def _candidates(
+    chosen: Sequence[Atom], pool: Sequence[Atom], walked: int, max_fields: int
+) -> Iterator[tuple[Atom, ...]]:
+    """Every sequence that signs the searched sample as ``chosen`` does: each field
+    swapped for one of its group with the same value there, then the fields the sample
+    leaves out inserted (at most one per unused group) in every place."""
+    members = [
+        [b for b in pool if b.group == a.group and b.values[walked] == a.values[walked]]
+        for a in chosen
+    ]
+    left_out = [b for b in pool if b.values[walked] is None]
+    for combination in itertools.product(*members):
+        yield from _insertions(combination, left_out, max_fields)
+
+
+def _insertions(
+    sequence: tuple[Atom, ...], left_out: Sequence[Atom], max_fields: int
+) -> Iterator[tuple[Atom, ...]]:
+    yield sequence
+    if len(sequence) >= max_fields:
+        return
+    groups = {a.group for a in sequence}
+    for k, atom in enumerate(left_out):
+        if atom.group in groups:
+            continue
+        for place in range(len(sequence) + 1):
+            longer = (*sequence[:place], atom, *sequence[place:])
+            # Later left-out fields only: each set of insertions is made once.
+            yield from _insertions(longer, left_out[k + 1 :], max_fields)
 
 
 def scheme_of(sequence: Iterable[Atom], task: Task, facts: Facts) -> Scheme:
@@ -261,9 +349,10 @@ def scheme_of(sequence: Iterable[Atom], task: Task, facts: Facts) -> Scheme:
 def _all_match(task: Task, samples: Sequence[Sample], chosen: list[Atom], facts: Facts) -> bool:
     # The real signing code has the last word: a fit is what the gateway would sign.
     plan = compile_scheme(scheme_of(chosen, task, facts))
+    base = base_of(chosen)
     for sample in samples:
         context = Context(sample.auth.api_id, sample.auth.request_id, str(sample.auth.timestamp))
-        message = plan.string_to_sign(sample.parts, context)
+        message = plan.string_to_sign(sample.parts._replace(base_path=base), context)
         if not hmac.compare_digest(plan.signature(task.key, message), sample.auth.signature):
             return False
     return True
@@ -304,7 +393,8 @@ def _probe(
     label: str, method: str, target: str, body: bytes = b"", **headers: str
 ) -> tuple[str, RequestParts]:
     h: CIMultiDict[str] = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
-    return label, RequestParts(method, "https", "aleacc.example.com", target, h, body)
+    # Under a base path, so that signing the incoming path and the whole one differ.
+    return label, RequestParts(method, "https", "aleacc.example.com", target, h, body, "/api")
 
 
 TELLERS: tuple[tuple[str, RequestParts], ...] = (
@@ -369,6 +459,7 @@ def learn(
     pool = atoms(samples)
     work = tasks(secret, pool)
     fits: list[Scheme] = []
+    bases: dict[Scheme, str] = {}
     tried = 0
     for done, (task, (found, count)) in enumerate(
         zip(work, run(_Searcher(samples, pool, facts, max_fields), work), strict=True), 1
@@ -376,12 +467,15 @@ def learn(
         progress(done, len(work))
         tried += count
         for fit in found:
-            fits.extend(scheme_of(s, task, facts) for s in widen(fit, pool))
+            for sequence in widen(fit, pool):
+                scheme = scheme_of(sequence, task, facts)
+                fits.append(scheme)
+                bases.setdefault(scheme, base_of(sequence))
     classes, differ = classify(list(dict.fromkeys(fits)), secret) if fits else ([], [])
     unseen = [
         name for name in (SESSION, CLIENT_IP) if not any(name in s.parts.headers for s in samples)
     ]
-    return Result(classes, tried, facts, differ, unseen)
+    return Result(classes, tried, facts, differ, unseen, bases)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,8 +491,8 @@ class _Searcher:
         return search(task, self.samples, self.pool, self.facts, self.max_fields)
 
 
-def explain_first(scheme: Scheme, samples: Sequence[Sample]) -> list[str]:
+def explain_first(scheme: Scheme, samples: Sequence[Sample], base_path: str = "") -> list[str]:
     """The first sample's string to sign under ``scheme``, as ``sign --explain`` shows it."""
     sample = samples[0]
     context = Context(sample.auth.api_id, sample.auth.request_id, str(sample.auth.timestamp))
-    return compile_scheme(scheme).explain(sample.parts, context)
+    return compile_scheme(scheme).explain(sample.parts._replace(base_path=base_path), context)

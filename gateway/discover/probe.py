@@ -20,7 +20,7 @@ from yarl import URL
 from .. import signing
 from ..config import Settings
 from ..forwarding import upstream_path_and_query
-from .candidates import CANDIDATES
+from .candidates import CANDIDATES, INCOMING_LABEL
 
 FOUND, NONE = 0, 1
 DEFAULT_CLIENT_IP = "192.0.2.1"  # RFC 5737 documentation address: no real player's
@@ -39,7 +39,9 @@ async def probe(settings: Settings, secret: bytes, args: argparse.Namespace) -> 
     upstream = settings.upstream
     target = upstream_path_and_query(upstream.base_path, args.path)
     url = URL(f"{upstream.url.scheme}://{upstream.host_header}{target}", encoded=True)
-    budget = min(args.max_requests, len(CANDIDATES))
+    # Without a base path the incoming path is the whole path: that candidate is the default.
+    candidates = [c for c in CANDIDATES if upstream.base_path or c[0] != INCOMING_LABEL]
+    budget = min(args.max_requests, len(candidates))
     print(
         f"probe: up to {budget} {args.method.upper()} request(s) to {url}, one per candidate "
         f"scheme, {args.interval_s:g} s apart; stops at the first answer that is not 403"
@@ -49,7 +51,7 @@ async def probe(settings: Settings, secret: bytes, args: argparse.Namespace) -> 
         total=upstream.timeout_s, sock_connect=upstream.connect_timeout_s
     )
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as client:
-        for number, (label, scheme) in enumerate(CANDIDATES[:budget], 1):
+        for number, (label, scheme) in enumerate(candidates[:budget], 1):
             try:
                 key = signing.decode_secret(secret, scheme.secret_encoding)
             except ValueError:
@@ -96,6 +98,7 @@ async def _send(
         scheme=url.scheme,
         host=settings.upstream.host_header,
         path_and_query=target,
+        base_path=settings.upstream.base_path,
         headers=headers,
         body=body,
     )

@@ -190,6 +190,7 @@ def verify(
         path_and_query=request.raw_path,
         headers=request.headers,
         body=body,
+        base_path=settings.base_path,  # what it is deployed under: not the caller's
     )
     index = next(
         (i for i, key in enumerate(verifier.keys) if verifier.plan.verify(parts, key, auth)),
