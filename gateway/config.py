@@ -487,6 +487,13 @@ class SigningSettings:
     )
     scheme: signing.Scheme = group(signing.Scheme, _SCHEME_KEYS, signing.Scheme())
     secret_poll_s: float = key(_seconds, "how often the secret file is checked for a change", 1.0)
+    correct_clock_skew: bool = key(
+        _bool,
+        "sign with the local clock plus Aleacc's offset, the median of its last answers' "
+        "`Date` (applied from 2 s, never beyond one day; docs/observability.md); `false`: "
+        "the local clock",
+        True,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

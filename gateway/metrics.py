@@ -41,6 +41,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.clock_correction = Gauge(
+            "aleacc_gateway_clock_correction_seconds",
+            "Seconds added to the local clock when signing (signing.correct_clock_skew).",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.tls_certificate_expiry = Gauge(
             "aleacc_gateway_tls_certificate_expiry_seconds",
             "When the listener's certificate expires, as a Unix time.",

@@ -104,7 +104,13 @@ class Proxy:
         self._lifecycle = lifecycle
         self._clock = clock
         self._access_log = AccessLog()
-        self._skew = SkewWatch(metrics.clock_skew, upstream.clock_skew_warning_s, clock)
+        self._skew = SkewWatch(
+            metrics.clock_skew,
+            metrics.clock_correction,
+            upstream.clock_skew_warning_s,
+            clock,
+            correct=settings.signing.correct_clock_skew,
+        )
         self._api_id = settings.signing.api_id
         self._credentials: signing.Credentials | None = None
         # Compiled once: the request path runs the plan, never re-parses the scheme.
@@ -287,7 +293,11 @@ class Proxy:
             credentials = self._credentials = signing.Credentials(self._api_id, secret)
         try:
             return self._plan.sign(
-                parts, credentials, self._new_request_id(), self._plan.timestamp(self._clock())
+                parts,
+                credentials,
+                self._new_request_id(),
+                # Aleacc's clock, as its Date headers show it (skew.py).
+                self._plan.timestamp(self._clock() + self._skew.correction),
             )
         except UnicodeEncodeError:
             # A header value that is not valid text cannot be put into the signed string.

@@ -1,18 +1,31 @@
-"""Clock-skew watchdog: the upstream's ``Date`` against our clock.
+"""Aleacc's clock: the upstream's ``Date`` against ours, watched and followed.
 
-Aleacc refuses a timestamp out of sync with its clock (403), and nothing else says why;
-this turns a drifting clock into a gauge and a warning before that happens.
+Aleacc refuses a timestamp out of sync with its clock (403), and nothing else says why.
+Every new ``Date`` sets the skew gauge (and a warning past a limit, once a minute at
+most). With correction on, the gateway also signs with its clock plus the median offset
+of the last few answers, as cloud SDKs do after a skew error, so a node whose clock
+drifted keeps working while NTP is fixed.
 """
 
 from __future__ import annotations
 
 import email.utils
+import statistics
+from collections import deque
 from collections.abc import Callable
 
 import structlog
 from prometheus_client import Gauge
 
 WARN_EVERY_S = 60.0
+# The median of this many answers' offsets is the correction: one odd Date moves nothing.
+CORRECTION_SAMPLES = 5
+# Date has one-second resolution: a smaller offset is the truncation, not a skew.
+MIN_CORRECTION_S = 2.0
+# An upstream clock this far off is broken, not ahead: never followed.
+MAX_CORRECTION_S = 86400.0
+# A change of the correction this large is logged.
+LOG_CHANGE_S = 5.0
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -26,14 +39,27 @@ def parse_http_date(value: str) -> float | None:
 
 
 class SkewWatch:
-    """Sets the skew gauge from each ``Date`` and warns, at most once a minute, past a limit."""
+    """Reads each upstream ``Date``: the skew gauge and warning, and ``correction``, the
+    seconds to add to the local clock when signing (0 unless ``correct``)."""
 
-    def __init__(self, gauge: Gauge, threshold_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        gauge: Gauge,
+        correction_gauge: Gauge,
+        threshold_s: float,
+        clock: Callable[[], float],
+        correct: bool = True,
+    ) -> None:
         self._gauge = gauge
+        self._correction_gauge = correction_gauge
         self._threshold_s = threshold_s
         self._clock = clock
+        self._correct = correct
+        self.correction = 0.0
+        self._recent: deque[float] = deque(maxlen=CORRECTION_SAMPLES)
         self._last_date: str | None = None
         self._last_warning = float("-inf")
+        self._last_refusal = float("-inf")
 
     def observe(self, date: str | None) -> None:
         """Record the skew shown by one upstream ``Date`` header."""
@@ -53,5 +79,31 @@ class SkewWatch:
                 "clock_skew",
                 skew_s=round(skew, 1),
                 threshold_s=self._threshold_s,
+                correction_s=round(self.correction, 1),
                 hint="the upstream refuses timestamps out of sync; check NTP on this node",
             )
+        if self._correct:
+            self._follow(skew, now)
+
+    def _follow(self, skew: float, now: float) -> None:
+        self._recent.append(skew)
+        offset = statistics.median(self._recent)
+        if abs(offset) > MAX_CORRECTION_S:
+            if now - self._last_refusal >= WARN_EVERY_S:
+                self._last_refusal = now
+                log.error(
+                    "clock_correction_refused",
+                    offset_s=round(offset, 1),
+                    limit_s=MAX_CORRECTION_S,
+                    correction_s=round(self.correction, 1),
+                )
+            return
+        correction = offset if abs(offset) >= MIN_CORRECTION_S else 0.0
+        if abs(correction - self.correction) > LOG_CHANGE_S:
+            log.warning(
+                "clock_correction_changed",
+                correction_s=round(correction, 1),
+                previous_s=round(self.correction, 1),
+            )
+        self.correction = correction
+        self._correction_gauge.set(correction)

@@ -44,6 +44,7 @@ def test_alerts_have_severity_summary_and_runbook() -> None:
         "AleaccGateway401Spike",
         "AleaccGatewaySigningFailures",
         "AleaccGatewayClockSkew",
+        "AleaccGatewayClockCorrectionRefused",
         "AleaccGatewayUpstreamErrors",
         "AleaccGatewaySecretReloadFailed",
         "AleaccGatewayCertificateExpiresSoon",
@@ -87,6 +88,7 @@ async def test_rules_and_dashboard_name_only_exported_metrics(gateway: Gateway) 
         "aleacc_gateway_upstream_duration_seconds",
         "aleacc_gateway_in_flight_requests",
         "aleacc_gateway_clock_skew_seconds",
+        "aleacc_gateway_clock_correction_seconds",
     ):
         assert family in families, family
 

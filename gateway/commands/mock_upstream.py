@@ -35,7 +35,13 @@ def add_parser(commands: Commands) -> None:
         "--faults", action="store_true", help="obey X-Mock-Fault: delay=S,status=N,cut,reset"
     )
     mock.add_argument(
-        "--clock-offset", type=float, default=0.0, help="seconds to shift the mock upstream's clock"
+        "--clock-offset-s",
+        "--clock-offset",  # its earlier name
+        dest="clock_offset_s",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="run N seconds ahead (negative: behind): its Date header and its 300 s window",
     )
     mock.set_defaults(run=run)
 
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         secrets=(secret,),
         scheme=scheme,
         faults=args.faults,
-        clock_offset_s=args.clock_offset,
+        clock_offset_s=args.clock_offset_s,
         base_path=args.base_path.rstrip("/"),
         request_id_format=id_format,
     )
