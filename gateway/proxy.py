@@ -45,6 +45,7 @@ from .forwarding import (
     downstream_headers,
     route_allowed,
     screen_headers,
+    trace_id,
     upstream_path_and_query,
 )
 from .logs import AccessLog, session_tag
@@ -264,6 +265,9 @@ class Proxy:
                 "bytes_out": exchange.bytes_out,
                 "error": exchange.error,
                 "session": session_tag(request.headers.get("X-Player-Session-Id")),
+                # A caller's valid W3C traceparent ties this line to its trace; an invalid
+                # one is ignored, never logged (the header itself passes through as sent).
+                "trace_id": trace_id(request.headers.get("traceparent")),
             }
         )
 

@@ -20,6 +20,7 @@ from .support import (
     SESSION_ID,
     Gateway,
     Mock,
+    RawUpstream,
     StartGateway,
     log_events,
     serve_app,
@@ -279,6 +280,26 @@ async def test_one_access_line_per_request_with_its_fields(
         502, "upstream_unavailable", None,
     )  # fmt: skip
     assert failed["session"] is None
+
+
+async def test_the_access_line_carries_a_valid_traceparents_trace_id(
+    raw_upstream: RawUpstream, start_gateway: StartGateway, logs: io.StringIO
+) -> None:
+    gw = await start_gateway(settings_for(raw_upstream.url))
+    valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    invalid = "00-NOT-A-TRACE-CONTEXT-VALUE-01"
+    async with aiohttp.ClientSession() as client:
+        for traceparent in (valid, invalid):
+            async with client.get(gw.url / "x", headers={"traceparent": traceparent}) as r:
+                assert r.status == 200
+        async with client.get(gw.url / "x") as r:
+            assert r.status == 200
+    access = log_events(logs, "request")
+    assert [a["trace_id"] for a in access] == ["4bf92f3577b34da6a3ce929d0e0e4736", None, None]
+    assert "NOT-A-TRACE" not in logs.getvalue()  # ignored, never logged raw
+    # The header itself passes through as the caller sent it, valid or not.
+    sent = [r.header("traceparent") for r in raw_upstream.requests]
+    assert sent == [[valid], [invalid], []]
 
 
 async def test_session_tag_is_stable(
