@@ -567,6 +567,18 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingSettings:
+    """What the log explains beyond one line per request."""
+
+    explain_rejections_every_s: float = key(
+        _seconds_or_zero,
+        "on an upstream 401 or 403, an `upstream_rejected` event with what was signed and the "
+        "likeliest cause, at most once per status and path this often; 0: never",
+        10.0,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything the gateway needs, validated: one field per table."""
 
@@ -576,6 +588,7 @@ class Settings:
     client_ip: ClientIpSettings = field(default_factory=ClientIpSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
 def tables() -> list[tuple[str, type]]:

@@ -51,6 +51,7 @@ from .forwarding import (
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
 from .pool import Pool, framed_head
+from .rejections import RejectionLog
 from .response import Response
 from .secret import SecretStore
 from .skew import SkewWatch
@@ -117,6 +118,10 @@ class Proxy:
         # Compiled once: the request path runs the plan, never re-parses the scheme.
         self._plan = signing.compile_scheme(settings.signing.scheme)
         self._new_request_id = self._plan.new_request_id
+        every_s = settings.logging.explain_rejections_every_s
+        self._rejections = (
+            RejectionLog(self._plan, every_s, lambda: secrets.rotated_at) if every_s else None
+        )
         self._scheme = upstream.url.scheme
         self._host = upstream.host_header
         self._host_line = b"Host: " + signing.text(self._host)
@@ -228,7 +233,7 @@ class Proxy:
             *incoming.lines,
             b"X-Client-Ip: " + signing.text(client_ip.address),
         ]
-        upstream = await self._send(parts, lines, exchange)
+        upstream = await self._send(request, parts, lines, exchange)
         try:
             return await self._relay(request, upstream, exchange)
         finally:
@@ -308,7 +313,11 @@ class Proxy:
             raise SigningFailed("invalid_request") from None
 
     async def _send(
-        self, parts: signing.RequestParts, lines: list[bytes], exchange: Exchange
+        self,
+        request: web.BaseRequest,
+        parts: signing.RequestParts,
+        lines: list[bytes],
+        exchange: Exchange,
     ) -> Response:
         """Send with a fresh signature per attempt; retry only what provably never left."""
         for attempt in range(1, self._attempts + 1):
@@ -340,6 +349,16 @@ class Proxy:
             exchange.upstream_s = time.perf_counter() - started
             exchange.upstream_status = response.status
             exchange.upstream_date = response.headers.get("Date")
+            if (response.status == 403 or response.status == 401) and self._rejections:
+                self._rejections.rejected(
+                    response.status,
+                    parts,
+                    signed,
+                    self._api_id,
+                    exchange.upstream_date,
+                    self._skew.correction,
+                    "X-Player-Session-Id" in request.headers,
+                )
             return response
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 

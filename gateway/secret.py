@@ -8,6 +8,7 @@ key, so a half-finished rotation never takes the gateway down.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -82,6 +83,8 @@ class SecretStore(Reloading):
         self._environ = environ
         self._secret: bytes | None = None
         self._stamp: FileStamp | None = None
+        # When a new secret last replaced the one in use (time.monotonic()); None: never.
+        self.rotated_at: float | None = None
         self.problem: str | None = None
         self.refresh(force=True)
 
@@ -115,5 +118,7 @@ class SecretStore(Reloading):
         self.problem = None
         if value == self._secret:
             return "unchanged"
+        if self._secret is not None:
+            self.rotated_at = time.monotonic()  # a new secret replaced a working one
         self._secret = value
         return self._report("loaded", None)
