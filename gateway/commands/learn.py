@@ -22,7 +22,17 @@ from tqdm import tqdm
 from ..config import ConfigError, SigningSettings, load_settings
 from ..discover.candidates import CANDIDATES
 from ..discover.learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
-from ..discover.samples import Sample, SampleError, parse_curl, parse_har, parse_raw
+from ..discover.samples import (
+    MAX_FILE_BYTES,
+    MAX_SAMPLES,
+    Sample,
+    SampleError,
+    decoded,
+    parse_curl,
+    parse_har,
+    parse_raw,
+    usable,
+)
 from ..secret import SecretError, read_secret
 from .common import Commands
 
@@ -67,7 +77,14 @@ def add_parser(commands: Commands) -> None:
 def run(args: argparse.Namespace) -> int:
     """The command: 0 one fit, 1 none, 2 several (or bad input, said in one line)."""
     try:
-        samples = read_samples(args)
+        found = read_samples(args)
+        samples = usable(found)
+        if len(samples) < len(found):
+            print(
+                f"learn: {len(samples)} of {len(found)} samples used (duplicates dropped, "
+                f"at most {MAX_SAMPLES})",
+                file=sys.stderr,
+            )
         secret, config_base = _secret(args)
         started = time.perf_counter()
         with closing(_Progress()) as progress:
@@ -88,11 +105,20 @@ def read_samples(args: argparse.Namespace) -> list[Sample]:
     """Every sample named on the command line, in order."""
     samples = [parse_curl(cmd, f"--curl #{i}") for i, cmd in enumerate(args.curl, 1)]
     for path in args.har:
-        samples.extend(parse_har(path.read_text(encoding="utf-8"), str(path)))
-    samples.extend(parse_raw(p.read_bytes(), str(p), args.raw_scheme) for p in args.raw)
+        samples.extend(parse_har(decoded(_read(path), str(path)), str(path)))
+    samples.extend(parse_raw(_read(p), str(p), args.raw_scheme) for p in args.raw)
     if not samples:
         raise SampleError("give at least one sample: --curl, --har or --raw")
     return samples
+
+
+def _read(path: Path) -> bytes:
+    """A sample file's bytes, at most MAX_FILE_BYTES of them read (OSError as it comes)."""
+    with path.open("rb") as file:
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise SampleError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB")
+    return data
 
 
 def _secret(args: argparse.Namespace) -> tuple[bytes, tuple[Path, str] | None]:

@@ -16,6 +16,18 @@ from yarl import URL
 
 from ..signing import Authorization, RequestParts, parse_authorization
 
+# The samples are files an integrator found, and learn reads them as untrusted. What an
+# accepted request can hold is bounded by what servers accept, and learn never needs more:
+# a HAR of a long browser session is a few MB; an Aleacc body is at most the gateway's own
+# default limit; common servers refuse URLs and headers beyond these.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 64 * 1024  # all of one request's header lines
+MAX_BODY_BYTES = 1024 * 1024
+MAX_HAR_ENTRIES = 20_000  # entries looked at, signed or not
+# Samples searched: more tell nothing new and cost time in every verification.
+MAX_SAMPLES = 16
+
 
 class SampleError(ValueError):
     """A sample that cannot be used; the message says where and why."""
@@ -221,12 +233,30 @@ def parse_curl(command: str, source: str = "--curl") -> Sample:
 # ------------------------------------------------------------------ HAR
 
 
+def decoded(data: bytes, source: str) -> str:
+    """A sample file's text; SampleError naming the file for anything but UTF-8."""
+    if len(data) > MAX_FILE_BYTES:
+        raise SampleError(f"{source}: larger than {MAX_FILE_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SampleError(
+            f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
 def parse_har(text: str, source: str) -> list[Sample]:
     """Every entry of a HAR export whose request carries an ``amx`` Authorization."""
     try:
         entries = json.loads(text)["log"]["entries"]
+    except RecursionError:
+        raise SampleError(f"{source}: not a HAR file (nested too deeply)") from None
     except (ValueError, KeyError, TypeError):
         raise SampleError(f"{source}: not a HAR file (no log.entries)") from None
+    if not isinstance(entries, list):
+        raise SampleError(f"{source}: not a HAR file (log.entries is not a list)")
+    if len(entries) > MAX_HAR_ENTRIES:
+        raise SampleError(f"{source}: more than {MAX_HAR_ENTRIES:,} entries: export fewer")
     samples = []
     for number, entry in enumerate(entries, 1):
         try:
@@ -236,13 +266,15 @@ def parse_har(text: str, source: str) -> list[Sample]:
                 continue
             # HTTP/2 pseudo-headers (":authority") are not headers of the request.
             headers = CIMultiDict((n, v) for n, v in pairs if not n.startswith(":"))
-            body = (request.get("postData") or {}).get("text", "").encode("utf-8")
+            body = (
+                (request.get("postData") or {}).get("text", "").encode("utf-8", "surrogateescape")
+            )
             samples.append(
                 _sample(
                     f"{source} entry {number}", request["method"], request["url"], headers, body
                 )
             )
-        except (KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError, UnicodeError):
             raise SampleError(f"{source}: entry {number} is not a HAR request") from None
     if not samples:
         raise SampleError(f"{source}: no entry carries an 'Authorization: amx ...' header")
@@ -268,6 +300,11 @@ def parse_raw(data: bytes, source: str, scheme: str = "https") -> Sample:
         if not colon or not name.strip():
             raise SampleError(f"{source}: header line {name[:40]!r} is not 'Name: value'")
         headers.add(name.strip(), value.strip())
+    codings = headers.get("Transfer-Encoding")
+    if codings is not None:
+        if codings.strip().lower() != "chunked" or "Content-Length" in headers:
+            raise SampleError(f"{source}: only a chunked body without Content-Length is read")
+        body = dechunked(body, source)
     length = headers.get("Content-Length")
     if length is not None:
         if not length.isdigit() or int(length) > len(body):
@@ -281,7 +318,37 @@ def parse_raw(data: bytes, source: str, scheme: str = "https") -> Sample:
     return _sample(source, method, target, headers, body)
 
 
+_CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,8})(;[^\r\n]*)?\r?$")
+
+
+def dechunked(data: bytes, source: str) -> bytes:
+    """A chunked body (RFC 9112 §7.1) decoded strictly; SampleError for any flaw."""
+    body = bytearray()
+    rest = data
+    while True:
+        line, found, rest = rest.partition(b"\n")
+        match = _CHUNK_SIZE.match(line)
+        if not found or match is None:
+            raise SampleError(f"{source}: the chunked body is malformed (a chunk size line)")
+        size = int(match.group(1), 16)
+        if size == 0:
+            return bytes(body)  # trailer fields, if any, are not signed
+        if len(body) + size > MAX_BODY_BYTES:
+            raise SampleError(f"{source}: the body is over {MAX_BODY_BYTES // 1024} KiB")
+        chunk, rest = rest[:size], rest[size:]
+        if len(chunk) < size or not rest.startswith((b"\r\n", b"\n")):
+            raise SampleError(f"{source}: the chunked body is malformed (a chunk is cut)")
+        body += chunk
+        rest = rest[2:] if rest.startswith(b"\r\n") else rest[1:]
+
+
 def _sample(source: str, method: str, url: str, headers: CIMultiDict[str], body: bytes) -> Sample:
+    if len(url) > MAX_URL_BYTES:
+        raise SampleError(f"{source}: the URL is over {MAX_URL_BYTES // 1024} KiB")
+    if sum(len(n) + len(v) + 4 for n, v in headers.items()) > MAX_HEADER_BYTES:
+        raise SampleError(f"{source}: the headers are over {MAX_HEADER_BYTES // 1024} KiB")
+    if len(body) > MAX_BODY_BYTES:
+        raise SampleError(f"{source}: the body is over {MAX_BODY_BYTES // 1024} KiB")
     try:
         parsed = URL(url, encoded=True)
     except ValueError:
@@ -308,3 +375,18 @@ def _sample(source: str, method: str, url: str, headers: CIMultiDict[str], body:
         body=body,
     )
     return Sample(source, parts, auth)
+
+
+def usable(samples: list[Sample]) -> list[Sample]:
+    """The samples to search: duplicates dropped (a HAR repeats requests), at most
+    MAX_SAMPLES of them, the first ones kept."""
+    seen: set[tuple[object, ...]] = set()
+    kept = []
+    for sample in samples:
+        parts = sample.parts
+        key = (parts.method, parts.host, parts.path_and_query, parts.body,
+               tuple(parts.headers.items()), sample.auth)  # fmt: skip
+        if key not in seen:
+            seen.add(key)
+            kept.append(sample)
+    return kept[:MAX_SAMPLES]
