@@ -86,7 +86,7 @@ class StandIn:
         await self.runner.cleanup()
 
     async def accepted_sample(
-        self, method: str, target: str, body: bytes = b"", **headers: str
+        self, method: str, target: str, body: bytes = b"", status: int = 200, **headers: str
     ) -> str:
         """Sign with the reference signer, have the stand-in accept it, return the curl."""
         headers = {k.replace("_", "-"): v for k, v in headers.items()}
@@ -107,7 +107,7 @@ class StandIn:
             client.request(method, URL(request.url, encoded=True), headers=request.headers,
                            data=body or None) as r,
         ):  # fmt: skip
-            assert r.status == 200, (await r.text(), journal(self.app)[-1])
+            assert r.status == status, (await r.text(), journal(self.app)[-1])
         return as_curl(request)
 
 
@@ -231,10 +231,14 @@ async def test_a_scheme_that_signs_the_path_below_the_base_is_learned_and_checke
 ) -> None:
     below = RefScheme(fields=("api_id", "request_id", "timestamp", "incoming_path_and_query"))
     async with StandIn(below, DEMO_SECRET) as stand_in:
+        # Aleacc's own paths have two segments: the base is the prefix above them.
+        player = b'{"username": "below", "password": "pw"}'
         curls = [
-            await stand_in.accepted_sample("POST", "/echo", SIGNIN, X_Client_Ip=IP),
             await stand_in.accepted_sample(
-                "GET", "/echo?currency=EUR", X_Client_Ip=IP, X_Player_Session_Id=SESSION
+                "POST", "/player/signup", player, 201, X_Client_Ip=IP, X_Player_Session_Id=SESSION
+            ),
+            await stand_in.accepted_sample(
+                "POST", "/player/signin?lang=en", player, X_Client_Ip=IP
             ),
         ]
         code, out, err = await learn(DEMO_SECRET, curls, "--max-fields", "4")
@@ -242,7 +246,7 @@ async def test_a_scheme_that_signs_the_path_below_the_base_is_learned_and_checke
         table = table_of(out.split("\n\n", 1)[1].split("\n\n", 1)[0])
         assert table["fields"] == list(below.fields)
         assert "It signs the path below the base path /api: upstream.url must end in /api" in out
-        assert "  incoming_path_and_query: /echo" in out  # the first sample's string to sign
+        assert "  incoming_path_and_query: /player/signup" in out  # the first sample's string
         # Checked against a config whose upstream URL has no base path: said, as a warning.
         config = probe_config(tmp_path, stand_in.url, DEMO_SECRET, path="")
         code, out, err = await run_cli("learn", "--config", str(config), "--toml",

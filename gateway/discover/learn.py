@@ -191,7 +191,7 @@ def atoms(samples: Sequence[Sample]) -> list[Atom]:
                 continue
             found.append(Atom(group, expression, values))
     # The path below a base path Aleacc may be hosted under: each prefix at a "/" that
-    # every sample's path shares (for /api/Player/SignIn: /api, /api/Player).
+    # every sample's path shares (for /api/v1/Player/SignIn: /api, /api/v1).
     for base in base_paths(samples):
         for expression in ("incoming_path_and_query", "incoming_path"):
             plan = parse_field(expression)
@@ -201,11 +201,13 @@ def atoms(samples: Sequence[Sample]) -> list[Atom]:
 
 
 def base_paths(samples: Sequence[Sample]) -> list[str]:
-    """The prefixes at a "/" boundary that every sample's path has below it, shortest first."""
+    """The prefixes at a "/" boundary that every sample's path has, shortest first, each
+    leaving at least two segments below it, as Aleacc's own paths have (/player/signin):
+    for /api/Player/SignIn, /api (below it /Player/SignIn), not /api/Player."""
     paths = [s.parts.path.split("/")[1:] for s in samples]  # "/api/x" -> ["api", "x"]
     shortest = min(len(p) for p in paths)
     bases = []
-    for depth in range(1, shortest):  # the last segment is never the base's
+    for depth in range(1, shortest - 1):
         segments = {tuple(p[:depth]) for p in paths}
         if len(segments) != 1:
             break
