@@ -491,18 +491,12 @@ class _RandomPool:
     def _reset(self) -> None:
         self._buffer, self._offset = b"", 0
 
-    def take4(self) -> int:
-        if self._offset + 4 > len(self._buffer):
+    def take(self, size: int) -> int:
+        """``size`` fresh random bytes, as a big-endian integer."""
+        if self._offset + size > len(self._buffer):
             self._buffer, self._offset = os.urandom(4096), 0
-        value = int.from_bytes(self._buffer[self._offset : self._offset + 4], "big")
-        self._offset += 4
-        return value
-
-    def take16(self) -> int:
-        if self._offset + 16 > len(self._buffer):
-            self._buffer, self._offset = os.urandom(4096), 0
-        value = int.from_bytes(self._buffer[self._offset : self._offset + 16], "big")
-        self._offset += 16
+        value = int.from_bytes(self._buffer[self._offset : self._offset + size], "big")
+        self._offset += size
         return value
 
 
@@ -513,20 +507,20 @@ _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 
 def new_request_id() -> str:
     """A fresh request id: a random UUID4 as 32 lowercase hex characters."""
-    return format((_random.take16() & _UUID4_CLEAR) | _UUID4_SET, "032x")
+    return format((_random.take(16) & _UUID4_CLEAR) | _UUID4_SET, "032x")
 
 
 def new_decimal_request_id() -> str:
     """A fresh request id: a random integer from 1 to 2^31 - 1, in decimal."""
     while True:
-        value = _random.take4() & 0x7FFFFFFF
+        value = _random.take(4) & 0x7FFFFFFF
         if value:  # 0 is left out: a server may take it for "no id"
             return str(value)
 
 
 def new_uuid_request_id() -> str:
     """A fresh request id: a random UUID4 with dashes (36 characters)."""
-    value = format((_random.take16() & _UUID4_CLEAR) | _UUID4_SET, "032x")
+    value = new_request_id()
     return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
 
 
