@@ -636,6 +636,8 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         declared = {d.name: d for d in declared_keys(section, table)}
         for name, declaration in declared.items():
             if name not in raw:
+                if declaration.required:
+                    problems.append(f"{table}.{name}: required")
                 continue
             try:
                 values[name] = declaration.key.convert(raw[name])
@@ -644,15 +646,6 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
                 problems.append(f"{table}.{name}: {exc}")
         problems += [f"{table}.{name}: unknown key" for name in raw if name not in declared]
     problems += validate(found, invalid)
-    for table, section in known.items():
-        for declaration in declared_keys(section, table):
-            name = f"{table}.{declaration.name}"
-            if (
-                declaration.required
-                and declaration.name not in found[table]
-                and name not in invalid
-            ):
-                problems.append(f"{name}: required")
     if problems:
         raise ConfigError(problems)
     return Settings(**{table: _build(section, found[table]) for table, section in known.items()})
