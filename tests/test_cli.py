@@ -180,6 +180,9 @@ async def test_demo_walks_a_player_and_exits_0() -> None:
     assert "upstream saw X-Client-Ip 203.0.113.7" in out
     assert "-> 401 missing_session_id" in out
     assert "-> 403 replayed_request_id" in out
+    # The gateway's own explanation of the refusals it saw (its upstream_rejected events).
+    assert "the gateway's log explains it: upstream_rejected, cause missing_header" in out
+    assert "the gateway's log explains it: upstream_rejected, cause secret_rotated" in out
     assert out.rstrip().endswith("demo ok")
     assert DEMO_SECRET.decode() not in out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 
 from ..logs import configure_logging
@@ -20,5 +21,12 @@ def run(args: argparse.Namespace) -> int:
     """0 when every step did what it should."""
     from ..mock.demo import run_demo  # the demo's client code is needed by no other command
 
-    configure_logging("console", level="warning", stream=sys.stderr)
-    return asyncio.run(run_demo())
+    # The gateway's warnings are read by the demo (it shows how a refusal was explained)
+    # and every other line is passed on to stderr once the walk is done.
+    log = io.StringIO()
+    configure_logging("json", level="warning", stream=log)
+    code = asyncio.run(run_demo(log=log))
+    for line in log.getvalue().splitlines():
+        if '"upstream_rejected"' not in line:
+            print(line, file=sys.stderr)
+    return code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,8 +59,9 @@ def demo_settings(upstream: URL) -> Settings:
     )
 
 
-async def run_demo(out: Callable[[str], None] = print) -> int:
-    """Run the walk; 0 when every step answered as expected."""
+async def run_demo(out: Callable[[str], None] = print, log: io.StringIO | None = None) -> int:
+    """Run the walk; 0 when every step answered as expected. ``log``: the gateway's
+    JSON log lines, to show how it explained each refusal."""
     mock_app = create_mock_app(MockSettings(base_path="/api"))
     mock_runner = web.AppRunner(mock_app, access_log=None)
     await mock_runner.setup()
@@ -97,6 +99,7 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
             no_session = Step("balance without X-Player-Session-Id", "GET", "/player/balance", 401)
             status, _ = await _call(client, no_session, "")
             failures += _report(out, 5, no_session, status, journal(mock_app)[-1])
+            _explained(out, log)
             failures += await _replay(out, upstream, journal(mock_app)[2])
             # A rotation that put the wrong secret in place: Aleacc answers 403.
             environ[SECRET_ENV] = WRONG_SECRET
@@ -106,6 +109,7 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
             )
             status, _ = await _call(client, wrong, "")
             failures += _report(out, 7, wrong, status, journal(mock_app)[-1])
+            _explained(out, log)
             out("")
             out("From the gateway's own /metrics:")
             metrics_url = URL(f"http://127.0.0.1:{bound.admin[1]}/metrics")
@@ -189,6 +193,17 @@ def _report(out: Callable[[str], None], number: int, step: Step, status: int, se
     out(f"{detail}   upstream saw X-Client-Ip {seen.client_ip}   {mark}")
     out(f"       Authorization: {_shorten(seen.authorization)}")
     return 0 if status == step.expect else 1
+
+
+def _explained(out: Callable[[str], None], log: io.StringIO | None) -> None:
+    """The cause the gateway's last upstream_rejected event gave, if there is a log."""
+    if log is None:
+        return
+    events = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+    rejected = [e for e in events if e.get("event") == "upstream_rejected"]
+    if rejected:
+        cause = rejected[-1]["cause"]
+        out(f"       the gateway's log explains it: upstream_rejected, cause {cause}")
 
 
 def metrics_summary(exposition: str) -> list[str]:
