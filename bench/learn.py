@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""How long ``learn`` takes over the whole space, on the repository's two samples.
+"""How long ``learn`` takes over the whole space: a figure, never a test's assertion.
 
-    python bench/learn.py            # three runs; prints each and the median
+    python bench/learn.py            # both cases, three runs each; the median of each
 
-The samples are config/samples/ (signed with the demo secret under "the session after
-the path"); the search runs on every core, as the command does. A figure, not a test:
-the suite never asserts wall-clock limits.
+Two cases, each searched on every core as the command does:
+- ``config/samples/``: the repository's two samples (signed with the demo secret under
+  "the session after the path");
+- three samples made here, with a query, a body and a session between them, signed by
+  the gateway's own signing code under Aleacc's default scheme.
 """
 
 from __future__ import annotations
@@ -18,32 +20,69 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_SECRET = "12345678901234567890123456789012" * 2
+sys.path.insert(0, str(ROOT))
+
+from multidict import CIMultiDict  # noqa: E402 - after the path set-up
+
+from gateway import signing  # noqa: E402
+
+API_ID = "12345678901234567890123456789012"
+SECRET = API_ID * 2  # the demo secret: 64 hex characters
+HOST = "aleacc.example.com"
 
 
-def once() -> tuple[float, str]:
+def repository_samples() -> list[str]:
     samples = ROOT / "config" / "samples"
+    return [(samples / name).read_text() for name in ("signin.curl", "balance.curl")]
+
+
+def three_samples() -> list[str]:
+    """A body, a query and a session between three requests, as curl commands."""
+    requests = [
+        ("POST", "/api/player/signin", b'{"username": "ann", "password": "pw"}', {}),
+        ("GET", "/api/player/balance?currency=EUR", b"", {"X-Player-Session-Id": "f00d" * 8}),
+        ("POST", "/api/player/signout", b"{}", {"X-Player-Session-Id": "f00d" * 8}),
+    ]
+    credentials = signing.Credentials(API_ID, bytes.fromhex(SECRET))
+    curls = []
+    for number, (method, target, body, extra) in enumerate(requests, 1):
+        headers = CIMultiDict({"X-Client-Ip": "203.0.113.7", **extra})
+        if body:
+            headers["Content-Type"] = "application/json"
+        parts = signing.RequestParts(method, "https", HOST, target, headers, body)
+        signed = signing.DEFAULT_PLAN.sign(parts, credentials, f"{number:032x}", 1796054400)
+        words = [f"curl 'https://{HOST}{target}' -X {method}"]
+        words += [f"-H '{name}: {value}'" for name, value in headers.items()]
+        words.append(f"-H 'Authorization: {signed.authorization}'")
+        if body:
+            words.append(f"--data-raw '{body.decode()}'")
+        curls.append(" ".join(words))
+    return curls
+
+
+def once(curls: list[str]) -> tuple[float, str]:
     command = [sys.executable, "-m", "gateway", "learn", "--secret-env", "LEARN_SECRET"]
-    for name in ("signin.curl", "balance.curl"):
-        command += ["--curl", (samples / name).read_text()]
+    for curl in curls:
+        command += ["--curl", curl]
     started = time.perf_counter()
     result = subprocess.run(
-        command, cwd=ROOT, env={**os.environ, "LEARN_SECRET": DEMO_SECRET},
+        command, cwd=ROOT, env={**os.environ, "LEARN_SECRET": SECRET},
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"learn exited {result.returncode}: {result.stderr}")
+        raise SystemExit(f"learn exited {result.returncode}: {result.stdout}{result.stderr}")
     return elapsed, result.stdout.splitlines()[0]
 
 
 def main() -> int:
-    times = []
-    for _ in range(3):
-        elapsed, line = once()
-        times.append(elapsed)
-        print(f"{elapsed:6.1f} s  {line}", flush=True)
-    print(f"median {statistics.median(times):.1f} s on {os.cpu_count()} core(s)")
+    for name, curls in (("config/samples/", repository_samples()), ("three", three_samples())):
+        times = []
+        for _ in range(3):
+            elapsed, line = once(curls)
+            times.append(elapsed)
+            print(f"{name:16} {elapsed:6.1f} s  {line}", flush=True)
+        print(f"{name:16} median {statistics.median(times):.1f} s on {os.cpu_count()} core(s)")
     return 0
 
 

@@ -267,22 +267,26 @@ def search(
     classes: dict[tuple[str, bytes | None], int] = {}
     alike = [classes.setdefault(_walked(a, walked), len(classes)) for a in pool]
     used = [False] * len(groups)
-    everything = [i for i, value in enumerate(first) if value is not None]
+    # One field of each walked set, the first (a set is one group's: used alike), and
+    # none the searched sample leaves out.
+    representatives: dict[int, int] = {}
+    for i, value in enumerate(first):
+        if value is not None:
+            representatives.setdefault(alike[i], i)
+    everything = sorted(representatives.values())
+    # Each field's bytes after the separator, joined once here rather than at every node.
+    joined = [separator + value if value is not None else b"" for value in first]
 
     # A copy and an update per node; a copy, an update and two digests per complete
     # sequence; no call for the last level.
-    def walk(inner: hashlib._Hash, started: bool, nexts: Iterable[int], missing: int) -> None:
+    def walk(inner: hashlib._Hash, pieces: list[bytes], nexts: Iterable[int], missing: int) -> None:
         nonlocal tried
         room = max_fields - len(chosen) - 1  # fields left after this one
-        seen: set[int] = set()
         for i in nexts:
-            if used[group_of[i]] or alike[i] in seen:
+            if used[group_of[i]]:
                 continue
-            seen.add(alike[i])
-            value = first[i]
             state = inner.copy()
-            if value is not None:
-                state.update(separator + value if started else value)
+            state.update(pieces[i])
             left = missing - required[i]
             chosen.append(pool[i])
             if not left:
@@ -297,11 +301,12 @@ def search(
                     )
             if room and room >= left:
                 used[group_of[i]] = True
-                walk(state, started or value is not None, everything, left)
+                walk(state, joined, everything, left)
                 used[group_of[i]] = False
             chosen.pop()
 
-    walk(inner0, False, [task.first], len(REQUIRED))
+    # The first field has no separator before it.
+    walk(inner0, [value or b"" for value in first], [task.first], len(REQUIRED))
     return fits, tried
 
 
