@@ -104,6 +104,8 @@ async def test_an_upstream_600_s_ahead_is_followed_after_its_first_answer(
     assert errors == ["timestamp_out_of_window", None, None]
     assert 598 <= correction <= 601
     events = [json.loads(line) for line in logs.getvalue().splitlines()]
+    # The one refusal is explained as the clock's.
+    assert [e["cause"] for e in events if e["event"] == "upstream_rejected"] == ["clock"]
     changed = [e for e in events if e["event"].startswith("clock_correction")]
     assert [e["event"] for e in changed] == ["clock_correction_changed"]
     assert 598 <= changed[0]["correction_s"] <= 601
