@@ -235,8 +235,6 @@ def parse_curl(command: str, source: str = "--curl") -> Sample:
 
 def decoded(data: bytes, source: str) -> str:
     """A sample file's text; SampleError naming the file for anything but UTF-8."""
-    if len(data) > MAX_FILE_BYTES:
-        raise SampleError(f"{source}: larger than {MAX_FILE_BYTES // 2**20} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
