@@ -39,25 +39,17 @@ log = structlog.get_logger("aleacc_gateway")
 def explained_fields(
     plan: signing.Plan, parts: signing.RequestParts, context: signing.Context
 ) -> list[str]:
-    """The string to sign, one line per field, with nothing a log may not hold."""
-    lines = []
-    for f, value in zip(plan.fields, plan.values(parts, context), strict=True):
-        if value is None:
-            lines.append(f"{f.expression}: (empty: left out, with its separator)")
-        elif f.name == "body":
-            digest = hashlib.sha256(value).hexdigest()
-            lines.append(f"{f.expression}: ({len(value)} bytes, sha256 {digest})")
-        elif f.name.lower() == _SESSION_FIELD:
-            tag = session_tag(value.decode("utf-8", "surrogateescape"))
-            lines.append(f"{f.expression}: (session {tag})")
-        elif len(value) > MAX_VALUE_BYTES:
-            digest = hashlib.sha256(value).hexdigest()
-            cut = repr(value[:MAX_VALUE_BYTES])[2:-1]
-            lines.append(f"{f.expression}: {cut} ... ({len(value)} bytes, sha256 {digest})")
-        else:
-            # bytes repr escapes control bytes, backslashes and non-ASCII unambiguously.
-            lines.append(f"{f.expression}: {repr(value)[2:-1]}")
-    return lines
+    """The string to sign as ``sign --explain`` shows it, with nothing a log may not hold:
+    the body as its length and SHA-256, the player's session as its tag."""
+    return plan.explain(parts, context, MAX_VALUE_BYTES, shown=_redacted)
+
+
+def _redacted(f: signing.FieldPlan, value: bytes) -> str | None:
+    if f.name == "body":
+        return f"({len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()})"
+    if f.name.lower() == _SESSION_FIELD:
+        return f"(session {session_tag(value.decode('utf-8', 'surrogateescape'))})"
+    return None
 
 
 def likeliest_cause(

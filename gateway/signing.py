@@ -423,12 +423,24 @@ class Plan:
         expected = self.signature(key, self.string_to_sign(parts, context))
         return hmac.compare_digest(expected, auth.signature)
 
-    def explain(self, parts: RequestParts, context: Context, body_preview: int = 512) -> list[str]:
-        """One line per field expression with its value escaped; never the secret."""
+    def explain(
+        self,
+        parts: RequestParts,
+        context: Context,
+        body_preview: int = 512,
+        shown: Callable[[FieldPlan, bytes], str | None] = lambda f, value: None,
+    ) -> list[str]:
+        """One line per field expression with its value escaped; never the secret.
+
+        ``shown`` may put its own text in place of a value (a log's redactions)."""
         lines = []
         for f, value in zip(self.fields, self.values(parts, context), strict=True):
             if value is None:
                 lines.append(f"{f.expression}: (empty: left out, with its separator)")
+                continue
+            replaced = shown(f, value)
+            if replaced is not None:
+                lines.append(f"{f.expression}: {replaced}")
                 continue
             suffix = ""
             if len(value) > body_preview:
