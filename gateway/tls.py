@@ -44,7 +44,7 @@ def load(tls: TlsSettings) -> Loaded:
     # Imported here: its memory (bench/README.md) is paid only by a gateway with TLS.
     from cryptography import x509
 
-    stamps = tuple(file_stamp(path) for path in tls.files)
+    stamps = file_stamps(tls)
     cert_setting = f"server.tls_cert_file {tls.cert_file}"
     key_setting = f"server.tls_key_file {tls.key_file}"
     try:
@@ -74,6 +74,11 @@ def load(tls: TlsSettings) -> Loaded:
             raise TlsError(f"{ca_setting}: no PEM certificate in it") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return Loaded(context, chain[0].not_valid_after_utc, stamps)
+
+
+def file_stamps(tls: TlsSettings) -> tuple[FileStamp | None, ...]:
+    """What tells that one of the pair's files (or the CA's) changed."""
+    return tuple(file_stamp(path) for path in tls.files)
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -192,7 +197,7 @@ class CertificateStore(Reloading):
 
     def refresh(self) -> ReloadResult:
         """Rebuild the context if a file changed, or while the last try failed."""
-        stamps = tuple(file_stamp(path) for path in self._tls.files)
+        stamps = file_stamps(self._tls)
         if stamps == self._stamps and self.problem is None:
             return "unchanged"
         try:
