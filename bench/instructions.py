@@ -3,6 +3,7 @@
 
     python bench/instructions.py                 # the gateway and the stack floor
     python bench/instructions.py --requests 2000
+    python bench/instructions.py --tenants       # also GET to the last of 3 tenants by Host
 
 The wrk rows in bench/run.py measure CPU time, which moves by ±10 % from run to run on a
 shared 2-core machine: too much to see a step of a few microseconds. Here the gateway
@@ -38,6 +39,13 @@ SCENARIOS = {
         {"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.7, 10.1.2.3"},
     ),
 }
+# With --tenants: a gateway with the default tenant and two more chosen by Host, sent
+# requests for the last of them (bench/run.py's start_gateway names their hosts).
+TENANTS = 3
+TENANT_GATEWAY = "gateway, 3 tenants"
+TENANT_SCENARIO = "GET, 3 tenants"
+SCENARIOS[TENANT_SCENARIO] = ("GET", GET_PATH, None, {"Host": f"brand-{TENANTS - 1}.bench"})
+BASE_SCENARIOS = [s for s in SCENARIOS if s != TENANT_SCENARIO]
 WARM_UP = 300
 
 
@@ -74,6 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--no-floor", dest="floor", action="store_false")
+    parser.add_argument("--tenants", action="store_true", help=f"add the {TENANT_SCENARIO} row")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
@@ -84,20 +93,24 @@ def main() -> int:
         servers: list[Server] = []
         results: dict[str, dict[str, float]] = {}
         try:
-            for name in ["gateway", "stack floor"] if args.floor else ["gateway"]:
+            runs = ["gateway", *(["stack floor"] * args.floor), *([TENANT_GATEWAY] * args.tenants)]
+            for name in runs:
                 out = workdir / f"callgrind.{name.replace(' ', '-')}"
                 wrapper = (
                     "valgrind", "--tool=callgrind", "--instr-atstart=no",
                     f"--callgrind-out-file={out}", "--quiet",
                 )  # fmt: skip
-                server = (
-                    start_gateway(workdir, upstream.port, 1, wrapper=wrapper)
-                    if name == "gateway"
-                    else start_floor(upstream.port, wrapper)
-                )
+                if name == "stack floor":
+                    server = start_floor(upstream.port, wrapper)
+                else:
+                    tenants = TENANTS if name == TENANT_GATEWAY else 1
+                    server = start_gateway(
+                        workdir, upstream.port, 1, wrapper=wrapper, tenants=tenants
+                    )
                 servers.append(server)
                 results[name] = {}
-                for scenario in SCENARIOS:
+                scenarios = [TENANT_SCENARIO] if name == TENANT_GATEWAY else BASE_SCENARIOS
+                for scenario in scenarios:
                     send(server, scenario, WARM_UP)
                     results[name][scenario] = counted(server, scenario, args.requests, out)
                     print(f"{name:12} {scenario:8} {results[name][scenario]:12,.0f}", flush=True)
@@ -107,9 +120,13 @@ def main() -> int:
     print(f"\ninstructions per request ({args.requests} requests, one kept-alive connection)")
     print("| scenario | gateway | stack floor | the gateway's own |")
     print("|---|---:|---:|---:|")
-    for scenario in SCENARIOS:
-        gateway = results["gateway"][scenario]
-        floor = results.get("stack floor", {}).get(scenario)
+    floors = results.get("stack floor", {})
+    rows = [(s, results["gateway"][s], floors.get(s)) for s in BASE_SCENARIOS]
+    if args.tenants:
+        # The first row's GET, chosen by Host among three tenants: the floor is GET's.
+        tenants = results[TENANT_GATEWAY][TENANT_SCENARIO]
+        rows.append((TENANT_SCENARIO, tenants, floors.get("GET")))
+    for scenario, gateway, floor in rows:
         own = f"{gateway - floor:,.0f}" if floor else "n/a"
         floor_text = f"{floor:,.0f}" if floor else "n/a"
         print(f"| {scenario} | {gateway:,.0f} | {floor_text} | {own} |")

@@ -220,20 +220,27 @@ def start_gateway(
     workers: int,
     tls: tuple[Path, Path] | None = None,
     wrapper: tuple[str, ...] = (),
+    tenants: int = 1,
 ) -> Server:
-    """The gateway as a process; ``wrapper``: a command to run it under (valgrind)."""
+    """The gateway as a process; ``wrapper``: a command to run it under (valgrind);
+    ``tenants``: the default one and ``tenants - 1`` more, chosen by Host ``brand-N.bench``."""
     port, admin = free_port(), free_port()
     secret = workdir / "secret"
     secret.write_text(SECRET)
     name = f"gateway x{workers}" if workers > 1 else "gateway"
-    conf = workdir / f"gateway-{workers}{'-tls' if tls else ''}.toml"
+    conf = workdir / f"gateway-{workers}{'-tls' if tls else ''}-{tenants}.toml"
     tls_lines = f'tls_cert_file = "{tls[0]}"\ntls_key_file = "{tls[1]}"\n' if tls else ""
+    tenant_tables = "".join(
+        f'[[tenants]]\nname = "brand-{n}"\napi_id = "{API_ID[:-1]}{n}"\n'
+        f'secret_file = "{secret}"\nhosts = ["brand-{n}.bench"]\n'
+        for n in range(1, tenants)
+    )
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin}"\n'
         f"workers = {workers}\ndrain_delay_s = 0\n{tls_lines}"
         f'[upstream]\nurl = "http://127.0.0.1:{upstream_port}"\n'
         f'[signing]\napi_id = "{API_ID}"\nsecret_file = "{secret}"\n'
-        "[limits]\nmax_connections = 4096\n"
+        "[limits]\nmax_connections = 4096\n" + tenant_tables
     )
     log = conf.with_suffix(".log").open("wb")
     process = subprocess.Popen(

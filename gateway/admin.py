@@ -5,6 +5,7 @@ Served on its own listener only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,20 +24,20 @@ class Lifecycle:
 
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
-SECRETS = web.AppKey("secrets", SecretStore)
+SECRETS: web.AppKey[Mapping[str, SecretStore]] = web.AppKey("secrets")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CERTIFICATES: web.AppKey[CertificateStore | None] = web.AppKey("certificates")
 
 
 def create_admin_app(
     *,
-    secrets: SecretStore,
+    secrets: Mapping[str, SecretStore],
     registry: CollectorRegistry,
     lifecycle: Lifecycle,
     certificates: CertificateStore | None = None,
 ) -> web.Application:
-    """Build the admin application; whoever owns ``secrets`` (and ``certificates``, the
-    proxy listener's TLS files) keeps them fresh."""
+    """Build the admin application; whoever owns ``secrets`` (each tenant's, by name) and
+    ``certificates`` (the proxy listener's TLS files) keeps them fresh."""
     app = web.Application()
     app[SECRETS] = secrets
     app[CERTIFICATES] = certificates
@@ -54,16 +55,17 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     reasons = []
-    secrets = request.app[SECRETS]
-    # Problems name the source (file or variable), never the value.
-    if secrets.current is None:
-        reasons.append(f"no API secret loaded: {secrets.problem}")
-    elif secrets.problem is not None:
-        # Still signing with the last good secret, but the source is broken: take this
-        # instance out of rotation so the broken mount is noticed before it matters.
-        reasons.append(
-            f"secret source broken, signing with the last good secret: {secrets.problem}"
-        )
+    # Problems name the tenant and the source (file or variable), never the value.
+    for tenant, secrets in request.app[SECRETS].items():
+        if secrets.current is None:
+            reasons.append(f"tenant {tenant}: no API secret loaded: {secrets.problem}")
+        elif secrets.problem is not None:
+            # Still signing with the last good secret, but the source is broken: take this
+            # instance out of rotation so the broken mount is noticed before it matters.
+            reasons.append(
+                f"tenant {tenant}: secret source broken, signing with the last good secret: "
+                f"{secrets.problem}"
+            )
     certificates = request.app[CERTIFICATES]
     if certificates is not None and certificates.problem is not None:
         reasons.append(

@@ -26,6 +26,7 @@ from . import signing
 from .client_ip import Network, parse_network
 
 MAX_RETRIES = 5
+DEFAULT_TENANT = "default"  # [signing]'s credential, in labels and logs
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -198,12 +199,21 @@ def _proxy_url(value: Any) -> URL:
     return url
 
 
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a number of seconds")
-    if not math.isfinite(value) or not 0 < value <= 3600:
-        raise ValueError(f"{value} must be more than 0 and at most 3600")
-    return float(value)
+def _positive(what: str, high: int) -> Callable[[Any], float]:
+    """A converter for a number more than 0 and at most ``high``: ``what`` it is."""
+
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be {what}")
+        if not math.isfinite(value) or not 0 < value <= high:
+            raise ValueError(f"{value} must be more than 0 and at most {high}")
+        return float(value)
+
+    return convert
+
+
+_seconds = _positive("a number of seconds", 3600)
+_rate = _positive("a number of requests per second", 1_000_000)
 
 
 def _seconds_or_zero(value: Any) -> float:
@@ -253,6 +263,38 @@ def _names(value: Any) -> frozenset[str]:
             'must be a non-empty list like ["frontend.casino.svc", "spiffe://casino/frontend"]'
         )
     return frozenset(value)
+
+
+def host_name(value: str) -> str:
+    """A Host header's name as tenants are matched on it: lower case, without a port."""
+    host = value.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() else host
+
+
+_HOST = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?)$")
+
+
+def _hosts(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a non-empty list like ["aleacc-brand-b.payments.svc"]')
+    bad = [repr(v) for v in value if not _HOST.match(host_name(v))]
+    if bad:
+        raise ValueError(f"not a host name: {', '.join(bad)}")
+    return frozenset(map(host_name, value))
+
+
+_TENANT_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
+
+
+def _tenant_name(value: Any) -> str:
+    if not isinstance(value, str) or not _TENANT_NAME.match(value):
+        raise ValueError("must be 1 to 63 of a-z, 0-9 and '-', like 'brand-b'")
+    if value == DEFAULT_TENANT:
+        raise ValueError(f"{DEFAULT_TENANT!r} is [signing]'s name")
+    return value
 
 
 def _fields(value: Any) -> tuple[str, ...]:
@@ -418,16 +460,24 @@ class UpstreamSettings:
 
     @property
     def host_header(self) -> str:
-        """The Host header sent upstream (and signed as ``host``)."""
-        host = (self.url.raw_host or "").lower()
-        if ":" in host:
-            host = f"[{host}]"
-        return host if self.url.is_default_port() else f"{host}:{self.url.port}"
+        return host_header(self.url)
 
     @property
     def base_path(self) -> str:
-        """The URL's raw path without a trailing ``/`` ("" for the root)."""
-        return self.url.raw_path.rstrip("/")
+        return base_path(self.url)
+
+
+def host_header(url: URL) -> str:
+    """The Host header sent to ``url`` (and signed as ``host``)."""
+    host = (url.raw_host or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return host if url.is_default_port() else f"{host}:{url.port}"
+
+
+def base_path(url: URL) -> str:
+    """The URL's raw path without a trailing ``/`` ("" for the root)."""
+    return url.raw_path.rstrip("/")
 
 
 _SCHEME_KEYS = {
@@ -470,23 +520,47 @@ _SCHEME_KEYS = {
 }
 
 
+# The keys [signing] (the default tenant) and each [[tenants]] entry both have.
+_API_ID = Key(_api_id, "your Aleacc API id (printable ASCII, no `:` or spaces)")
+_SECRET_FILE = Key(
+    _path,
+    "where the secret is (Aleacc's: 64 hex characters), exactly one of this and "
+    "`secret_env`; re-read when it changes; an empty, unreadable or undecodable new "
+    "file keeps the last good secret; surrounding whitespace is stripped",
+)
+_SECRET_ENV = Key(
+    _env_name, "instead of `secret_file`: the environment variable holding the secret"
+)
+_RATE = Key(
+    _rate,
+    "requests per second this tenant may send (a token bucket), answered 429 beyond it",
+    "no limit",
+)
+_BURST = Key(
+    _int_range(1, 1_000_000),
+    "how many requests may come at once above `rate_per_s` (the bucket's size)",
+    "`rate_per_s`, at least 1",
+)
+
+
+def use(k: Key, default: Any = dataclasses.MISSING) -> Any:
+    """A field for a key declared once and used in more than one table."""
+    return field(default=default, metadata={_KEY: k})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SigningSettings:
-    """The credential and the scheme; the scheme's defaults are Aleacc's own."""
+    """The default tenant's credential and the scheme; the scheme's defaults are Aleacc's own."""
 
-    api_id: str = key(_api_id, "your Aleacc API id (printable ASCII, no `:` or spaces)")
-    secret_file: Path | None = key(
-        _path,
-        "where the secret is (Aleacc's: 64 hex characters), exactly one of this and "
-        "`secret_env`; re-read when it changes; an empty, unreadable or undecodable new "
-        "file keeps the last good secret; surrounding whitespace is stripped",
-        None,
+    api_id: str | None = use(
+        Key(_API_ID.convert, _API_ID.doc, "required without `[[tenants]]`"), None
     )
-    secret_env: str | None = key(
-        _env_name, "instead of `secret_file`: the environment variable holding the secret", None
-    )
+    secret_file: Path | None = use(_SECRET_FILE, None)
+    secret_env: str | None = use(_SECRET_ENV, None)
     scheme: signing.Scheme = group(signing.Scheme, _SCHEME_KEYS, signing.Scheme())
-    secret_poll_s: float = key(_seconds, "how often the secret file is checked for a change", 1.0)
+    secret_poll_s: float = key(
+        _seconds, "how often every tenant's secret file is checked for a change", 1.0
+    )
     correct_clock_skew: bool = key(
         _bool,
         "sign with the local clock plus Aleacc's offset, the median of its last answers' "
@@ -494,6 +568,8 @@ class SigningSettings:
         "the local clock",
         True,
     )
+    rate_per_s: float | None = use(_RATE, None)
+    burst: int | None = use(_BURST, None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -564,6 +640,16 @@ class LimitsSettings:
         "upstream connection closed",
         30.0,
     )
+    player_rate_per_s: float | None = key(
+        _rate,
+        "requests per second one client IP (`X-Client-Ip` as derived) may send, per tenant; "
+        "answered 429 beyond it",
+        None,
+        shown="no limit",
+    )
+    player_burst: int | None = use(
+        Key(_BURST.convert, "the player bucket's size", "`player_rate_per_s`, at least 1"), None
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -579,6 +665,52 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TenantSettings:
+    """One more brand: its credential, how its requests are recognised, and its limits."""
+
+    name: str = key(
+        _tenant_name,
+        "`a-z`, `0-9` and `-`, unique; the `tenant` label in metrics and logs "
+        "(`default` is `[signing]`'s)",
+    )
+    api_id: str = use(_API_ID)
+    secret_file: Path | None = use(_SECRET_FILE, None)
+    secret_env: str | None = use(_SECRET_ENV, None)
+    listen: ListenAddress | None = key(
+        parse_listen,
+        "its own proxy listener: every request arriving there is this tenant's",
+        None,
+    )
+    hosts: frozenset[str] | None = key(
+        _hosts,
+        "on `server.listen`: the `Host` values that choose it (case-insensitive, port "
+        "ignored); pair with `allowed_clients` or `client_names`, as a `Host` is the "
+        "caller's to write",
+        None,
+    )
+    client_names: frozenset[str] | None = key(
+        _names,
+        "on `server.listen`: the client certificate identities that choose it (with "
+        "`server.tls_client_ca_file`); when set, a request this tenant's by listener or "
+        "`Host` must also present one of them",
+        None,
+    )
+    allowed_clients: tuple[Network, ...] | None = key(
+        _networks,
+        "CIDRs of the peers that may use this tenant, within `access.allowed_clients`; "
+        "others get 403",
+        None,
+        shown="`access.allowed_clients`",
+    )
+    upstream_url: URL | None = key(
+        _upstream_url, "its Aleacc base URL, as `upstream.url`", None, shown="`upstream.url`"
+    )
+    scheme: signing.Scheme = group(signing.Scheme, _SCHEME_KEYS, signing.Scheme())
+    rate_per_s: float | None = use(_RATE, None)
+    burst: int | None = use(_BURST, None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything the gateway needs, validated: one field per table."""
 
@@ -589,12 +721,53 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    tenants: tuple[TenantSettings, ...] = ()  # [[tenants]], [signing]'s scheme filled in
+
+    @property
+    def default_tenant(self) -> TenantSettings | None:
+        """[signing]'s credential as a tenant (None when it has no api_id)."""
+        sign = self.signing
+        if sign.api_id is None:
+            return None
+        return TenantSettings(
+            name=DEFAULT_TENANT,
+            api_id=sign.api_id,
+            secret_file=sign.secret_file,
+            secret_env=sign.secret_env,
+            scheme=sign.scheme,
+            rate_per_s=sign.rate_per_s,
+            burst=sign.burst,
+        )
+
+    @property
+    def every_tenant(self) -> tuple[TenantSettings, ...]:
+        """The default tenant (if any) first, then [[tenants]] in the file's order."""
+        default = self.default_tenant
+        return ((default,) if default else ()) + self.tenants
+
+    def tenant(self, name: str) -> TenantSettings:
+        """The tenant called ``name``; KeyError naming the ones there are."""
+        for tenant in self.every_tenant:
+            if tenant.name == name:
+                return tenant
+        names = ", ".join(t.name for t in self.every_tenant) or "none"
+        raise KeyError(f"no tenant {name!r} (there are: {names})")
+
+    def table_of(self, tenant: TenantSettings) -> str:
+        """Where ``tenant`` is in the file, for messages: ``signing`` or ``tenants[i]``."""
+        if tenant.name == DEFAULT_TENANT:
+            return "signing"
+        return f"tenants[{[t.name for t in self.tenants].index(tenant.name)}]"
+
+    def upstream_of(self, tenant: TenantSettings) -> URL:
+        """The Aleacc base URL ``tenant``'s requests go to."""
+        return tenant.upstream_url or self.upstream.url
 
 
 def tables() -> list[tuple[str, type]]:
     """Each table's name and its settings class, in the file's order."""
     hints = get_type_hints(Settings)
-    return [(f.name, hints[f.name]) for f in dataclasses.fields(Settings)]
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(Settings) if f.name != "tenants"]
 
 
 # ---------------------------------------------------------------- reading
@@ -625,30 +798,60 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
     problems: list[str] = []
     known = dict(tables())
     for table, value in data.items():
+        if table == "tenants":
+            continue  # an array of tables, read below
         if table not in known:
             problems.append(f"[{table}]: unknown table")
         elif not isinstance(value, Mapping):
             problems.append(f"[{table}]: must be a table")
     for table, section in known.items():
         raw = data.get(table, {})
-        raw = raw if isinstance(raw, Mapping) else {}
-        values = found[table] = {}
-        declared = {d.name: d for d in declared_keys(section, table)}
-        for name, declaration in declared.items():
-            if name not in raw:
-                if declaration.required:
-                    problems.append(f"{table}.{name}: required")
-                continue
-            try:
-                values[name] = declaration.key.convert(raw[name])
-            except ValueError as exc:
-                invalid.add(f"{table}.{name}")
-                problems.append(f"{table}.{name}: {exc}")
-        problems += [f"{table}.{name}: unknown key" for name in raw if name not in declared]
-    problems += validate(found, invalid)
+        found[table] = _read(section, table, raw, problems, invalid)
+    tenants: list[dict[str, Any]] = []
+    raw_tenants = data.get("tenants", [])
+    if not isinstance(raw_tenants, list) or not all(isinstance(t, Mapping) for t in raw_tenants):
+        problems.append("[[tenants]]: must be an array of tables")
+    else:
+        for i, raw in enumerate(raw_tenants):
+            tenants.append(_read(TenantSettings, f"tenants[{i}]", raw, problems, invalid))
+    problems += validate(found, invalid, tenants)
     if problems:
         raise ConfigError(problems)
-    return Settings(**{table: _build(section, found[table]) for table, section in known.items()})
+    return Settings(
+        **{table: _build(section, found[table]) for table, section in known.items()},
+        tenants=tuple(
+            _build(TenantSettings, _with_default_scheme(values, found["signing"]))
+            for values in tenants
+        ),
+    )
+
+
+def _read(
+    section: type, table: str, raw: Any, problems: list[str], invalid: set[str]
+) -> dict[str, Any]:
+    """The converted value of each key of ``section`` set in ``raw``, by name; each
+    problem (a required key missing, a value refused, an unknown key) added to ``problems``."""
+    raw = raw if isinstance(raw, Mapping) else {}
+    values: dict[str, Any] = {}
+    declared = {d.name: d for d in declared_keys(section, table)}
+    for name, declaration in declared.items():
+        if name not in raw:
+            if declaration.required:
+                problems.append(f"{table}.{name}: required")
+            continue
+        try:
+            values[name] = declaration.key.convert(raw[name])
+        except ValueError as exc:
+            invalid.add(f"{table}.{name}")
+            problems.append(f"{table}.{name}: {exc}")
+    problems += [f"{table}.{name}: unknown key" for name in raw if name not in declared]
+    return values
+
+
+def _with_default_scheme(tenant: Mapping[str, Any], sign: Mapping[str, Any]) -> dict[str, Any]:
+    """A tenant's keys, with [signing]'s scheme keys where the tenant sets none of its own."""
+    inherited = {name: sign[name] for name in _SCHEME_KEYS if name in sign}
+    return {**inherited, **tenant}
 
 
 def _build(section: type, values: Mapping[str, Any]) -> Any:
@@ -671,7 +874,7 @@ def _parts(keys: Mapping[str, tuple[str, Key]], values: Mapping[str, Any]) -> di
     return {attribute: values[name] for name, (attribute, _) in keys.items() if name in values}
 
 
-def validate(found: Found, invalid: set[str]) -> list[str]:
+def validate(found: Found, invalid: set[str], tenants: list[dict[str, Any]]) -> list[str]:
     """The rules that join several keys, over the values that were read.
 
     A rule whose key was refused by its converter stays quiet: that key has its problem.
@@ -696,16 +899,89 @@ def validate(found: Found, invalid: set[str]) -> list[str]:
         "proxy_url" in upstream or upstream.get("proxy_from_env")
     ):
         problems.append("upstream.proxy_auth_file: needs proxy_url or proxy_from_env")
-    if ("secret_file" in sign) == ("secret_env" in sign) and not invalid & {
-        "signing.secret_file",
-        "signing.secret_env",
-    }:
-        problems.append("signing: set exactly one of secret_file and secret_env")
+    # [signing] is a credential unless [[tenants]] take its place.
+    has_id = "api_id" in sign or "signing.api_id" in invalid
+    if not tenants and not has_id:
+        problems.append("signing.api_id: required (or [[tenants]] to sign as)")
+    if has_id or not tenants:
+        problems += _one_secret("signing", sign, invalid)
+    elif "secret_file" in sign or "secret_env" in sign:
+        problems.append("signing.api_id: required with a secret_file or secret_env")
+    problems += _burst_needs_rate("signing", sign, "rate_per_s", "burst")
+    problems += _burst_needs_rate("limits", found["limits"], "player_rate_per_s", "player_burst")
     scheme = signing.Scheme(**_parts(_SCHEME_KEYS, sign))
     problems += [f"signing.fields: {problem}" for problem in signing.scheme_problems(scheme)]
     if "allowed_client_names" in found["access"] and "tls_client_ca_file" not in server:
         problems.append("access.allowed_client_names: needs server.tls_client_ca_file")
+    return problems + _tenant_problems(found, invalid, tenants)
+
+
+def _one_secret(table: str, values: Mapping[str, Any], invalid: set[str]) -> list[str]:
+    if ("secret_file" in values) != ("secret_env" in values) or invalid & {
+        f"{table}.secret_file",
+        f"{table}.secret_env",
+    }:
+        return []
+    return [f"{table}: set exactly one of secret_file and secret_env"]
+
+
+def _burst_needs_rate(table: str, values: Mapping[str, Any], rate: str, burst: str) -> list[str]:
+    return [f"{table}.{burst}: needs {rate}"] if burst in values and rate not in values else []
+
+
+def _tenant_problems(found: Found, invalid: set[str], tenants: list[dict[str, Any]]) -> list[str]:
+    """Each tenant's own rules, and the claims no two tenants may share."""
+    problems: list[str] = []
+    server = found["server"]
+    workers = server.get("workers", 1)
+    taken = {  # a listener address -> who has it; port 0 is a fresh port each time
+        server.get("listen", ServerSettings().listen): "server.listen",
+        server.get("admin_listen", ServerSettings().admin_listen): "server.admin_listen",
+    }
+    names: dict[str, str] = {}
+    hosts: dict[str, str] = {}
+    client_names: dict[str, str] = {}
+    for i, tenant in enumerate(tenants):
+        label = f"tenants[{i}]"
+        problems += _one_secret(label, tenant, invalid)
+        problems += _burst_needs_rate(label, tenant, "rate_per_s", "burst")
+        if "name" in tenant:
+            problems += _claim(names, [tenant["name"]], label, "name")
+        if not {"listen", "hosts", "client_names"} & (tenant.keys() | _keys_of(invalid, label)):
+            problems.append(f"{label}: set listen, hosts or client_names, or no request is its")
+        if "listen" in tenant:
+            address = tenant["listen"]
+            if address.port == 0:
+                if workers > 1:
+                    problems.append(f"{label}.listen: more than one worker needs a fixed port")
+            else:
+                problems += _claim(taken, [address], label, "listen")
+        problems += _claim(hosts, sorted(tenant.get("hosts", ())), label, "hosts")
+        if "client_names" in tenant:
+            if "tls_client_ca_file" not in server:
+                problems.append(f"{label}.client_names: needs server.tls_client_ca_file")
+            problems += _claim(client_names, sorted(tenant["client_names"]), label, "client_names")
+        if _SCHEME_KEYS.keys() & tenant.keys():
+            scheme = signing.Scheme(
+                **_parts(_SCHEME_KEYS, _with_default_scheme(tenant, found["signing"]))
+            )
+            problems += [f"{label}.fields: {p}" for p in signing.scheme_problems(scheme)]
     return problems
+
+
+def _claim(claimed: dict[Any, str], values: list[Any], label: str, name: str) -> list[str]:
+    """Claim each of ``values`` for ``label``; a problem for each one claimed before."""
+    problems = []
+    for value in values:
+        owner = claimed.setdefault(value, f"{label}.{name}")
+        if owner != f"{label}.{name}":
+            problems.append(f"{label}.{name}: {str(value)!r} is also {owner}'s")
+    return problems
+
+
+def _keys_of(invalid: set[str], table: str) -> set[str]:
+    """The keys of ``table`` whose values were refused."""
+    return {k.partition(".")[2] for k in invalid if k.partition(".")[0] == table}
 
 
 # ---------------------------------------------------------------- the reference page
@@ -722,13 +998,23 @@ def reference() -> str:
         "One TOML file, given to `serve` and `check-config` with `--config`. Unknown tables or",
         "keys and bad values stop the start-up, all reported at once, each with its key",
         "(`check-config` reports them without starting). Examples: `config/sidecar.toml`,",
-        "`config/standalone.toml`, `config/demo.toml`.",
+        "`config/standalone.toml`, `config/tenants.toml`, `config/demo.toml`.",
     ]
-    for table, section in tables():
-        lines += ["", f"## [{table}]", "", _first_line(section.__doc__), ""]
+    for table, section in [*tables(), ("tenants", TenantSettings)]:
+        heading = f"[[{table}]]" if section is TenantSettings else f"[{table}]"
+        lines += ["", f"## {heading}", "", _first_line(section.__doc__), ""]
+        if section is TenantSettings:
+            lines += [
+                "An array of tables, one per brand beyond `[signing]` (the default tenant);",
+                "docs/tenants.md tells how a request's tenant is chosen. A scheme key not set",
+                "here is `[signing]`'s.",
+                "",
+            ]
         lines += ["| key | default | meaning |", "|---|---|---|"]
         for d in declared_keys(section, table):
             default = "required" if d.required else d.key.shown or _shown(d.default)
+            if section is TenantSettings and d.name in _SCHEME_KEYS:
+                default = "`[signing]`'s"
             lines.append(f"| `{d.name}` | {default} | {d.key.doc} |")
     return "\n".join(lines) + "\n"
 

@@ -45,11 +45,15 @@ SIGNING_FAILURES = ("secret_unavailable", "invalid_request")
 CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", "send_timeout")
 TLS_REFUSALS = ("handshake", "name")
 RELOAD_RESULTS = ("loaded", "error")
+RATE_LIMIT_SCOPES = ("tenant", "player")
+DEFAULT_TENANTS = ("default",)
 
 
 class Count(NamedTuple):
     """One counter: the RequestCounts attribute, name, help, labels, and the label values
-    whose zero series are shown from the start (so rate() and alerts work at once)."""
+    whose zero series are shown from the start (so rate() and alerts work at once). A
+    counter whose first label is ``tenant`` is keyed by (tenant, ...), and its zero series
+    are there for every tenant."""
 
     attribute: str
     name: str
@@ -57,16 +61,22 @@ class Count(NamedTuple):
     labels: tuple[str, ...]
     zero: tuple[str, ...] = ()
 
+    def zero_keys(self, tenants: tuple[str, ...]) -> list[Any]:
+        if self.labels[0] == "tenant":
+            return [(tenant, value) for tenant in tenants for value in self.zero]
+        return list(self.zero)
+
 
 COUNTERS = (
-    Count("requests", "aleacc_gateway_requests", "Answers sent to callers, by method and status.",
-          ("method", "status")),
+    Count("requests", "aleacc_gateway_requests",
+          "Answers sent to callers, by tenant, method and status.", ("tenant", "method", "status")),
     Count("upstream_responses", "aleacc_gateway_upstream_responses",
-          "Statuses received from the upstream.", ("status",)),
+          "Statuses received from the upstream, by tenant.", ("tenant", "status")),
     Count("client_ip", "aleacc_gateway_client_ip",
           "How X-Client-Ip was derived: xff, peer or fallback.", ("source",), CLIENT_IP_SOURCES),
     Count("signing_failures", "aleacc_gateway_signing_failures",
-          "Requests that could not be signed, by reason.", ("reason",), SIGNING_FAILURES),
+          "Requests that could not be signed, by tenant and reason.", ("tenant", "reason"),
+          SIGNING_FAILURES),
     Count("upstream_errors", "aleacc_gateway_upstream_errors",
           f"Failed upstream attempts, by kind ({', '.join(FAULT_KINDS)}).", ("kind",)),
     Count("connections_closed", "aleacc_gateway_connections_closed",
@@ -76,7 +86,11 @@ COUNTERS = (
           "TLS clients refused, by reason: handshake (no or untrusted certificate, "
           "protocol) or name (not in access.allowed_client_names).", ("reason",), TLS_REFUSALS),
     Count("secret_reloads", "aleacc_gateway_secret_reloads",
-          "Secret (re)loads, by result: loaded or error.", ("result",), RELOAD_RESULTS),
+          "Secret (re)loads, by tenant and result: loaded or error.", ("tenant", "result"),
+          RELOAD_RESULTS),
+    Count("rate_limited", "aleacc_gateway_rate_limited",
+          "Requests answered 429, by tenant and scope: tenant (its rate_per_s) or player "
+          "(limits.player_rate_per_s).", ("tenant", "scope"), RATE_LIMIT_SCOPES),
     Count("tls_reloads", "aleacc_gateway_tls_reloads",
           "Listener certificate (re)loads, by result: loaded or error.", ("result",),
           RELOAD_RESULTS),
@@ -123,6 +137,7 @@ class RequestCounts:
         "client_ip",
         "connections_closed",
         "in_flight",
+        "rate_limited",
         "request_duration",
         "requests",
         "secret_reloads",
@@ -134,24 +149,26 @@ class RequestCounts:
         "upstream_responses",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, tenants: tuple[str, ...] = DEFAULT_TENANTS) -> None:
         self.in_flight = 0
-        self.requests: dict[tuple[str, int], int] = {}  # (method label, status)
-        self.upstream_responses: dict[int, int] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}  # (tenant, method label, status)
+        self.upstream_responses: dict[tuple[str, int], int] = {}
         self.client_ip: dict[str, int] = {}
-        self.signing_failures: dict[str, int] = {}
+        self.signing_failures: dict[tuple[str, str], int] = {}
         self.upstream_errors: dict[str, int] = {}
         self.connections_closed: dict[str, int] = {}
         self.tls_refusals: dict[str, int] = {}
-        self.secret_reloads: dict[str, int] = {}
+        self.secret_reloads: dict[tuple[str, str], int] = {}
         self.tls_reloads: dict[str, int] = {}
+        self.rate_limited: dict[tuple[str, str], int] = {}
         for count in COUNTERS:
-            getattr(self, count.attribute).update(dict.fromkeys(count.zero, 0))
+            getattr(self, count.attribute).update(dict.fromkeys(count.zero_keys(tenants), 0))
         self.request_duration = Durations()
         self.upstream_duration = Durations()
 
     def record(
         self,
+        tenant: str,
         method: str,
         status: int,
         duration_s: float,
@@ -160,12 +177,12 @@ class RequestCounts:
         upstream_s: float,
     ) -> None:
         """One answered request: what it adds to the counts, all in one place."""
-        add(self.requests, (method, status))
+        add(self.requests, (tenant, method, status))
         self.request_duration.observe(duration_s)
         if client_ip_source is not None:
             add(self.client_ip, client_ip_source)
         if upstream_status is not None:
-            add(self.upstream_responses, upstream_status)
+            add(self.upstream_responses, (tenant, upstream_status))
             self.upstream_duration.observe(upstream_s)
 
 
@@ -210,16 +227,18 @@ class SharedCounts:
     write. A worker killed with SIGKILL loses what came after the last fold.
     """
 
-    def __init__(self, counts: RequestCounts, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, counts: RequestCounts, registry: CollectorRegistry, tenants: tuple[str, ...]
+    ) -> None:
         self._counts = counts
-        self._folded = RequestCounts()
+        self._folded = RequestCounts(tenants)
         self._counters = [
             (Counter(c.name, c.documentation, c.labels, registry=registry), c.attribute)
             for c in COUNTERS
         ]
         for (counter, _), count in zip(self._counters, COUNTERS, strict=True):
-            for value in count.zero:
-                counter.labels(value)
+            for key in count.zero_keys(tenants):
+                counter.labels(*_labels(key))
         self._request_duration = Histogram(
             *REQUEST_DURATION, buckets=DURATION_BUCKETS, registry=registry
         )
@@ -239,7 +258,7 @@ class SharedCounts:
 
 
 def _labels(key: object) -> list[str]:
-    """A count's key as label values: a status, a source, or (method, status)."""
+    """A count's key as label values: a status, a source, or (tenant, method, status)."""
     return [str(part) for part in key] if isinstance(key, tuple) else [str(key)]
 
 

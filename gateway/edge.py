@@ -21,7 +21,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from .client_ip import TrustedNetworks, parse_address
 from .errors import ClientNotAllowed, error_body
-from .tls import client_names, name_allowed
+from .tls import client_names as certificate_names
+from .tls import name_allowed
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -71,8 +72,10 @@ class EdgeGuard:
         on_close: Callable[[str], None],
         tls: bool = False,
         on_tls_refused: Callable[[str], None] = lambda reason: None,
+        tenant: str | None = None,
     ) -> None:
         self.limits = limits
+        self.tenant = tenant  # a tenant's own listener: every request on it is this tenant's
         self.open_connections = 0
         self.on_close = on_close  # counts a connection the gateway closed, by reason
         self.tls = tls  # the listener speaks TLS: connections arrive after the handshake
@@ -113,8 +116,14 @@ class GatewayProtocol(RequestHandler):
         self._awaiting_headers = True
         self._header_started = False
         self._rejected = False
-        # The client certificate's first name (DNS or URI SAN, or CN), for the access line.
-        self.client_name: str | None = None
+        # The client certificate's names (DNS or URI SANs, or CN); the first one is the
+        # access line's.
+        self.client_names: tuple[str, ...] = ()
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant of the listener this connection came to (None: the shared one)."""
+        return self._guard.tenant
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
@@ -128,11 +137,10 @@ class GatewayProtocol(RequestHandler):
             refusal = "not_allowed", _NOT_ALLOWED
         if guard.tls and refusal is None:
             # The loop has done the handshake (and verified a client certificate).
-            names = client_names(transport.get_extra_info("peercert"))
-            self.client_name = names[0] if names else None
+            names = self.client_names = certificate_names(transport.get_extra_info("peercert"))
             if not name_allowed(names, guard.limits.allowed_names):
                 guard.on_tls_refused("name")
-                log.info("tls_client_not_allowed", client_name=self.client_name)
+                log.info("tls_client_not_allowed", client_name=names[0] if names else None)
                 refusal = "not_allowed", _NOT_ALLOWED
         self._open(transport, refusal)
 
@@ -294,7 +302,19 @@ def mark_request_finished(request: web.BaseRequest, keep_alive: bool) -> None:
         protocol.request_finished(keep_alive)
 
 
-def client_name(request: web.BaseRequest) -> str | None:
-    """The name in the caller's client certificate (None without one)."""
+def client_names(request: web.BaseRequest) -> tuple[str, ...]:
+    """The names in the caller's client certificate (none without one)."""
     protocol = request.protocol
-    return protocol.client_name if isinstance(protocol, GatewayProtocol) else None
+    return protocol.client_names if isinstance(protocol, GatewayProtocol) else ()
+
+
+def client_name(request: web.BaseRequest) -> str | None:
+    """The first name in the caller's client certificate (None without one)."""
+    names = client_names(request)
+    return names[0] if names else None
+
+
+def listener_tenant(request: web.BaseRequest) -> str | None:
+    """The tenant whose own listener the request arrived on (None: the shared one)."""
+    protocol = request.protocol
+    return protocol.tenant if isinstance(protocol, GatewayProtocol) else None

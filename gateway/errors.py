@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Literal, get_args
 
 from aiohttp import web
@@ -60,6 +61,19 @@ class ClientNotAllowed(GatewayError):
     status, code, message = 403, "client_not_allowed", "this client may not use the gateway"
 
 
+class TenantUnknown(GatewayError):
+    status, code, message = 421, "tenant_unknown", "no tenant is configured for this request"
+
+
+class RateLimited(GatewayError):
+    status, code, message = 429, "rate_limited", "too many requests; retry later"
+
+    def __init__(self, scope: str, retry_after_s: float) -> None:
+        super().__init__()
+        self.scope = scope  # "tenant" or "player": whose bucket is empty
+        self.retry_after_s = retry_after_s
+
+
 class BodyTooLarge(GatewayError):
     status, code, message = 413, "body_too_large", "request body exceeds the configured limit"
 
@@ -100,4 +114,7 @@ def error_response(error: GatewayError, request_id: str | None) -> web.Response:
     if error.status in (400, 408, 413):
         # The rest of the request may still be on the wire, unread: don't reuse the stream.
         response.force_close()
+    elif isinstance(error, RateLimited):
+        # Whole seconds (RFC 9110 §10.2.3), rounded up: never an invitation to come too soon.
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return response

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from .counts import CountsCollector, RequestCounts, SharedCounts
+from .counts import DEFAULT_TENANTS, CountsCollector, RequestCounts, SharedCounts
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
@@ -27,10 +27,17 @@ class Metrics:
     multi-process files; one process exposes them through a collector at scrape time.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        shared: bool = False,
+        tenants: tuple[str, ...] = DEFAULT_TENANTS,
+    ) -> None:
+        """``tenants``: the names whose zero series are shown from the start."""
         self.registry = registry
-        self.counts = RequestCounts()
-        self._shared = SharedCounts(self.counts, registry) if shared else None
+        self.counts = RequestCounts(tenants)
+        self._shared = SharedCounts(self.counts, registry, tenants) if shared else None
         if self._shared is None:
             registry.register(CountsCollector(self.counts))
         # The multiprocess modes apply with server.workers > 1 (prometheus-client's

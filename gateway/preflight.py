@@ -24,13 +24,14 @@ class Preflight:
 
     ``problems``: the configuration cannot work. ``missing``: a TLS or egress file not
     there (yet): ``serve`` cannot start, ``check-config`` (run where it is not mounted)
-    warns. ``secret_missing``: the secret is not there (yet): ``serve`` starts unready.
+    warns. ``secret_missing``: a tenant's secret is not there (yet): ``serve`` starts
+    unready.
     """
 
     settings: Settings
     problems: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    secret_missing: str | None = None
+    secret_missing: list[str] = field(default_factory=list)
     certificate: tls.Loaded | None = None
     egress: EgressProxy | None = None
 
@@ -39,15 +40,18 @@ def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Pr
     """Load what ``settings`` names; never raises for a file's problem."""
     problems: list[str] = []
     missing: list[str] = []
-    secret_missing = certificate = egress = None
-    try:
-        load_key(settings.signing, environ)
-    except SecretInvalid as exc:
-        # There, but it cannot be the key: a configuration error.
-        problems.append(f"signing: {exc}")
-    except SecretUnavailable as exc:
-        # Not a configuration error: in Kubernetes the secret is mounted only where it runs.
-        secret_missing = str(exc)
+    secret_missing: list[str] = []
+    certificate = egress = None
+    for tenant in settings.every_tenant:
+        try:
+            load_key(tenant, environ)
+        except SecretInvalid as exc:
+            # There, but it cannot be the key: a configuration error.
+            problems.append(f"{settings.table_of(tenant)}: {exc}")
+        except SecretUnavailable as exc:
+            # Not a configuration error: in Kubernetes the secret is mounted only where
+            # it runs.
+            secret_missing.append(f"{settings.table_of(tenant)}: {exc}")
     if settings.server.tls is not None:
         try:
             certificate = tls.load(settings.server.tls)

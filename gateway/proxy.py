@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -23,14 +23,21 @@ from multidict import CIMultiDict
 from . import signing
 from .admin import Lifecycle
 from .client_ip import TrustedNetworks, derive_client_ip
-from .config import Settings
+from .config import DEFAULT_TENANT, Settings, base_path, host_header
 from .counts import add
-from .edge import client_name, mark_request_finished, mark_request_started
+from .edge import (
+    client_name,
+    client_names,
+    listener_tenant,
+    mark_request_finished,
+    mark_request_started,
+)
 from .egress import EgressProxy, dialer
 from .errors import (
     BodyTooLarge,
     FaultKind,
     GatewayError,
+    RateLimited,
     RequestTimeout,
     RouteNotAllowed,
     SigningFailed,
@@ -51,10 +58,10 @@ from .forwarding import (
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
 from .pool import Pool, framed_head
-from .rejections import RejectionLog
 from .response import Response
 from .secret import SecretStore
 from .skew import SkewWatch
+from .tenants import Tenant, Tenants, Upstream
 
 Clock = Callable[[], float]
 
@@ -70,6 +77,7 @@ class Exchange:
     """What one request did, filled in as it goes; read once, by ``Proxy._record``."""
 
     request_id: str | None = None
+    tenant: str | None = None  # its name, once chosen
     client_ip: str | None = None
     client_ip_source: str | None = None
     upstream_status: int | None = None
@@ -82,26 +90,61 @@ class Exchange:
 
 
 class Proxy:
-    """The proxy listener's one handler: every request to the one upstream, signed."""
+    """The proxy listeners' one handler: every request to its tenant's upstream, signed."""
 
     def __init__(
         self,
         settings: Settings,
         *,
-        secrets: SecretStore,
+        secrets: Mapping[str, SecretStore],
         metrics: Metrics,
         lifecycle: Lifecycle,
         egress: EgressProxy | None = None,
         clock: Clock = time.time,
+        share: int = 1,
     ) -> None:
+        """``secrets``: each tenant's, by name; ``share``: how many worker processes
+        split the rate limits."""
         upstream = settings.upstream
-        self.pool = Pool(
-            dialer(upstream.url, egress, upstream.connect_timeout_s),
-            max_connections=upstream.max_connections,
-            timeout_s=upstream.timeout_s,
-            idle_timeout_s=upstream.idle_timeout_s,
+        upstreams: dict[str, Upstream] = {}
+        for url in [upstream.url, *map(settings.upstream_of, settings.every_tenant)]:
+            if str(url) not in upstreams:
+                pool = Pool(
+                    dialer(url, egress, upstream.connect_timeout_s),
+                    max_connections=upstream.max_connections,
+                    timeout_s=upstream.timeout_s,
+                    idle_timeout_s=upstream.idle_timeout_s,
+                )
+                host = host_header(url)
+                host_line = b"Host: " + signing.text(host)
+                upstreams[str(url)] = Upstream(pool, url.scheme, host, host_line, base_path(url))
+        self._upstreams = upstreams
+        self.pool = upstreams[str(upstream.url)].pool  # upstream.url's
+        limits = settings.limits
+        players = (
+            (limits.player_rate_per_s, limits.player_burst)
+            if limits.player_rate_per_s is not None
+            else None
         )
-        self._secrets = secrets
+        now = time.monotonic()
+        self.tenants = Tenants(
+            {
+                t.name: Tenant(
+                    t,
+                    upstreams[str(settings.upstream_of(t))],
+                    secrets[t.name],
+                    players=players,
+                    explain_every_s=settings.logging.explain_rejections_every_s,
+                    share=share,
+                    now=now,
+                )
+                for t in settings.every_tenant
+            },
+            settings,
+        )
+        self._only = self.tenants.only
+        # The label of a request refused before its tenant was known.
+        self._unchosen = DEFAULT_TENANT if self._only else "unknown"
         self._counts = metrics.counts
         self._lifecycle = lifecycle
         self._clock = clock
@@ -113,28 +156,18 @@ class Proxy:
             clock,
             correct=settings.signing.correct_clock_skew,
         )
-        self._api_id = settings.signing.api_id
-        self._credentials: signing.Credentials | None = None
-        # Compiled once: the request path runs the plan, never re-parses the scheme.
-        self._plan = signing.compile_scheme(settings.signing.scheme)
-        self._new_request_id = self._plan.new_request_id
-        every_s = settings.logging.explain_rejections_every_s
-        self._rejections = (
-            RejectionLog(self._plan, every_s, lambda: secrets.rotated_at) if every_s else None
+        # The incoming headers any tenant's scheme reads (header:<Name>, content_type),
+        # lower-case; each plan reads only its own of them.
+        self._signed_headers = frozenset().union(
+            *(t.plan.header_names for t in self.tenants.by_name.values())
         )
-        self._scheme = upstream.url.scheme
-        self._host = upstream.host_header
-        self._host_line = b"Host: " + signing.text(self._host)
-        # The incoming headers the scheme reads (header:<Name>, content_type), lower-case.
-        self._signed_headers = self._plan.header_names
-        self._base_path = upstream.base_path
         self._forward_proxy_headers = upstream.forward_proxy_headers
         self._attempts = 1 + upstream.retries
         self._retry_backoff_s = upstream.retry_backoff_s
         self._routes = settings.access.routes
-        self._body_timeout_s = settings.limits.body_timeout_s
-        self._send_timeout_s = settings.limits.send_timeout_s
-        self._max_body = settings.limits.max_body_bytes
+        self._body_timeout_s = limits.body_timeout_s
+        self._send_timeout_s = limits.send_timeout_s
+        self._max_body = limits.max_body_bytes
         self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
 
     def server(self) -> web.Server:
@@ -143,7 +176,8 @@ class Proxy:
         return web.Server(self.handle, handler_cancellation=True)
 
     async def close(self) -> None:
-        await self.pool.close()
+        for upstream in self._upstreams.values():
+            await upstream.pool.close()
 
     # ---------------------------------------------------------------- the request
 
@@ -185,7 +219,9 @@ class Proxy:
         except GatewayError as exc:
             exchange.error = exc.code
             if isinstance(exc, SigningFailed):
-                add(self._counts.signing_failures, exc.reason)
+                add(self._counts.signing_failures, (exchange.tenant or self._unchosen, exc.reason))
+            elif isinstance(exc, RateLimited):
+                add(self._counts.rate_limited, (exchange.tenant or self._unchosen, exc.scope))
             return error_response(exc, exchange.request_id)
         except Exception:
             log.exception("unhandled_error", request_id=exchange.request_id)
@@ -206,34 +242,40 @@ class Proxy:
             forward_proxy_headers=self._forward_proxy_headers,
             signed=self._signed_headers,
         )
+        tenant = self._only or self.tenants.choose(
+            listener_tenant(request), request.headers.get("Host"), client_names(request)
+        )
+        exchange.tenant = tenant.name
         if not route_allowed(self._routes, request.method, request.raw_path):
             raise RouteNotAllowed()
-        body = await self._read_body(request, exchange) if request.body_exists else b""
-
         client_ip = derive_client_ip(request.remote, incoming.forwarded_for, self._trusted)
         exchange.client_ip = client_ip.address
         exchange.client_ip_source = client_ip.source
+        if tenant.guarded:  # its own allowlist and rate limits: checked before the body
+            tenant.admit(request.remote, client_names(request), client_ip.address, time.monotonic())
+        body = await self._read_body(request, exchange) if request.body_exists else b""
 
         # What the scheme signs of the headers: the end-to-end lines it names, as sent,
         # and the two the gateway sets.
+        target = tenant.upstream
         signed = CIMultiDict(incoming.signed)
-        signed["Host"] = self._host
+        signed["Host"] = target.host
         signed["X-Client-Ip"] = client_ip.address
         parts = signing.RequestParts(
             request.method,
-            self._scheme,
-            self._host,
-            upstream_path_and_query(self._base_path, request.raw_path),
+            target.scheme,
+            target.host,
+            upstream_path_and_query(target.base_path, request.raw_path),
             signed,
             body,
-            self._base_path,
+            target.base_path,
         )
         lines = [
-            self._host_line,
+            target.host_line,
             *incoming.lines,
             b"X-Client-Ip: " + signing.text(client_ip.address),
         ]
-        upstream = await self._send(request, parts, lines, exchange)
+        upstream = await self._send(request, tenant, parts, lines, exchange)
         try:
             return await self._relay(request, upstream, exchange)
         finally:
@@ -246,7 +288,9 @@ class Proxy:
         and the access line. The only place any of them is written."""
         counts = self._counts
         counts.in_flight -= 1
+        tenant = exchange.tenant or self._unchosen
         counts.record(
+            tenant,
             method_label(request.method),
             status,
             duration,
@@ -259,6 +303,7 @@ class Proxy:
         self._access_log.write(
             {
                 "request_id": exchange.request_id,
+                "tenant": tenant,
                 "method": request.method,
                 "path": request.raw_path.partition("?")[0],  # the query may carry player data
                 "status": status,
@@ -293,20 +338,18 @@ class Proxy:
         except TimeoutError:
             raise RequestTimeout() from None
 
-    def _sign(self, parts: signing.RequestParts) -> signing.Signed:
-        secret = self._secrets.current
-        if secret is None:
+    def _sign(self, tenant: Tenant, parts: signing.RequestParts) -> signing.Signed:
+        credentials = tenant.credentials()
+        if credentials is None:
             raise SigningFailed("secret_unavailable")
-        credentials = self._credentials
-        if credentials is None or credentials.key is not secret:  # made again on a new secret
-            credentials = self._credentials = signing.Credentials(self._api_id, secret)
+        plan = tenant.plan
         try:
-            return self._plan.sign(
+            return plan.sign(
                 parts,
                 credentials,
-                self._new_request_id(),
+                tenant.new_request_id(),
                 # Aleacc's clock, as its Date headers show it (skew.py).
-                self._plan.timestamp(self._clock() + self._skew.correction),
+                plan.timestamp(self._clock() + self._skew.correction),
             )
         except UnicodeEncodeError:
             # A header value that is not valid text cannot be put into the signed string.
@@ -315,13 +358,15 @@ class Proxy:
     async def _send(
         self,
         request: web.BaseRequest,
+        tenant: Tenant,
         parts: signing.RequestParts,
         lines: list[bytes],
         exchange: Exchange,
     ) -> Response:
         """Send with a fresh signature per attempt; retry only what provably never left."""
+        pool = tenant.upstream.pool
         for attempt in range(1, self._attempts + 1):
-            signed = self._sign(parts)
+            signed = self._sign(tenant, parts)
             exchange.request_id = signed.request_id
             authorization = b"Authorization: " + signing.text(signed.authorization)
             head = framed_head(
@@ -329,7 +374,7 @@ class Proxy:
             )
             started = time.perf_counter()
             try:
-                response = await self.pool.request(head, parts.body, method=parts.method)
+                response = await pool.request(head, parts.body, method=parts.method)
             except UpstreamFault as fault:
                 error = _upstream_error(fault)
                 add(self._counts.upstream_errors, error.kind)
@@ -349,12 +394,11 @@ class Proxy:
             exchange.upstream_s = time.perf_counter() - started
             exchange.upstream_status = response.status
             exchange.upstream_date = response.headers.get("Date")
-            if (response.status == 403 or response.status == 401) and self._rejections:
-                self._rejections.rejected(
+            if (response.status == 403 or response.status == 401) and tenant.rejections:
+                tenant.rejections.rejected(
                     response.status,
                     parts,
                     signed,
-                    self._api_id,
                     exchange.upstream_date,
                     self._skew.correction,
                     "X-Player-Session-Id" in request.headers,

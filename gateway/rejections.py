@@ -79,9 +79,14 @@ class RejectionLog:
         plan: signing.Plan,
         every_s: float,
         rotated_at: Callable[[], float | None],
+        *,
+        tenant: str,
+        api_id: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._plan = plan
+        self._tenant = tenant
+        self._api_id = api_id
         self._every_s = every_s
         self._rotated_at = rotated_at
         self._clock = clock
@@ -101,7 +106,6 @@ class RejectionLog:
         status: int,
         parts: signing.RequestParts,
         signed: signing.Signed,
-        api_id: str,
         upstream_date: str | None,
         correction_s: float,
         has_session: bool,
@@ -116,10 +120,12 @@ class RejectionLog:
             self._last.clear()  # a flood of paths costs the limit, never memory
         self._last[key] = now
         rotated_at = self._rotated_at()
+        api_id = self._api_id
         context = signing.Context(api_id, signed.request_id, str(signed.timestamp))
         log.warning(
             "upstream_rejected",
             request_id=signed.request_id,
+            tenant=self._tenant,
             status=status,
             path=parts.path,
             cause=likeliest_cause(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .config import SigningSettings
+from .config import Settings, TenantSettings
 from .reloading import FileStamp, OnReload, Reloading, ReloadResult, file_stamp
 from .signing import decode_secret
 
@@ -30,7 +30,7 @@ class SecretInvalid(SecretError):
     configuration error, not a mount that is still on its way."""
 
 
-def read_secret(settings: SigningSettings, environ: Mapping[str, str] = os.environ) -> bytes:
+def read_secret(settings: TenantSettings, environ: Mapping[str, str] = os.environ) -> bytes:
     """Read the configured secret once; raise SecretUnavailable when it cannot be had."""
     if settings.secret_env is not None:
         value = environ.get(settings.secret_env, "").strip()
@@ -41,7 +41,7 @@ def read_secret(settings: SigningSettings, environ: Mapping[str, str] = os.envir
     return _read_file(settings.secret_file)
 
 
-def load_key(settings: SigningSettings, environ: Mapping[str, str] = os.environ) -> bytes:
+def load_key(settings: TenantSettings, environ: Mapping[str, str] = os.environ) -> bytes:
     """Read the secret and decode it into the HMAC key; SecretUnavailable if it cannot be
     read, SecretInvalid if it does not decode."""
     secret = read_secret(settings, environ)
@@ -51,7 +51,7 @@ def load_key(settings: SigningSettings, environ: Mapping[str, str] = os.environ)
         raise SecretInvalid(f"{secret_source(settings)} {exc}") from None
 
 
-def secret_source(settings: SigningSettings) -> str:
+def secret_source(settings: TenantSettings) -> str:
     """Where the secret comes from, for messages: never its value."""
     if settings.secret_env is not None:
         return f"environment variable {settings.secret_env}"
@@ -74,7 +74,7 @@ class SecretStore(Reloading):
 
     def __init__(
         self,
-        settings: SigningSettings,
+        settings: TenantSettings,
         environ: Mapping[str, str] = os.environ,
         on_reload: OnReload | None = None,
     ) -> None:
@@ -122,3 +122,23 @@ class SecretStore(Reloading):
             self.rotated_at = time.monotonic()  # a new secret replaced a working one
         self._secret = value
         return self._report("loaded", None)
+
+
+def secret_stores(
+    settings: Settings,
+    environ: Mapping[str, str] = os.environ,
+    on_reload: Callable[[str, ReloadResult, str | None], None] | None = None,
+) -> dict[str, SecretStore]:
+    """A store for every tenant's secret, by tenant name; ``on_reload`` hears which."""
+    return {
+        tenant.name: SecretStore(
+            tenant,
+            environ,
+            None if on_reload is None else _for_tenant(on_reload, tenant.name),
+        )
+        for tenant in settings.every_tenant
+    }
+
+
+def _for_tenant(on_reload: Callable[[str, ReloadResult, str | None], None], name: str) -> OnReload:
+    return lambda result, problem: on_reload(name, result, problem)

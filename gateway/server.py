@@ -26,7 +26,7 @@ from .metrics import Metrics
 from .preflight import Preflight
 from .proxy import Clock, Proxy
 from .reloading import ReloadResult
-from .secret import SecretStore
+from .secret import SecretStore, secret_stores
 from .tls import CertificateStore
 
 log = structlog.get_logger("aleacc_gateway")
@@ -63,6 +63,15 @@ def check_free(address: ListenAddress, setting: str = "server.listen") -> None:
     bind(address, setting=setting).close()
 
 
+def proxy_listeners(settings: Settings) -> list[tuple[ListenAddress, str]]:
+    """Each proxy listener's address and its setting: the shared one, then each tenant's."""
+    return [(settings.server.listen, "server.listen")] + [
+        (tenant.listen, f"{settings.table_of(tenant)}.listen")
+        for tenant in settings.tenants
+        if tenant.listen is not None
+    ]
+
+
 def format_address(address: tuple[str, int]) -> str:
     """``host:port``, with brackets around an IPv6 host."""
     return str(ListenAddress(*address))
@@ -97,17 +106,18 @@ class ShutdownSignals:
 
 
 def start_housekeeping(
-    secrets: SecretStore,
+    secrets: Mapping[str, SecretStore],
     poll_s: float,
     certificates: CertificateStore | None,
     fold_metrics: Callable[[], None] | None = None,
 ) -> list[asyncio.Task[None]]:
     """The tasks beside a listener: flushing buffered log lines (folding a worker's
-    metrics just before) and, every ``poll_s``, re-reading the secret (when it comes from
-    a file) and the listener's TLS files. Stop them with cancel_all()."""
+    metrics just before) and, every ``poll_s``, re-reading each tenant's secret (when it
+    comes from a file) and the listener's TLS files. Stop them with cancel_all()."""
     tasks = [asyncio.create_task(flush_periodically(before=fold_metrics), name="log-flush")]
-    if secrets.watches_file:
-        tasks.append(asyncio.create_task(secrets.watch(poll_s), name="secret"))
+    for name, store in secrets.items():
+        if store.watches_file:
+            tasks.append(asyncio.create_task(store.watch(poll_s), name=f"secret-{name}"))
     if certificates is not None:
         tasks.append(asyncio.create_task(certificates.watch(poll_s), name="tls"))
     return tasks
@@ -152,11 +162,11 @@ class GatewayServer:
         self.settings = settings
         self.worker = worker
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, shared=worker)
-        self.lifecycle = Lifecycle()
-        self.secrets = SecretStore(
-            settings.signing, environ=environ, on_reload=self._secret_reloaded
+        self.metrics = Metrics(
+            self.registry, shared=worker, tenants=tuple(t.name for t in settings.every_tenant)
         )
+        self.lifecycle = Lifecycle()
+        self.secrets = secret_stores(settings, environ, self._secret_reloaded)
         tls = settings.server.tls
         # TlsError here: the first pair cannot be used, a configuration error.
         self.certificates = (
@@ -177,6 +187,7 @@ class GatewayServer:
             lifecycle=self.lifecycle,
             egress=loaded.egress if loaded else egress_proxy(settings.upstream, environ),
             clock=clock,
+            share=settings.server.workers if worker else 1,
         )
         self.admin_app = create_admin_app(
             secrets=self.secrets,
@@ -187,14 +198,20 @@ class GatewayServer:
         self._runners: list[web.BaseRunner] = []
         self._listeners: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self.edge: EdgeGuard | None = None  # the proxy listener's, once started
+        self.edge: EdgeGuard | None = None  # the shared proxy listener's, once started
+        self.tenant_addresses: dict[str | None, tuple[str, int]] = {}  # tenants' own listeners
 
-    def _secret_reloaded(self, result: ReloadResult, problem: str | None) -> None:
+    def _secret_reloaded(self, tenant: str, result: ReloadResult, problem: str | None) -> None:
         if result == "error":
-            log.error("secret_reload_failed", problem=problem)
+            log.error("secret_reload_failed", tenant=tenant, problem=problem)
         else:
-            log.info("secret_loaded")
-        add(self.metrics.counts.secret_reloads, result)
+            log.info("secret_loaded", tenant=tenant)
+        add(self.metrics.counts.secret_reloads, (tenant, result))
+
+    def reload_secrets(self) -> None:
+        """Re-read every tenant's secret now (SIGHUP)."""
+        for store in self.secrets.values():
+            store.refresh(force=True)
 
     def _handshake_failed(self, reason: str) -> None:
         log.info("tls_handshake_failed", reason=reason)
@@ -221,19 +238,31 @@ class GatewayServer:
         return Bound(proxy=proxy, admin=admin_sock.getsockname()[:2])
 
     async def start_proxy(self) -> tuple[str, int]:
-        """Bind the proxy listener only (all a worker serves) and start serving."""
+        """Bind the proxy listeners only (all a worker serves) and start serving; the
+        shared listener's address."""
         self._tasks = start_housekeeping(
             self.secrets,
             self.settings.signing.secret_poll_s,
             self.certificates,
             self.metrics.fold if self.worker else None,
         )
-        limits = self.settings.limits
         server = self.proxy.server()
         # shutdown_timeout: how long stop() lets in-flight requests finish.
         drain_s = self.settings.server.drain_timeout_s
         await self._setup(web.ServerRunner(server, shutdown_timeout=drain_s))
-        proxy_sock = bind(self.settings.server.listen, reuse_port=self.worker)
+        tenants = [None] + [t.name for t in self.settings.tenants if t.listen is not None]
+        addresses = []
+        for (address, setting), tenant in zip(proxy_listeners(self.settings), tenants, strict=True):
+            addresses.append(await self._listen(server, address, setting, tenant))
+        self.tenant_addresses = dict(zip(tenants[1:], addresses[1:], strict=True))
+        return addresses[0]
+
+    async def _listen(
+        self, server: web.Server, address: ListenAddress, setting: str, tenant: str | None
+    ) -> tuple[str, int]:
+        """One proxy listener (``tenant``'s own, or the shared one), serving ``server``."""
+        limits = self.settings.limits
+        sock = bind(address, reuse_port=self.worker, setting=setting)
         # The proxy listener speaks through EdgeGuard's protocol (connection cap, header
         # deadline, JSON errors); its connections still register with the runner, so
         # runner.cleanup() drains them.
@@ -248,12 +277,14 @@ class GatewayServer:
             on_close=lambda reason: add(self.metrics.counts.connections_closed, reason),
             tls=self.certificates is not None,
             on_tls_refused=lambda reason: add(self.metrics.counts.tls_refusals, reason),
+            tenant=tenant,
         )
-        self.edge = guard
+        if tenant is None:
+            self.edge = guard
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(
             lambda: guard.protocol_factory(server, loop),
-            sock=proxy_sock,
+            sock=sock,
             # The loop runs the handshake: with the current certificate, within the idle
             # deadline (a client that sends nothing is closed as with plain HTTP).
             ssl=self.certificates.listener_context(self._handshake_failed)
@@ -262,8 +293,8 @@ class GatewayServer:
             ssl_handshake_timeout=limits.idle_timeout_s if self.certificates else None,
         )
         self._listeners.append(listener)
-        address: tuple[str, int] = proxy_sock.getsockname()[:2]
-        return address
+        bound: tuple[str, int] = sock.getsockname()[:2]
+        return bound
 
     async def _setup(self, runner: web.BaseRunner) -> web.BaseRunner:
         await runner.setup()

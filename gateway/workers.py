@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -31,13 +31,14 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from .admin import Lifecycle, create_admin_app
 from .preflight import Preflight
-from .secret import SecretStore
+from .secret import SecretStore, secret_stores
 from .server import (
     ShutdownSignals,
     bind,
     cancel_all,
     check_free,
     format_address,
+    proxy_listeners,
     start_housekeeping,
 )
 from .tls import CertificateStore
@@ -89,7 +90,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT, then drain every worker; 0 if all left cleanly."""
         metrics_dir = tempfile.mkdtemp(prefix="aleacc-gateway-metrics-")
         # Only for /readyz here: the workers sign and serve TLS with their own.
-        secrets = SecretStore(self.settings.signing)
+        secrets = secret_stores(self.settings)
         tls = self.settings.server.tls
         certificates = CertificateStore(tls, loaded=self._certificate) if tls else None
         tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s, certificates)
@@ -106,7 +107,8 @@ class Supervisor:
             await runner.setup()
             sock = bind(self.settings.server.admin_listen, setting="server.admin_listen")
             # Before any worker starts (each would fail to bind, again and again).
-            check_free(self.settings.server.listen)
+            for address, setting in proxy_listeners(self.settings):
+                check_free(address, setting)
             await web.SockSite(runner, sock).start()
             environ = {**os.environ, METRICS_DIR_ENV: metrics_dir}
             signals = ShutdownSignals(on_reload=lambda: self._reload(secrets))
@@ -171,8 +173,9 @@ class Supervisor:
         """/readyz's count of workers down: those not (or no longer) listening."""
         self.lifecycle.workers_down = self.settings.server.workers - len(self._ready)
 
-    def _reload(self, secrets: SecretStore) -> None:
-        secrets.refresh(force=True)
+    def _reload(self, secrets: Mapping[str, SecretStore]) -> None:
+        for store in secrets.values():
+            store.refresh(force=True)
         self._signal_workers(signal.SIGHUP)
 
     def _signal_workers(self, sig: signal.Signals) -> None:

@@ -396,10 +396,11 @@ class GatewayProcess:
         self.admin = URL()
 
     @classmethod
-    async def start(cls, config: Path) -> GatewayProcess:
+    async def start(cls, config: Path, env: dict[str, str] | None = None) -> GatewayProcess:
+        """``env``: variables added to this process's environment."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
         )  # fmt: skip
         gateway = cls(process)
         started = await gateway.wait_for("started")
@@ -444,7 +445,7 @@ class GatewayProcess:
         await self._reader
 
 
-StartProcess = Callable[[Path], Awaitable[GatewayProcess]]
+StartProcess = Callable[..., Awaitable[GatewayProcess]]
 
 
 @pytest.fixture
@@ -452,8 +453,8 @@ async def gateway_process() -> AsyncIterator[StartProcess]:
     """Start ``serve`` processes; each is killed after the test if still running."""
     started: list[GatewayProcess] = []
 
-    async def start(config: Path) -> GatewayProcess:
-        process = await GatewayProcess.start(config)
+    async def start(config: Path, env: dict[str, str] | None = None) -> GatewayProcess:
+        process = await GatewayProcess.start(config, env)
         started.append(process)
         return process
 

@@ -10,6 +10,7 @@ import pytest
 from gateway import signing
 from gateway.config import (
     ConfigError,
+    TenantSettings,
     declared_keys,
     load_settings,
     parse_settings,
@@ -234,8 +235,109 @@ def test_the_reference_page_is_generated_from_the_declarations() -> None:
 
 def test_the_reference_page_lists_every_key_once() -> None:
     page = reference()
-    for table, section in tables():
+    every = [*tables(), ("tenants", TenantSettings)]
+    for table, section in every:
         for declared in declared_keys(section, table):
             assert page.count(f"| `{declared.name}` |") >= 1, declared
     rows = [line for line in page.splitlines() if line.startswith("| `")]
-    assert len(rows) == sum(len(list(declared_keys(s, t))) for t, s in tables())
+    assert len(rows) == sum(len(list(declared_keys(s, t))) for t, s in every)
+    assert "## [[tenants]]" in page
+
+
+# ---------------------------------------------------------------- [[tenants]]
+
+BRAND_B = {"name": "brand-b", "api_id": "b-id", "secret_env": "B", "hosts": ["b.svc"]}
+
+
+def test_tenants_take_signings_scheme_unless_they_set_their_own() -> None:
+    own = {**BRAND_B, "name": "brand-c", "hosts": ["c.svc"], "signature_encoding": "hex"}
+    s = parse_settings(
+        merged(signing={"separator": "\n", "timestamp_unit": "ms"}) | {"tenants": [BRAND_B, own]}
+    )
+    b, c = s.tenants
+    assert (b.scheme.separator, b.scheme.timestamp_unit) == ("\n", "ms")
+    assert b.scheme.signature_encoding == "base64"
+    assert (c.scheme.separator, c.scheme.signature_encoding) == ("\n", "hex")
+    assert [t.name for t in s.every_tenant] == ["default", "brand-b", "brand-c"]
+    assert s.upstream_of(b) == s.upstream.url
+    assert b.hosts == frozenset({"b.svc"})
+
+
+def test_without_a_default_tenant_signing_needs_no_api_id() -> None:
+    data = {"upstream": MINIMAL["upstream"], "tenants": [BRAND_B]}
+    s = parse_settings(data)
+    assert s.default_tenant is None
+    assert [t.name for t in s.every_tenant] == ["brand-b"]
+
+
+def test_a_host_is_matched_without_case_or_port() -> None:
+    s = parse_settings(merged() | {"tenants": [{**BRAND_B, "hosts": ["B.svc:8443", "[::1]:80"]}]})
+    assert s.tenants[0].hosts == frozenset({"b.svc", "[::1]"})
+
+
+@pytest.mark.parametrize(
+    ("tenants", "expected"),
+    [
+        ([{**BRAND_B, "name": "default"}], "tenants[0].name: 'default' is [signing]'s name"),
+        ([{**BRAND_B, "name": "Brand B"}], "tenants[0].name: must be 1 to 63 of a-z"),
+        ([BRAND_B, {**BRAND_B, "hosts": ["c.svc"]}], "tenants[1].name: 'brand-b' is also"),
+        ([BRAND_B, {**BRAND_B, "name": "brand-c"}], "tenants[1].hosts: 'b.svc' is also"),
+        ([{**BRAND_B, "secret_file": "/s"}], "tenants[0]: set exactly one of secret_file"),
+        ([{k: v for k, v in BRAND_B.items() if k != "api_id"}], "tenants[0].api_id: required"),
+        ([{**BRAND_B, "hosts": None}], "tenants[0].hosts: must be a non-empty list"),
+        (
+            [{k: v for k, v in BRAND_B.items() if k != "hosts"}],
+            "tenants[0]: set listen, hosts or client_names",
+        ),
+        (
+            [{**BRAND_B, "client_names": ["spiffe://b"]}],
+            "tenants[0].client_names: needs server.tls_client_ca_file",
+        ),
+        (
+            [{**BRAND_B, "listen": "127.0.0.1:8080"}],
+            "tenants[0].listen: '127.0.0.1:8080' is also server.listen's",
+        ),
+        (
+            [
+                {**BRAND_B, "listen": "127.0.0.1:8082"},
+                {**BRAND_B, "name": "c", "hosts": ["c"], "listen": "127.0.0.1:8082"},
+            ],
+            "tenants[1].listen: '127.0.0.1:8082' is also tenants[0].listen's",
+        ),
+        ([{**BRAND_B, "burst": 5}], "tenants[0].burst: needs rate_per_s"),
+        ([{**BRAND_B, "rate_per_s": 0}], "tenants[0].rate_per_s: 0 must be more than 0"),
+        ([{**BRAND_B, "fields": ["bodyy"]}], "tenants[0].fields: 'bodyy': unknown field"),
+        ([{**BRAND_B, "colour": "blue"}], "tenants[0].colour: unknown key"),
+        ([{**BRAND_B, "hosts": ["b c"]}], "tenants[0].hosts: not a host name: 'b c'"),
+        ({"name": "x"}, "[[tenants]]: must be an array of tables"),
+    ],
+)
+def test_each_tenant_problem_names_its_key(tenants: object, expected: str) -> None:
+    found = problems(merged() | {"tenants": tenants})
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_more_than_one_worker_needs_fixed_tenant_ports() -> None:
+    data = merged(server={"workers": 2, "listen": "127.0.0.1:8080"})
+    data["tenants"] = [{**BRAND_B, "listen": "127.0.0.1:0"}]
+    assert "tenants[0].listen: more than one worker needs a fixed port" in problems(data)
+
+
+@pytest.mark.parametrize(
+    ("signing_values", "expected"),
+    [
+        ({"api_id": None}, "signing.api_id: required with a secret_file or secret_env"),
+        ({"burst": 3}, "signing.burst: needs rate_per_s"),
+    ],
+)
+def test_signing_as_the_default_tenant(signing_values: dict[str, object], expected: str) -> None:
+    data = merged(signing=signing_values) | {"tenants": [BRAND_B]}
+    if signing_values.get("api_id", "") is None:
+        del data["signing"]["api_id"]  # type: ignore[attr-defined]
+    assert expected in problems(data)
+
+
+def test_player_burst_needs_a_player_rate() -> None:
+    assert "limits.player_burst: needs player_rate_per_s" in problems(
+        merged(limits={"player_burst": 2})
+    )

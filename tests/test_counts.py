@@ -18,9 +18,12 @@ from gateway import counts as c
 from gateway.counts import CountsCollector, RequestCounts, SharedCounts
 from gateway.metrics import Metrics
 
+TENANTS = ("default", "brand-b")
+
 
 @dataclass
 class Event:
+    tenant: str
     method: str
     status: int
     duration: float
@@ -36,6 +39,7 @@ durations = st.one_of(
 events = st.lists(
     st.builds(
         Event,
+        tenant=st.sampled_from(TENANTS),
         method=st.sampled_from(["GET", "POST", "OTHER"]),
         status=st.sampled_from([200, 403, 502]),
         duration=durations,
@@ -50,7 +54,9 @@ events = st.lists(
 def record(counts: RequestCounts, event: Event) -> None:
     """The request path's own recording (Proxy._record calls it once per request)."""
     status, seconds = event.upstream or (None, 0.0)
-    counts.record(event.method, event.status, event.duration, event.source, status, seconds)
+    counts.record(
+        event.tenant, event.method, event.status, event.duration, event.source, status, seconds
+    )
 
 
 def reference(history: list[Event], in_flight: int) -> str:
@@ -61,8 +67,8 @@ def reference(history: list[Event], in_flight: int) -> str:
         for count in c.COUNTERS
     }
     for count in c.COUNTERS:
-        for value in count.zero:
-            counters[count.attribute].labels(value)
+        for key in count.zero_keys(TENANTS):
+            counters[count.attribute].labels(*(key if isinstance(key, tuple) else (key,)))
     requests, responses = counters["requests"], counters["upstream_responses"]
     client_ip = counters["client_ip"]
     request_duration = Histogram(*c.REQUEST_DURATION, buckets=c.DURATION_BUCKETS, registry=registry)
@@ -71,11 +77,11 @@ def reference(history: list[Event], in_flight: int) -> str:
     )
     Gauge(*c.IN_FLIGHT, registry=registry).set(in_flight)
     for event in history:
-        requests.labels(event.method, str(event.status)).inc()
+        requests.labels(event.tenant, event.method, str(event.status)).inc()
         request_duration.observe(event.duration)
         client_ip.labels(event.source).inc()
         if event.upstream is not None:
-            responses.labels(str(event.upstream[0])).inc()
+            responses.labels(event.tenant, str(event.upstream[0])).inc()
             upstream_duration.observe(event.upstream[1])
     return exposition(registry)
 
@@ -115,7 +121,7 @@ def assert_same(text: str, expected: str) -> None:
 def test_the_collector_exposes_what_prometheus_client_would(
     history: list[Event], in_flight: int
 ) -> None:
-    counts = RequestCounts()
+    counts = RequestCounts(TENANTS)
     registry = CollectorRegistry()
     registry.register(CountsCollector(counts))
     for event in history:
@@ -126,9 +132,9 @@ def test_the_collector_exposes_what_prometheus_client_would(
 
 @given(events, st.integers(min_value=0, max_value=3))
 def test_folding_at_any_points_adds_up_to_the_same(history: list[Event], in_flight: int) -> None:
-    counts = RequestCounts()
+    counts = RequestCounts(TENANTS)
     registry = CollectorRegistry()
-    shared = SharedCounts(counts, registry)
+    shared = SharedCounts(counts, registry, TENANTS)
     for event in history:
         record(counts, event)
         if event.fold_after:

@@ -60,8 +60,8 @@ def gateway_settings(objects: list[Obj]) -> Settings:
     return parse_settings(tomllib.loads(config_map["data"]["gateway.toml"]))
 
 
-def test_there_are_three_overlays() -> None:
-    assert OVERLAYS == ["sidecar", "standalone", "standalone-tls"]
+def test_there_are_four_overlays() -> None:
+    assert OVERLAYS == ["sidecar", "standalone", "standalone-tenants", "standalone-tls"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -191,3 +191,30 @@ def test_standalone_tls_mounts_cert_managers_secret_for_the_listener() -> None:
     # The rest is the standalone overlay's, plus the Certificate.
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted([o["kind"] for o in render("standalone")] + ["Certificate"])
+
+
+def test_standalone_tenants_chooses_brand_b_by_its_services_host() -> None:
+    objects = render("standalone-tenants")
+    (deployment,) = of_kind(objects, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
+    assert sorted(services) == ["aleacc-gateway", "aleacc-gateway-brand-b"]
+    assert all(s["spec"]["selector"] == selector for s in services.values())
+    settings = gateway_settings(objects)
+    (brand_b,) = settings.tenants
+    assert brand_b.hosts is not None
+    assert "aleacc-gateway-brand-b" in brand_b.hosts
+    # Each brand's secret is its own Secret, mounted as a directory of its own.
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {Path(m["mountPath"]): m for m in gateway_container(pod)["volumeMounts"]}
+    secrets = []
+    for tenant in settings.every_tenant:
+        assert tenant.secret_file is not None
+        mount = mounts[tenant.secret_file.parent]
+        assert "subPath" not in mount
+        secrets.append(volumes[mount["name"]]["secret"]["secretName"])
+    assert secrets == ["aleacc-api-secret", "aleacc-api-secret-brand-b"]
+    # The rest is the standalone overlay's, plus brand B's Service.
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted([o["kind"] for o in render("standalone")] + ["Service"])

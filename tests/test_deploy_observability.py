@@ -46,6 +46,7 @@ def test_alerts_have_severity_summary_and_runbook() -> None:
         "AleaccGatewayClockSkew",
         "AleaccGatewayClockCorrectionRefused",
         "AleaccGatewayUpstreamErrors",
+        "AleaccGatewayRateLimited",
         "AleaccGatewaySecretReloadFailed",
         "AleaccGatewayCertificateExpiresSoon",
     }
@@ -89,6 +90,7 @@ async def test_rules_and_dashboard_name_only_exported_metrics(gateway: Gateway) 
         "aleacc_gateway_in_flight_requests",
         "aleacc_gateway_clock_skew_seconds",
         "aleacc_gateway_clock_correction_seconds",
+        "aleacc_gateway_rate_limited",
     ):
         assert family in families, family
 
@@ -100,7 +102,7 @@ def test_dashboard_panels_are_well_formed() -> None:
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
         assert panel["targets"], panel["title"]
-    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job"}
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job", "tenant"}
 
 
 def test_promtool_checks_the_rules() -> None:

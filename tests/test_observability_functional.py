@@ -68,12 +68,19 @@ async def test_counters_histograms_and_gauges_match_the_traffic(
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("aleacc_gateway_requests_total", method="GET", status="200") == 2
-    assert delta("aleacc_gateway_requests_total", method="POST", status="200") == 1
+    assert delta("aleacc_gateway_requests_total", tenant="default", method="GET", status="200") == 2
+    assert (
+        delta("aleacc_gateway_requests_total", tenant="default", method="POST", status="200") == 1
+    )
     for status in ("401", "403", "500"):
-        assert delta("aleacc_gateway_requests_total", method="GET", status=status) == 1
-        assert delta("aleacc_gateway_upstream_responses_total", status=status) == 1
-    assert delta("aleacc_gateway_upstream_responses_total", status="200") == 3
+        assert (
+            delta("aleacc_gateway_requests_total", tenant="default", method="GET", status=status)
+            == 1
+        )
+        assert (
+            delta("aleacc_gateway_upstream_responses_total", tenant="default", status=status) == 1
+        )
+    assert delta("aleacc_gateway_upstream_responses_total", tenant="default", status="200") == 3
     assert delta("aleacc_gateway_request_duration_seconds_count") == 6
     assert delta("aleacc_gateway_upstream_duration_seconds_count") == 6
     # Exactly one upstream call took longer than 0.25 s: the delayed one.
@@ -81,8 +88,15 @@ async def test_counters_histograms_and_gauges_match_the_traffic(
     assert delta("aleacc_gateway_upstream_duration_seconds_bucket", le="0.5") == 6
     assert delta("aleacc_gateway_client_ip_total", source="peer") == 6
     assert value(after, "aleacc_gateway_in_flight_requests") == 0
-    assert delta("aleacc_gateway_signing_failures_total", reason="secret_unavailable") == 0
-    assert value(after, "aleacc_gateway_secret_reloads_total", result="loaded") == 1
+    assert (
+        delta(
+            "aleacc_gateway_signing_failures_total", tenant="default", reason="secret_unavailable"
+        )
+        == 0
+    )
+    assert (
+        value(after, "aleacc_gateway_secret_reloads_total", tenant="default", result="loaded") == 1
+    )
 
 
 async def test_in_flight_counts_a_request_while_it_waits(
@@ -120,16 +134,36 @@ async def test_refused_connection_and_missing_secret_are_counted(
         assert r.status == 502
     samples = await scrape(client, refused)
     assert value(samples, "aleacc_gateway_upstream_errors_total", kind="connect") == 2
-    assert value(samples, "aleacc_gateway_requests_total", method="GET", status="502") == 1
+    assert (
+        value(
+            samples, "aleacc_gateway_requests_total", tenant="default", method="GET", status="502"
+        )
+        == 1
+    )
     assert value(samples, "aleacc_gateway_upstream_duration_seconds_count") == 0
 
     no_secret = await start_gateway(settings_for(closed), environ={})
     async with client.post(no_secret.url / "x", data=b"{}") as r:
         assert r.status == 500
     samples = await scrape(client, no_secret)
-    assert value(samples, "aleacc_gateway_signing_failures_total", reason="secret_unavailable") == 1
-    assert value(samples, "aleacc_gateway_requests_total", method="POST", status="500") == 1
-    assert value(samples, "aleacc_gateway_secret_reloads_total", result="error") == 1
+    assert (
+        value(
+            samples,
+            "aleacc_gateway_signing_failures_total",
+            tenant="default",
+            reason="secret_unavailable",
+        )
+        == 1
+    )
+    assert (
+        value(
+            samples, "aleacc_gateway_requests_total", tenant="default", method="POST", status="500"
+        )
+        == 1
+    )
+    assert (
+        value(samples, "aleacc_gateway_secret_reloads_total", tenant="default", result="error") == 1
+    )
     assert value(samples, "aleacc_gateway_upstream_errors_total", kind="connect") == 0
 
 
@@ -141,7 +175,12 @@ async def test_unusual_methods_share_one_label(
         async with client.request(method, gateway.url / "echo") as r:
             await r.read()
     samples = await scrape(client, gateway)
-    assert value(samples, "aleacc_gateway_requests_total", method="OTHER", status="404") == 3
+    assert (
+        value(
+            samples, "aleacc_gateway_requests_total", tenant="default", method="OTHER", status="404"
+        )
+        == 3
+    )
     assert not any(("method", "PURGE") in labels for _, labels in samples)
 
 
@@ -220,9 +259,14 @@ async def test_readiness_follows_the_secret_file(
     await wait_for_status(client, ready, 200)
 
     samples = await scrape(client, gw)
-    assert value(samples, "aleacc_gateway_secret_reloads_total", result="error") == 2
+    assert (
+        value(samples, "aleacc_gateway_secret_reloads_total", tenant="default", result="error") == 2
+    )
     # Restoring the same secret is not a new load; only the first read was.
-    assert value(samples, "aleacc_gateway_secret_reloads_total", result="loaded") == 1
+    assert (
+        value(samples, "aleacc_gateway_secret_reloads_total", tenant="default", result="loaded")
+        == 1
+    )
     assert DEMO_SECRET.decode() not in json.dumps(body)
 
 
@@ -236,7 +280,8 @@ async def test_readiness_without_any_secret(
     assert body == {
         "status": "not ready",
         "reasons": [
-            "no API secret loaded: environment variable TEST_ALEACC_SECRET is unset or empty"
+            "tenant default: no API secret loaded: environment variable TEST_ALEACC_SECRET "
+            "is unset or empty"
         ],
     }
 

@@ -285,7 +285,9 @@ async def test_upstream_401_and_403_relayed_unchanged(
     async with client.get(wrong.url / "player/balance", headers=XFF) as r:
         assert r.status == 403
         assert await r.json() == {"error": "invalid_signature"}
-    assert wrong.sample("aleacc_gateway_upstream_responses_total", status="403") == 1
+    assert (
+        wrong.sample("aleacc_gateway_upstream_responses_total", tenant="default", status="403") == 1
+    )
 
 
 async def test_a_replayed_caller_request_is_signed_afresh(
@@ -401,7 +403,12 @@ async def test_missing_secret_is_signing_failed(
             "request_id": None,
         }
     assert raw_upstream.connections == 0
-    assert gw.sample("aleacc_gateway_signing_failures_total", reason="secret_unavailable") == 1
+    assert (
+        gw.sample(
+            "aleacc_gateway_signing_failures_total", tenant="default", reason="secret_unavailable"
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,7 @@ async def test_a_secret_just_rotated_is_explained_as_such(
     settings = settings_for(mock.url, signing={"secret_file": secret, "secret_env": None})
     gw = await start_gateway(settings)
     secret.write_text("ab" * 32)  # a rotation to a secret Aleacc does not know yet
-    assert gw.server.secrets.refresh() == "loaded"
+    assert gw.server.secrets["default"].refresh() == "loaded"
     async with aiohttp.ClientSession() as client, client.get(gw.url / "echo") as r:
         assert r.status == 403
     (event,) = log_events(logs, "upstream_rejected")

@@ -57,7 +57,7 @@ async def test_readiness_recovers_when_the_secret_file_comes_back_unchanged(
     tmp_path: Path, start_gateway: StartGateway, raw_upstream: RawUpstream
 ) -> None:
     secret, gw = await gateway_with_secret_file(tmp_path, start_gateway, raw_upstream)
-    store = gw.server.secrets
+    store = gw.server.secrets["default"]
 
     async def ready() -> int:
         async with aiohttp.ClientSession() as c, c.get(gw.admin_url / "readyz") as r:
@@ -79,11 +79,11 @@ async def test_an_unreadable_secret_file_is_noticed_and_recovered(
 ) -> None:
     secret, gw = await gateway_with_secret_file(tmp_path, start_gateway, raw_upstream)
     secret.chmod(0)
-    gw.server.secrets.refresh()
-    assert gw.server.secrets.problem is not None
+    gw.server.secrets["default"].refresh()
+    assert gw.server.secrets["default"].problem is not None
     secret.chmod(0o600)
-    gw.server.secrets.refresh()
-    assert gw.server.secrets.problem is None
+    gw.server.secrets["default"].refresh()
+    assert gw.server.secrets["default"].problem is None
 
 
 async def test_symlink_swap_rotation_without_a_failed_request(
@@ -131,8 +131,14 @@ async def test_symlink_swap_rotation_without_a_failed_request(
             assert journal(mock_app)[-1].secret_index == 1
             async with client.get(gateway.admin / "metrics") as r:
                 metrics = await r.text()
-            assert 'aleacc_gateway_secret_reloads_total{result="loaded"} 2.0' in metrics
-            assert 'aleacc_gateway_secret_reloads_total{result="error"} 1.0' in metrics
+            assert (
+                'aleacc_gateway_secret_reloads_total{result="loaded",tenant="default"} 2.0'
+                in metrics
+            )
+            assert (
+                'aleacc_gateway_secret_reloads_total{result="error",tenant="default"} 1.0'
+                in metrics
+            )
         assert statuses
         assert set(statuses) == {200}, "a request failed during the rotation"
         assert not any(seen.error == "invalid_signature" for seen in journal(mock_app))

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from ..config import ConfigError, SigningSettings, load_settings
+from ..config import DEFAULT_TENANT, ConfigError, TenantSettings, base_path, load_settings
 from ..discover.candidates import CANDIDATES
 from ..discover.learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
 from ..discover.samples import (
@@ -67,6 +67,8 @@ def add_parser(commands: Commands) -> None:
     source.add_argument("--secret-env", metavar="NAME", help="variable holding the secret")
     source.add_argument("--secret-file", type=Path, metavar="PATH")
     source.add_argument("--config", type=Path, help="take the secret from this gateway config")
+    learn.add_argument("--tenant", metavar="NAME",
+                       help="with --config: this tenant's secret (default: [signing])")  # fmt: skip
     learn.add_argument("--toml", action="store_true", help="print only the [signing] table")
     learn.add_argument("--max-fields", type=int, default=MAX_FIELDS, choices=range(4, 10),
                        metavar="N", help=f"the longest field list searched, 4-9 (default: "
@@ -124,15 +126,20 @@ def _read(path: Path) -> bytes:
 def _secret(args: argparse.Namespace) -> tuple[bytes, tuple[Path, str] | None]:
     """The secret; and with --config, the config and its upstream URL's base path."""
     if args.config is None:
-        settings = SigningSettings(
-            api_id="learn", secret_file=args.secret_file, secret_env=args.secret_env
+        if args.tenant is not None:
+            raise ValueError("--tenant needs --config")
+        settings = TenantSettings(
+            name="learn", api_id="learn", secret_file=args.secret_file, secret_env=args.secret_env
         )
         return read_secret(settings), None
     try:
         config = load_settings(args.config)
+        tenant = config.tenant(args.tenant or DEFAULT_TENANT)
     except ConfigError as exc:
         raise ValueError(f"{args.config}: " + "; ".join(exc.problems)) from None
-    return read_secret(config.signing), (args.config, config.upstream.base_path)
+    except KeyError as exc:
+        raise ValueError(f"{args.config}: --tenant: {exc.args[0]}") from None
+    return read_secret(tenant), (args.config, base_path(config.upstream_of(tenant)))
 
 
 def base_path_note(base: str, config_base: tuple[Path, str] | None) -> str:

@@ -9,11 +9,10 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from .. import signing
 from ..config import parse_listen
 from ..logs import configure_logging
 from ..logs import flush as flush_logs
-from ..mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app
+from ..mock.upstream import DEMO_API_ID, DEMO_SECRET, Credential, MockSettings, create_mock_app
 from ..secret import SecretError, load_key, read_secret
 from ..server import ListenError, bind, format_address
 from .common import Commands, load_or_report, log_format_option
@@ -28,7 +27,9 @@ def add_parser(commands: Commands) -> None:
     )
     mock.add_argument("--listen", default="127.0.0.1:8081", help="default: 127.0.0.1:8081")
     mock.add_argument(
-        "--config", type=Path, help="take api_id, secret and scheme from this gateway config"
+        "--config",
+        type=Path,
+        help="accept every tenant's api_id, secret and scheme from this gateway config",
     )
     mock.add_argument("--base-path", default="", help="serve the API under this path, e.g. /api")
     mock.add_argument(
@@ -54,29 +55,34 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
-    api_id, secret, scheme = DEMO_API_ID, DEMO_SECRET, signing.Scheme()
-    id_format: str | None = None
+    credentials = [Credential(DEMO_API_ID, (DEMO_SECRET,))]
     if args.config is not None:
         settings = load_or_report(args.config)
         if settings is None:
             return 1
-        try:
-            secret = read_secret(settings.signing)
-            load_key(settings.signing)  # the same check and message as the gateway's
-        except SecretError as exc:
-            print(f"{args.config}: signing: {exc}", file=sys.stderr)
-            return 1
-        api_id, scheme = settings.signing.api_id, settings.signing.scheme
-        # Given a config, it enforces the config's request id form, as a strict Aleacc would.
-        id_format = scheme.request_id_format
+        credentials = []
+        for tenant in settings.every_tenant:
+            try:
+                secret = read_secret(tenant)
+                load_key(tenant)  # the same check and message as the gateway's
+            except SecretError as exc:
+                print(f"{args.config}: {settings.table_of(tenant)}: {exc}", file=sys.stderr)
+                return 1
+            # As a strict Aleacc would, it enforces each tenant's request id form.
+            scheme = tenant.scheme
+            credentials.append(
+                Credential(tenant.api_id, (secret,), scheme, scheme.request_id_format)
+            )
+    first, *others = credentials
     mock = MockSettings(
-        api_id=api_id,
-        secrets=(secret,),
-        scheme=scheme,
+        api_id=first.api_id,
+        secrets=first.secrets,
+        scheme=first.scheme,
+        request_id_format=first.request_id_format,
+        others=tuple(others),
         faults=args.faults,
         clock_offset_s=args.clock_offset_s,
         base_path=args.base_path.rstrip("/"),
-        request_id_format=id_format,
     )
     app = create_mock_app(mock)
     try:

@@ -11,7 +11,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, load_settings
+from ..config import DEFAULT_TENANT, ConfigError, load_settings
 from ..discover.probe import DEFAULT_CLIENT_IP, NONE, probe
 from ..secret import SecretError, read_secret
 from .common import Commands
@@ -34,6 +34,9 @@ def add_parser(commands: Commands) -> None:
     command.add_argument("--client-ip", default=DEFAULT_CLIENT_IP,
                        help=f"X-Client-Ip to send (default: {DEFAULT_CLIENT_IP})")  # fmt: skip
     command.add_argument("--data", help="a body to send (none by default)")
+    command.add_argument("--tenant", default=DEFAULT_TENANT, metavar="NAME",
+                         help="sign with this tenant's credential, to its upstream "
+                         "(default: [signing]'s)")  # fmt: skip
     command.set_defaults(run=run)
 
 
@@ -47,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
         return NONE
     try:
         settings = load_settings(args.config)
-        secret = read_secret(settings.signing)
+        tenant = settings.tenant(args.tenant)
+        secret = read_secret(tenant)
     except ConfigError as exc:
         print(f"probe: {args.config}: " + "; ".join(exc.problems), file=sys.stderr)
+        return NONE
+    except KeyError as exc:
+        print(f"probe: {args.config}: --tenant: {exc.args[0]}", file=sys.stderr)
         return NONE
     except SecretError as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return NONE
-    return asyncio.run(probe(settings, secret, args))
+    return asyncio.run(probe(settings, tenant, secret, args))

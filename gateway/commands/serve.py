@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run_gateway(loaded: Preflight, link_fd: int | None = None) -> int:
     """Serve until a signal (or, for a worker, until its supervisor is gone); then drain."""
     server = GatewayServer(loaded.settings, worker=link_fd is not None, loaded=loaded)
-    signals = ShutdownSignals(on_reload=lambda: server.secrets.refresh(force=True))
+    signals = ShutdownSignals(on_reload=server.reload_secrets)
     link: list[asyncio.Task[None]] = []
     if link_fd is not None:
         log.info(
@@ -95,18 +95,25 @@ async def _run_gateway(loaded: Preflight, link_fd: int | None = None) -> int:
 def summary(loaded: Preflight) -> dict[str, object]:
     """What the gateway runs with, for the start-up line: never the secret itself."""
     settings: Settings = loaded.settings
-    sign = settings.signing
     return {
         "upstream": str(settings.upstream.url),
-        "api_id": sign.api_id,
-        "secret_source": f"file:{sign.secret_file}"
-        if sign.secret_file
-        else f"env:{sign.secret_env}",
-        "fields": list(sign.scheme.fields),
-        "separator": sign.scheme.separator,
-        "secret_encoding": sign.scheme.secret_encoding,
-        "signature_encoding": sign.scheme.signature_encoding,
-        "timestamp_unit": sign.scheme.timestamp_unit,
+        "tenants": [
+            {
+                "name": t.name,
+                "api_id": t.api_id,
+                "secret_source": f"file:{t.secret_file}"
+                if t.secret_file
+                else f"env:{t.secret_env}",
+                "upstream": str(settings.upstream_of(t)),
+                "fields": list(t.scheme.fields),
+                "separator": t.scheme.separator,
+                "secret_encoding": t.scheme.secret_encoding,
+                "signature_encoding": t.scheme.signature_encoding,
+                "timestamp_unit": t.scheme.timestamp_unit,
+                "request_id_format": t.scheme.request_id_format,
+            }
+            for t in settings.every_tenant
+        ],
         "trusted_proxies": [str(n) for n in settings.client_ip.trusted_proxies],
         "allowed_clients": [str(n) for n in settings.access.allowed_clients],
         "max_body_bytes": settings.limits.max_body_bytes,

@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import signing
-from ..config import ConfigError, SigningSettings, load_settings
+from ..config import DEFAULT_TENANT, ConfigError, TenantSettings, base_path, load_settings
 from ..secret import SecretError, load_key
 from .common import Commands, parse_toml_string
 
@@ -24,6 +24,8 @@ def add_parser(commands: Commands) -> None:
     sign.add_argument("method")
     sign.add_argument("url", help="the upstream URL, e.g. https://aleacc.example.com/api/x?a=1")
     sign.add_argument("--config", type=Path, help="take api_id, secret and scheme from here")
+    sign.add_argument("--tenant", metavar="NAME",
+                      help="with --config: this tenant's (default: [signing]'s)")  # fmt: skip
     sign.add_argument("--api-id", help="instead of --config")
     source = sign.add_mutually_exclusive_group()
     source.add_argument("--secret-file", type=Path, help="instead of --config")
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sign: {exc}", file=sys.stderr)
         return 2
     query = url.raw_query_string
-    base_path = (args.base_path if args.base_path is not None else config_base).rstrip("/")
+    base = (args.base_path if args.base_path is not None else config_base).rstrip("/")
     parts = signing.RequestParts(
         method=args.method.upper(),
         scheme=url.scheme,
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         path_and_query=(url.raw_path or "/") + (f"?{query}" if query else ""),
         headers=headers,
         body=body,
-        base_path=base_path if (url.raw_path or "/").startswith(base_path + "/") else "",
+        base_path=base if (url.raw_path or "/").startswith(base + "/") else "",
     )
     request_id = args.request_id or plan.new_request_id()
     timestamp = args.timestamp if args.timestamp is not None else plan.timestamp(time.time())
@@ -106,13 +108,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan, str]:
     """The api_id, the key, the compiled scheme and the config's upstream base path."""
-    base_path = ""
+    base = ""
     if args.config is not None:
         settings = load_settings(args.config)
-        sign, base_path = settings.signing, settings.upstream.base_path
+        try:
+            sign = settings.tenant(args.tenant or DEFAULT_TENANT)
+        except KeyError as exc:
+            raise ValueError(f"{args.config}: --tenant: {exc.args[0]}") from None
+        base = base_path(settings.upstream_of(sign))
+    elif args.tenant is not None:
+        raise ValueError("--tenant needs --config")
     elif args.api_id and (args.secret_file or args.secret_env):
-        sign = SigningSettings(
-            api_id=args.api_id, secret_file=args.secret_file, secret_env=args.secret_env
+        sign = TenantSettings(
+            name=DEFAULT_TENANT,
+            api_id=args.api_id,
+            secret_file=args.secret_file,
+            secret_env=args.secret_env,
         )
     else:
         raise ValueError("give --config, or --api-id with --secret-file or --secret-env")
@@ -126,4 +137,4 @@ def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan,
             overrides[name] = getattr(args, name)
     sign = dataclasses.replace(sign, scheme=dataclasses.replace(sign.scheme, **overrides))
     plan = signing.compile_scheme(sign.scheme)  # SchemeError is a ValueError
-    return sign.api_id, load_key(sign), plan, base_path
+    return sign.api_id, load_key(sign), plan, base

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import signing
-from ..config import Settings
+from ..config import Settings, TenantSettings, base_path, host_header
 from ..forwarding import upstream_path_and_query
 from .candidates import CANDIDATES, INCOMING_LABEL
 
@@ -34,13 +34,27 @@ class Attempt:
     status: int
 
 
-async def probe(settings: Settings, secret: bytes, args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The tenant probed for: its api_id and where its requests go."""
+
+    api_id: str
+    scheme: str
+    host: str
+    base_path: str
+
+
+async def probe(
+    settings: Settings, tenant: TenantSettings, secret: bytes, args: argparse.Namespace
+) -> int:
     """Try the candidates in turn, printing each answer; FOUND at the first accepted."""
     upstream = settings.upstream
-    target = upstream_path_and_query(upstream.base_path, args.path)
-    url = URL(f"{upstream.url.scheme}://{upstream.host_header}{target}", encoded=True)
+    base = settings.upstream_of(tenant)
+    to = Target(tenant.api_id, base.scheme, host_header(base), base_path(base))
+    target = upstream_path_and_query(to.base_path, args.path)
+    url = URL(f"{to.scheme}://{to.host}{target}", encoded=True)
     # Without a base path the incoming path is the whole path: that candidate is the default.
-    candidates = [c for c in CANDIDATES if upstream.base_path or c[0] != INCOMING_LABEL]
+    candidates = [c for c in CANDIDATES if to.base_path or c[0] != INCOMING_LABEL]
     budget = min(args.max_requests, len(candidates))
     print(
         f"probe: up to {budget} {args.method.upper()} request(s) to {url}, one per candidate "
@@ -60,7 +74,7 @@ async def probe(settings: Settings, secret: bytes, args: argparse.Namespace) -> 
             if tried and args.interval_s:
                 await asyncio.sleep(args.interval_s)
             try:
-                status = await _send(client, url, target, settings, scheme, key, args)
+                status = await _send(client, url, target, to, scheme, key, args)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = type(exc).__name__ if isinstance(exc, TimeoutError) else exc
                 print(f"probe: {url}: no answer ({reason})", file=sys.stderr)
@@ -81,7 +95,7 @@ async def _send(
     client: aiohttp.ClientSession,
     url: URL,
     target: str,
-    settings: Settings,
+    to: Target,
     scheme: signing.Scheme,
     key: bytes,
     args: argparse.Namespace,
@@ -96,14 +110,14 @@ async def _send(
     parts = signing.RequestParts(
         method=args.method.upper(),
         scheme=url.scheme,
-        host=settings.upstream.host_header,
+        host=to.host,
         path_and_query=target,
-        base_path=settings.upstream.base_path,
+        base_path=to.base_path,
         headers=headers,
         body=body,
     )
     plan = signing.compile_scheme(scheme)
-    credentials = signing.Credentials(settings.signing.api_id, key)
+    credentials = signing.Credentials(to.api_id, key)
     signed = plan.sign(parts, credentials, plan.new_request_id(), plan.timestamp(time.time()))
     headers["Authorization"] = signed.authorization
     async with client.request(

@@ -103,7 +103,7 @@ async def run_demo(out: Callable[[str], None] = print, log: io.StringIO | None =
             failures += await _replay(out, upstream, journal(mock_app)[2])
             # A rotation that put the wrong secret in place: Aleacc answers 403.
             environ[SECRET_ENV] = WRONG_SECRET
-            gateway.secrets.refresh(force=True)
+            gateway.reload_secrets()
             wrong = Step(
                 "balance, after a wrong secret was rotated in", "GET", "/player/balance", 403
             )

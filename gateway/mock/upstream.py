@@ -31,6 +31,16 @@ DEMO_SECRET = DEMO_API_ID.encode() * 2
 
 
 @dataclass(frozen=True, slots=True)
+class Credential:
+    """One more api_id the mock upstream accepts (a tenant), with its own secrets and scheme."""
+
+    api_id: str
+    secrets: tuple[bytes, ...] = field(repr=False)
+    scheme: signing.Scheme = field(default_factory=signing.Scheme)
+    request_id_format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MockSettings:
     """How the mock upstream verifies and behaves."""
 
@@ -45,6 +55,12 @@ class MockSettings:
     # Accept only request ids of this form (signing.REQUEST_ID_FORMATS); None: any
     # printable token, as Aleacc's own documentation allows.
     request_id_format: str | None = None
+    others: tuple[Credential, ...] = ()  # the other tenants' credentials
+
+    def credentials(self) -> tuple[Credential, ...]:
+        """Every api_id accepted: the one above first."""
+        first = Credential(self.api_id, self.secrets, self.scheme, self.request_id_format)
+        return (first, *self.others)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +100,16 @@ class MockState:
 
 @dataclass(frozen=True, slots=True)
 class Verifier:
-    """The compiled scheme and the decoded keys, built once per app."""
+    """One api_id's compiled scheme and decoded keys, built once per app."""
 
     plan: signing.Plan
     keys: tuple[bytes, ...] = field(repr=False)
+    request_id_format: str | None = None
 
 
 SETTINGS = web.AppKey("mock_settings", MockSettings)
 STATE = web.AppKey("mock_state", MockState)
-VERIFIER = web.AppKey("mock_verifier", Verifier)
+VERIFIERS: web.AppKey[dict[str, Verifier]] = web.AppKey("mock_verifiers")
 _Api = Callable[[web.Request, bytes], Awaitable[web.Response]]
 
 
@@ -106,12 +123,17 @@ class Refused(Exception):
 
 
 def create_mock_app(settings: MockSettings, state: MockState | None = None) -> web.Application:
-    """Build the mock upstream application; ValueError if its scheme or a secret is bad."""
-    encoding = settings.scheme.secret_encoding
-    keys = tuple(signing.decode_secret(s, encoding) for s in settings.secrets)
+    """Build the mock upstream application; ValueError if a scheme or a secret is bad."""
     app = web.Application()
     app[SETTINGS] = settings
-    app[VERIFIER] = Verifier(signing.compile_scheme(settings.scheme), keys)
+    app[VERIFIERS] = {
+        c.api_id: Verifier(
+            signing.compile_scheme(c.scheme),
+            tuple(signing.decode_secret(s, c.scheme.secret_encoding) for s in c.secrets),
+            c.request_id_format,
+        )
+        for c in settings.credentials()
+    }
     app[STATE] = state or MockState()
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
@@ -128,7 +150,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     secret_index = None
     try:
-        secret_index = verify(request, body, request.app[VERIFIER], settings, state)
+        secret_index = verify(request, body, request.app[VERIFIERS], settings, state)
         path = request.path
         if not path.startswith(settings.base_path + "/"):
             raise Refused(404, "not_found")
@@ -163,7 +185,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 def verify(
     request: web.Request,
     body: bytes,
-    verifier: Verifier,
+    verifiers: dict[str, Verifier],
     settings: MockSettings,
     state: MockState,
 ) -> int:
@@ -174,10 +196,11 @@ def verify(
     auth = signing.parse_authorization(header)
     if auth is None:
         raise Refused(403, "malformed_authorization")
-    if auth.api_id != settings.api_id:
+    verifier = verifiers.get(auth.api_id)
+    if verifier is None:
         raise Refused(403, "unknown_api_id")
-    if settings.request_id_format and (
-        signing.request_id_format(auth.request_id) != settings.request_id_format
+    if verifier.request_id_format and (
+        signing.request_id_format(auth.request_id) != verifier.request_id_format
     ):
         raise Refused(403, "malformed_request_id")
     clock = now(settings)
