@@ -183,6 +183,10 @@ async def test_demo_walks_a_player_and_exits_0() -> None:
     # The gateway's own explanation of the refusals it saw (its upstream_rejected events).
     assert "the gateway's log explains it: upstream_rejected, cause missing_header" in out
     assert "the gateway's log explains it: upstream_rejected, cause secret_rotated" in out
+    # A second brand, chosen by Host, signed with its own api_id after step 7's rotation.
+    brand_b = out.split(" 8. GET  /echo", 1)[1]
+    assert "-> 200" in brand_b.splitlines()[1]
+    assert "Authorization: amx " + "b" * 32 + ":" in brand_b
     assert out.rstrip().endswith("demo ok")
     assert DEMO_SECRET.decode() not in out
 

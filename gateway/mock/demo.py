@@ -1,4 +1,5 @@
-"""``aleacc-gateway demo``: the mock upstream and the gateway on loopback, one player's walk."""
+"""``aleacc-gateway demo``: the mock upstream and the gateway on loopback, one player's
+walk, and a second brand (a tenant) signed with its own credential."""
 
 from __future__ import annotations
 
@@ -20,10 +21,19 @@ from ..config import (
     ServerSettings,
     Settings,
     SigningSettings,
+    TenantSettings,
     UpstreamSettings,
 )
 from ..server import GatewayServer, bind
-from .upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, Seen, create_mock_app, journal
+from .upstream import (
+    DEMO_API_ID,
+    DEMO_SECRET,
+    Credential,
+    MockSettings,
+    Seen,
+    create_mock_app,
+    journal,
+)
 
 LOOPBACK_ANY_PORT = ListenAddress("127.0.0.1", 0)
 SECRET_ENV = "ALEACC_DEMO_SECRET"  # noqa: S105 - the variable's name, not a secret
@@ -33,6 +43,14 @@ PLAYER_IP = "203.0.113.7"
 FORWARDED_FOR = f"{PLAYER_IP}, 10.0.0.5"
 PLAYER = {"username": "demo-player", "password": "correct horse battery staple"}
 WRONG_SECRET = "ab" * 32
+# A second brand, chosen by the Host its frontends call (docs/tenants.md).
+BRAND_B = TenantSettings(
+    name="brand-b",
+    api_id="b" * 32,
+    secret_env="ALEACC_DEMO_BRAND_B_SECRET",  # noqa: S106 - the variable's name
+    hosts=frozenset({"brand-b.demo"}),
+)
+BRAND_B_SECRET = b"cd" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,7 @@ class Step:
     expect: int
     body: dict[str, str] | None = None
     with_session: bool = True
+    host: str | None = None  # the Host header, where it chooses a tenant
 
 
 def demo_settings(upstream: URL) -> Settings:
@@ -53,6 +72,7 @@ def demo_settings(upstream: URL) -> Settings:
         server=ServerSettings(listen=LOOPBACK_ANY_PORT, admin_listen=LOOPBACK_ANY_PORT),
         upstream=UpstreamSettings(url=upstream, connect_timeout_s=2, timeout_s=5),
         signing=SigningSettings(api_id=DEMO_API_ID, secret_env=SECRET_ENV),
+        tenants=(BRAND_B,),
         client_ip=ClientIpSettings(
             trusted_proxies=tuple(map(parse_network, ("127.0.0.0/8", "::1/128", "10.0.0.0/8")))
         ),
@@ -62,13 +82,15 @@ def demo_settings(upstream: URL) -> Settings:
 async def run_demo(out: Callable[[str], None] = print, log: io.StringIO | None = None) -> int:
     """Run the walk; 0 when every step answered as expected. ``log``: the gateway's
     JSON log lines, to show how it explained each refusal."""
-    mock_app = create_mock_app(MockSettings(base_path="/api"))
+    brand_b = Credential(BRAND_B.api_id, (BRAND_B_SECRET,))
+    mock_app = create_mock_app(MockSettings(base_path="/api", others=(brand_b,)))
     mock_runner = web.AppRunner(mock_app, access_log=None)
     await mock_runner.setup()
     mock_sock = bind(LOOPBACK_ANY_PORT)
     await web.SockSite(mock_runner, mock_sock).start()
     upstream = URL(f"http://127.0.0.1:{mock_sock.getsockname()[1]}/api")
-    environ = {SECRET_ENV: DEMO_SECRET.decode()}
+    assert BRAND_B.secret_env is not None  # noqa: S101 - set above
+    environ = {SECRET_ENV: DEMO_SECRET.decode(), BRAND_B.secret_env: BRAND_B_SECRET.decode()}
     gateway = GatewayServer(demo_settings(upstream), environ=environ)
     bound = await gateway.start()
     base = URL(f"http://127.0.0.1:{bound.proxy[1]}")
@@ -111,6 +133,14 @@ async def run_demo(out: Callable[[str], None] = print, log: io.StringIO | None =
             failures += _report(out, 7, wrong, status, journal(mock_app)[-1])
             _explained(out, log)
             out("")
+            out("A second brand in the same gateway, chosen by the Host its frontend calls:")
+            other = Step(
+                "echo as brand-b, its own credential (step 7 left it alone)",
+                "GET", "/echo", 200, with_session=False, host="brand-b.demo",
+            )  # fmt: skip
+            status, _ = await _call(client, other, "")
+            failures += _report(out, 8, other, status, journal(mock_app)[-1])
+            out("")
             out("From the gateway's own /metrics:")
             metrics_url = URL(f"http://127.0.0.1:{bound.admin[1]}/metrics")
             async with client.get(metrics_url) as response:
@@ -128,6 +158,8 @@ async def _call(
     client: aiohttp.ClientSession, step: Step, session_id: str
 ) -> tuple[int, dict[str, object]]:
     headers = {"X-Forwarded-For": FORWARDED_FOR}
+    if step.host:
+        headers["Host"] = step.host
     if step.with_session and session_id:
         headers["X-Player-Session-Id"] = session_id
     body = _body(step)
@@ -217,7 +249,8 @@ def metrics_summary(exposition: str) -> list[str]:
                 status = sample.labels["status"]
                 answers[status] = answers.get(status, 0) + sample.value
             elif sample.name == "aleacc_gateway_upstream_responses_total":
-                upstream[sample.labels["status"]] = sample.value
+                status = sample.labels["status"]
+                upstream[status] = upstream.get(status, 0) + sample.value
             elif sample.name == "aleacc_gateway_signing_failures_total":
                 signing_failures += sample.value
     by_status = ", ".join(f"{status}: {n:.0f}" for status, n in sorted(answers.items()))
