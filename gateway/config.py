@@ -11,6 +11,7 @@ No I/O beyond reading the TOML file: the secret itself is loaded by ``secret.py`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import re
@@ -22,7 +23,7 @@ from typing import Any, get_type_hints
 
 from yarl import URL
 
-from . import signing
+from . import environment, signing
 from .client_ip import Network, parse_network
 
 MAX_RETRIES = 5
@@ -83,23 +84,34 @@ class Declared:
     name: str
     key: Key
     default: Any  # dataclasses.MISSING: required
+    kind: environment.Kind  # what its TOML value is
 
     @property
     def required(self) -> bool:
         return self.default is dataclasses.MISSING
 
+    @property
+    def variable(self) -> str:
+        """The environment variable that sets it."""
+        return environment.variable(self.table, self.name)
+
 
 def declared_keys(section: type, table: str) -> Iterator[Declared]:
     """Every key of ``section`` (a settings dataclass), groups' keys in their place."""
+    hints = get_type_hints(section)
     for f in dataclasses.fields(section):
         if _KEY in f.metadata:
-            yield Declared(table, f.name, f.metadata[_KEY], f.default)
+            kind = environment.kind_of(hints[f.name])
+            yield Declared(table, f.name, f.metadata[_KEY], f.default, kind)
         elif _GROUP in f.metadata:
             declaration: Group = f.metadata[_GROUP]
             defaults = {g.name: g.default for g in dataclasses.fields(declaration.of)}
+            of_hints = get_type_hints(declaration.of)
             for name, (attribute, k) in declaration.keys.items():
                 default = defaults[attribute]
-                yield Declared(table, name, k, None if default is dataclasses.MISSING else default)
+                default = None if default is dataclasses.MISSING else default
+                kind = environment.kind_of(of_hints[attribute])
+                yield Declared(table, name, k, default, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -774,28 +786,55 @@ def tables() -> list[tuple[str, type]]:
 
 # What the walk found: per table, the converted value of each key that is set.
 Found = dict[str, dict[str, Any]]
+# Where each key that is set came from, by "table.key": "file" or "environment VAR".
+Origins = dict[str, str]
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate a TOML file; raise ConfigError listing every problem."""
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """The settings, and where each value that is not a default came from."""
+
+    settings: Settings
+    origins: Origins
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a TOML file (None: none) with ``environ``'s ALEACC_GATEWAY_*
+    variables over it; raise ConfigError listing every problem."""
+    return read_settings(path, environ).settings
+
+
+def read_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Effective:
+    """As load_settings, with each value's origin."""
+    return parse_config(_read_toml(path) if path is not None else {}, environ or {})
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-    return parse_settings(data)
 
 
-def parse_settings(data: Mapping[str, Any]) -> Settings:
-    """Validate parsed TOML; raise ConfigError listing every problem."""
+def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate parsed TOML (and ``environ``'s variables over it); raise ConfigError
+    listing every problem."""
+    return parse_config(data, environ or {}).settings
+
+
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Effective:
+    """The one walk over the declarations: the file's tables and keys, each overridden by
+    its environment variable, converted, then the rules that join keys."""
     found: Found = {}
     invalid: set[str] = set()  # "table.key" of every value its converter refused
     problems: list[str] = []
+    origins: Origins = {}
     known = dict(tables())
     for table, value in data.items():
         if table == "tenants":
@@ -804,9 +843,17 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
             problems.append(f"[{table}]: unknown table")
         elif not isinstance(value, Mapping):
             problems.append(f"[{table}]: must be a table")
+    overrides = _overrides(environ, data, problems, invalid)
     for table, section in known.items():
         raw = data.get(table, {})
-        found[table] = _read(section, table, raw, problems, invalid)
+        raw = dict(raw) if isinstance(raw, Mapping) else {}
+        origins.update({f"{table}.{name}": "file" for name in raw})
+        labels = {}
+        for name, (variable, value) in overrides.get(table, {}).items():
+            raw[name] = value
+            origins[f"{table}.{name}"] = f"environment {variable}"
+            labels[name] = f"{variable} ({table}.{name})"
+        found[table] = _read(section, table, raw, problems, invalid, labels)
     tenants: list[dict[str, Any]] = []
     raw_tenants = data.get("tenants", [])
     if not isinstance(raw_tenants, list) or not all(isinstance(t, Mapping) for t in raw_tenants):
@@ -814,36 +861,84 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
     else:
         for i, raw in enumerate(raw_tenants):
             tenants.append(_read(TenantSettings, f"tenants[{i}]", raw, problems, invalid))
+            origins.update({f"tenants[{i}].{name}": "file" for name in raw})
     problems += validate(found, invalid, tenants)
     if problems:
         raise ConfigError(problems)
-    return Settings(
+    settings = Settings(
         **{table: _build(section, found[table]) for table, section in known.items()},
         tenants=tuple(
             _build(TenantSettings, _with_default_scheme(values, found["signing"]))
             for values in tenants
         ),
     )
+    return Effective(settings, origins)
+
+
+def _overrides(
+    environ: Mapping[str, str], data: Mapping[str, Any], problems: list[str], invalid: set[str]
+) -> dict[str, dict[str, tuple[str, Any]]]:
+    """The ALEACC_GATEWAY_* variables in ``environ``: per table, key -> (variable, value
+    as TOML would give it). A variable that names no key is a problem; one that a
+    ``secret_env`` names holds a secret, not a setting."""
+    declared = {d.variable: d for t, section in tables() for d in declared_keys(section, t)}
+    secrets = {environ.get(environment.variable("signing", "secret_env"))}
+    for table in [data.get("signing", {}), *data.get("tenants", [])]:
+        if isinstance(table, Mapping):
+            secrets.add(table.get("secret_env"))
+    overrides: dict[str, dict[str, tuple[str, Any]]] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(environment.PREFIX) or variable in secrets:
+            continue
+        d = declared.get(variable)
+        if d is None:
+            problems.append(_unknown_variable(variable, declared))
+            continue
+        try:
+            value = environment.value_of(environ[variable], d.kind)
+        except ValueError as exc:
+            invalid.add(f"{d.table}.{d.name}")
+            problems.append(f"{variable} ({d.table}.{d.name}): {exc}")
+            continue
+        overrides.setdefault(d.table, {})[d.name] = (variable, value)
+    return overrides
+
+
+def _unknown_variable(variable: str, declared: Mapping[str, Declared]) -> str:
+    if variable.startswith(environment.PREFIX + "TENANTS"):
+        return f"{variable}: [[tenants]] are set in the file only"
+    # Compared without the prefix, which every variable shares; close means a typo.
+    cut = len(environment.PREFIX)
+    close = difflib.get_close_matches(variable[cut:], [v[cut:] for v in declared], 1, 0.8)
+    hint = f" (did you mean {environment.PREFIX}{close[0]}?)" if close else ""
+    return f"{variable}: no such setting{hint}"
 
 
 def _read(
-    section: type, table: str, raw: Any, problems: list[str], invalid: set[str]
+    section: type,
+    table: str,
+    raw: Any,
+    problems: list[str],
+    invalid: set[str],
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The converted value of each key of ``section`` set in ``raw``, by name; each
-    problem (a required key missing, a value refused, an unknown key) added to ``problems``."""
+    problem (a required key missing, a value refused, an unknown key) added to
+    ``problems``, under its ``labels`` entry if it has one (a variable's name)."""
     raw = raw if isinstance(raw, Mapping) else {}
     values: dict[str, Any] = {}
     declared = {d.name: d for d in declared_keys(section, table)}
     for name, declaration in declared.items():
         if name not in raw:
             if declaration.required:
-                problems.append(f"{table}.{name}: required")
+                where = "" if table.startswith("tenants") else f" (or {declaration.variable})"
+                problems.append(f"{table}.{name}: required{where}")
             continue
         try:
             values[name] = declaration.key.convert(raw[name])
         except ValueError as exc:
             invalid.add(f"{table}.{name}")
-            problems.append(f"{table}.{name}: {exc}")
+            problems.append(f"{(labels or {}).get(name, f'{table}.{name}')}: {exc}")
     problems += [f"{table}.{name}: unknown key" for name in raw if name not in declared]
     return values
 
@@ -999,6 +1094,23 @@ def reference() -> str:
         "keys and bad values stop the start-up, all reported at once, each with its key",
         "(`check-config` reports them without starting). Examples: `config/sidecar.toml`,",
         "`config/standalone.toml`, `config/tenants.toml`, `config/demo.toml`.",
+        "",
+        "## From the environment",
+        "",
+        "Every key of the tables below can also be given as an environment variable,",
+        "`ALEACC_GATEWAY_<TABLE>_<KEY>` in upper case: `ALEACC_GATEWAY_UPSTREAM_URL`,",
+        "`ALEACC_GATEWAY_SERVER_WORKERS=4`, `ALEACC_GATEWAY_CLIENT_IP_TRUSTED_PROXIES`. A",
+        "variable overrides the file; without `--config` the variables must give every",
+        "required key. A list is comma-separated (`10.0.0.0/8,127.0.0.0/8`) or a JSON array",
+        '(`["GET /player/*", "POST /player/signin"]`); a boolean is `true` or `false`; any',
+        "other value is taken as written (a separator of a newline is a real newline, not",
+        "`\\n`). Values are checked as the file's are, and a problem names the variable",
+        "(`ALEACC_GATEWAY_SERVER_WORKERS (server.workers): 99 must be from 1 to 64`). An",
+        "`ALEACC_GATEWAY_*` variable that names no key is a problem too, so a typo never goes",
+        "unnoticed; a variable a `secret_env` names is the secret, not a setting.",
+        "`[[tenants]]` are set in the file only. `check-config --show` prints the",
+        "configuration in force as TOML with each value's origin (`file`, `environment",
+        "VAR`, `default`) in a comment; the secret is never in it, only where it is read from.",
     ]
     for table, section in [*tables(), ("tenants", TenantSettings)]:
         heading = f"[[{table}]]" if section is TenantSettings else f"[{table}]"
@@ -1017,6 +1129,58 @@ def reference() -> str:
                 default = "`[signing]`'s"
             lines.append(f"| `{d.name}` | {default} | {d.key.doc} |")
     return "\n".join(lines) + "\n"
+
+
+def effective_toml(effective: Effective) -> str:
+    """The configuration in force as TOML, each value with its origin in a comment:
+    ``file``, ``environment VAR``, ``[signing]`` (a tenant's scheme key) or ``default``.
+    Keys without a value (none by default) are shown as comments. No secret is in the
+    settings: only where each one is read from."""
+    settings, origins = effective.settings, effective.origins
+    lines: list[str] = []
+    sections = [(f"[{t}]", t, getattr(settings, t), c) for t, c in tables()]
+    sections += [
+        ("[[tenants]]", f"tenants[{i}]", tenant, TenantSettings)
+        for i, tenant in enumerate(settings.tenants)
+    ]
+    for heading, table, values, section in sections:
+        lines += ["", heading] if lines else [heading]
+        for d in declared_keys(section, table):
+            origin = origins.get(f"{table}.{d.name}")
+            if origin is None:
+                inherited = section is TenantSettings and d.name in _SCHEME_KEYS
+                origin = "[signing]" if inherited else "default"
+            value = _value(values, d.name)
+            if value is None:
+                lines.append(f"# {d.name} is not set ({origin})")
+            else:
+                lines.append(f"{d.name} = {_toml(value)}  # {origin}")
+    return "\n".join(lines) + "\n"
+
+
+def _value(values: Any, name: str) -> Any:
+    """Key ``name``'s value in a settings object (a group's keys inside their group)."""
+    for f in dataclasses.fields(values):
+        if _KEY in f.metadata and f.name == name:
+            return getattr(values, name)
+        if _GROUP in f.metadata and name in f.metadata[_GROUP].keys:
+            part = getattr(values, f.name)
+            attribute = f.metadata[_GROUP].keys[name][0]
+            return None if part is None else getattr(part, attribute)
+    raise KeyError(name)
+
+
+def _toml(value: Any) -> str:
+    """A converted value written back as TOML."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, frozenset):
+        return "[" + ", ".join(map(_toml, sorted(value, key=str))) + "]"
+    return signing.toml_string(str(value))
 
 
 def _first_line(text: str | None) -> str:

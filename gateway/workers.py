@@ -143,7 +143,8 @@ class Supervisor:
         ours.setblocking(False)
         with theirs:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "serve", "--config", str(self.config),
+                sys.executable, "-m", "gateway", "serve",
+                *(["--config", str(self.config)] if self.config is not None else []),
                 "--log-format", self.log_format, "--worker", str(number),
                 "--link-fd", str(theirs.fileno()),
                 env=environ, pass_fds=(theirs.fileno(),),

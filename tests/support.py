@@ -396,10 +396,11 @@ class GatewayProcess:
         self.admin = URL()
 
     @classmethod
-    async def start(cls, config: Path, env: dict[str, str] | None = None) -> GatewayProcess:
-        """``env``: variables added to this process's environment."""
+    async def start(cls, config: Path | None, env: dict[str, str] | None = None) -> GatewayProcess:
+        """``env``: variables added to this process's environment (None: no config file)."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--config", str(config),
+            sys.executable, "-m", "gateway", "serve",
+            *(["--config", str(config)] if config is not None else []),
             stdout=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
         )  # fmt: skip
         gateway = cls(process)
@@ -453,7 +454,7 @@ async def gateway_process() -> AsyncIterator[StartProcess]:
     """Start ``serve`` processes; each is killed after the test if still running."""
     started: list[GatewayProcess] = []
 
-    async def start(config: Path, env: dict[str, str] | None = None) -> GatewayProcess:
+    async def start(config: Path | None, env: dict[str, str] | None = None) -> GatewayProcess:
         process = await GatewayProcess.start(config, env)
         started.append(process)
         return process

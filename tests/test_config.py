@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,9 @@ from gateway.config import (
     ConfigError,
     TenantSettings,
     declared_keys,
+    effective_toml,
     load_settings,
+    parse_config,
     parse_settings,
     reference,
     tables,
@@ -341,3 +344,106 @@ def test_player_burst_needs_a_player_rate() -> None:
     assert "limits.player_burst: needs player_rate_per_s" in problems(
         merged(limits={"player_burst": 2})
     )
+
+
+# ---------------------------------------------------------------- the environment
+
+ENV_ONLY = {
+    "ALEACC_GATEWAY_UPSTREAM_URL": "https://aleacc.example.com/api",
+    "ALEACC_GATEWAY_SIGNING_API_ID": "abc",
+    "ALEACC_GATEWAY_SIGNING_SECRET_ENV": "S",
+}
+
+
+def test_every_required_key_can_come_from_the_environment() -> None:
+    s = parse_settings({}, ENV_ONLY)
+    assert (str(s.upstream.url), s.signing.api_id, s.signing.secret_env) == (
+        "https://aleacc.example.com/api",
+        "abc",
+        "S",
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "read"),
+    [
+        ("ALEACC_GATEWAY_SERVER_WORKERS", "4", lambda s: s.server.workers == 4),
+        ("ALEACC_GATEWAY_UPSTREAM_TIMEOUT_S", "2.5", lambda s: s.upstream.timeout_s == 2.5),
+        ("ALEACC_GATEWAY_UPSTREAM_FORWARD_PROXY_HEADERS", "TRUE",
+         lambda s: s.upstream.forward_proxy_headers is True),
+        ("ALEACC_GATEWAY_CLIENT_IP_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.0/8",
+         lambda s: [str(n) for n in s.client_ip.trusted_proxies] == ["10.0.0.0/8", "127.0.0.0/8"]),
+        ("ALEACC_GATEWAY_ACCESS_ROUTES", '["GET /player/*", "POST /player/signin"]',
+         lambda s: [str(r) for r in s.access.routes or ()][1] == "POST /player/signin"),
+        ("ALEACC_GATEWAY_SIGNING_FIELDS", "api_id,request_id,timestamp,body",
+         lambda s: s.signing.scheme.fields == ("api_id", "request_id", "timestamp", "body")),
+        ("ALEACC_GATEWAY_SIGNING_API_ID", "12345678901234567890123456789012",  # digits: a string
+         lambda s: s.signing.api_id == "12345678901234567890123456789012"),
+    ],
+)  # fmt: skip
+def test_a_variable_is_read_as_its_key_would_be(variable: str, text: str, read: Any) -> None:
+    assert read(parse_settings(MINIMAL, {variable: text}))
+
+
+def test_the_environment_overrides_the_file_and_says_so() -> None:
+    effective = parse_config(merged(server={"workers": 2, "listen": "127.0.0.1:8080"}),
+                             {"ALEACC_GATEWAY_SERVER_WORKERS": "3"})  # fmt: skip
+    assert effective.settings.server.workers == 3
+    assert effective.origins["server.workers"] == "environment ALEACC_GATEWAY_SERVER_WORKERS"
+    assert effective.origins["server.listen"] == "file"
+    assert "server.drain_delay_s" not in effective.origins  # a default
+
+
+def test_a_bad_value_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(
+            MINIMAL,
+            {
+                "ALEACC_GATEWAY_SERVER_WORKERS": "99",
+                "ALEACC_GATEWAY_SERVER_LISTEN": "nope",
+                "ALEACC_GATEWAY_ACCESS_ALLOWED_CLIENTS": "[10.0.0.0/8",
+            },
+        )
+    assert info.value.problems == [
+        "ALEACC_GATEWAY_ACCESS_ALLOWED_CLIENTS (access.allowed_clients): is not a JSON array",
+        "ALEACC_GATEWAY_SERVER_LISTEN (server.listen): 'nope' needs a port from 0 to 65535, "
+        "like '127.0.0.1:8080'",
+        "ALEACC_GATEWAY_SERVER_WORKERS (server.workers): 99 must be from 1 to 64",
+    ]
+
+
+def test_a_variable_that_names_no_key_is_a_problem() -> None:
+    environ = {
+        "ALEACC_GATEWAY_SERVER_WORKER": "2",
+        "ALEACC_GATEWAY_TENANTS_0_NAME": "b",
+        "ALEACC_GATEWAY_COLOUR": "blue",
+        "ALEACC_GATEWAY_API_SECRET": "not a setting: signing.secret_env names it",
+    }
+    data = merged(signing={"secret_env": "ALEACC_GATEWAY_API_SECRET"})
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data, environ)
+    assert info.value.problems == [
+        "ALEACC_GATEWAY_COLOUR: no such setting",
+        "ALEACC_GATEWAY_SERVER_WORKER: no such setting "
+        "(did you mean ALEACC_GATEWAY_SERVER_WORKERS?)",
+        "ALEACC_GATEWAY_TENANTS_0_NAME: [[tenants]] are set in the file only",
+    ]
+
+
+def test_a_missing_required_key_names_its_variable() -> None:
+    assert "upstream.url: required (or ALEACC_GATEWAY_UPSTREAM_URL)" in problems({})
+
+
+def test_the_effective_configuration_reads_back_as_the_same_settings() -> None:
+    data = merged(access={"routes": ["GET /x"]}, signing={"separator": "\t"}) | {
+        "tenants": [{**BRAND_B, "signature_encoding": "hex"}]
+    }
+    environ = {"ALEACC_GATEWAY_LIMITS_PLAYER_RATE_PER_S": "5"}
+    effective = parse_config(data, environ)
+    text = effective_toml(effective)
+    assert "player_rate_per_s = 5.0  # environment ALEACC_GATEWAY_LIMITS_PLAYER_RATE_PER_S" in text
+    assert 'separator = "\\t"  # file' in text
+    assert 'signature_encoding = "hex"  # file' in text
+    assert 'timestamp_unit = "s"  # [signing]' in text
+    assert "# proxy_url is not set (default)" in text
+    assert parse_settings(tomllib.loads(text)) == effective.settings

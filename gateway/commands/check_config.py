@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import UTC, datetime
-from pathlib import Path
 
 from .. import tls
-from ..config import DEFAULT_TENANT, Settings, TenantSettings
+from ..config import (
+    DEFAULT_TENANT,
+    ConfigError,
+    Settings,
+    TenantSettings,
+    effective_toml,
+    read_settings,
+)
 from ..preflight import preflight
-from .common import Commands, load_or_report, report
+from .common import Commands, config_option, report, source
 
 
 def add_parser(commands: Commands) -> None:
     """The ``check-config`` subcommand's arguments."""
     check = commands.add_parser("check-config", help="report every problem in a config file")
-    check.add_argument("--config", type=Path, required=True)
+    config_option(check)
+    check.add_argument(
+        "--show",
+        action="store_true",
+        help="print the configuration in force as TOML, each value's origin in a comment",
+    )
     check.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """0 with ``ok`` (and any warnings) and the tenants found, 1 with every problem listed."""
-    settings = load_or_report(args.config)
-    if settings is None:
+    try:
+        effective = read_settings(args.config, os.environ)
+    except ConfigError as exc:
+        report(args.config, exc.problems)
         return 1
+    settings = effective.settings
     loaded = preflight(settings)
     problems = list(loaded.problems)
     warnings = list(loaded.secret_missing)
@@ -37,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         report(args.config, problems)
         return 1
-    print(f"{args.config}: ok" + (f" (warning: {'; '.join(warnings)})" if warnings else ""))
+    if args.show:
+        print(effective_toml(effective), end="")
+        return 0
+    print(f"{source(args.config)}: ok" + (f" (warning: {'; '.join(warnings)})" if warnings else ""))
     for tenant in settings.every_tenant:
         print(f"  tenant {tenant.name} (api_id {tenant.api_id}): {chosen_by(settings, tenant)}")
     return 0

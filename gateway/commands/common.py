@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -23,18 +24,34 @@ def log_format_option() -> argparse.ArgumentParser:
     return options
 
 
-def load_or_report(path: Path) -> Settings | None:
-    """The settings in ``path``, or None after printing every problem to stderr."""
+def config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, optional: the environment may give every setting instead."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the TOML file; ALEACC_GATEWAY_<TABLE>_<KEY> variables override it, and "
+        "without it must give every required key",
+    )
+
+
+def load_or_report(path: Path | None) -> Settings | None:
+    """The settings in ``path`` (None: none) with the environment's ALEACC_GATEWAY_*
+    variables over them, or None after printing every problem to stderr."""
     try:
-        return load_settings(path)
+        return load_settings(path, os.environ)
     except ConfigError as exc:
         report(path, exc.problems)
         return None
 
 
-def report(path: Path, problems: list[str]) -> None:
+def source(path: Path | None) -> str:
+    """How messages name where the settings came from."""
+    return str(path) if path is not None else "environment"
+
+
+def report(path: Path | None, problems: list[str]) -> None:
     """``path: N problem(s):`` and one line per problem, on stderr."""
-    lines = [f"{path}: {len(problems)} problem(s):", *(f"  - {p}" for p in problems)]
+    lines = [f"{source(path)}: {len(problems)} problem(s):", *(f"  - {p}" for p in problems)]
     print("\n".join(lines), file=sys.stderr)
 
 

@@ -133,7 +133,7 @@ def _secret(args: argparse.Namespace) -> tuple[bytes, tuple[Path, str] | None]:
         )
         return read_secret(settings), None
     try:
-        config = load_settings(args.config)
+        config = load_settings(args.config, os.environ)
         tenant = config.tenant(args.tenant or DEFAULT_TENANT)
     except ConfigError as exc:
         raise ValueError(f"{args.config}: " + "; ".join(exc.problems)) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"probe: --path {args.path!r} must start with /", file=sys.stderr)
         return NONE
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, os.environ)
         tenant = settings.tenant(args.tenant)
         secret = read_secret(tenant)
     except ConfigError as exc:

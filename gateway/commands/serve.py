@@ -8,7 +8,6 @@ import gc
 import os
 import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,7 +19,7 @@ from ..preflight import Preflight, preflight
 from ..server import GatewayServer, ListenError, ShutdownSignals, cancel_all, format_address
 from ..tls import TlsError
 from ..workers import Supervisor, report_ready
-from .common import Commands, load_or_report, log_format_option
+from .common import Commands, config_option, load_or_report, log_format_option, source
 
 log = structlog.get_logger("aleacc_gateway")
 
@@ -28,7 +27,7 @@ log = structlog.get_logger("aleacc_gateway")
 def add_parser(commands: Commands) -> None:
     """The ``serve`` subcommand's arguments."""
     serve = commands.add_parser("serve", parents=[log_format_option()], help="run the gateway")
-    serve.add_argument("--config", type=Path, required=True)
+    config_option(serve)
     # Set by the supervisor when it starts worker N (server.workers > 1).
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     # The worker's end of its link to the supervisor (see workers.py).
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = preflight(settings)
     if loaded.problems or loaded.missing:
         for problem in [*loaded.problems, *loaded.missing]:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+            print(f"{source(args.config)}: {problem}", file=sys.stderr)
         return 1
     configure_logging(args.log_format)
     try:
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             return run_async(supervisor.run(summary(loaded)))
         return run_async(_run_gateway(loaded))
     except (ListenError, TlsError, EgressError) as exc:
-        print(f"{args.config}: {exc}", file=sys.stderr)
+        print(f"{source(args.config)}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,7 +111,7 @@ def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan,
     """The api_id, the key, the compiled scheme and the config's upstream base path."""
     base = ""
     if args.config is not None:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, os.environ)
         try:
             sign = settings.tenant(args.tenant or DEFAULT_TENANT)
         except KeyError as exc:
