@@ -9,7 +9,7 @@ COPY gateway ./gateway
 # hadolint ignore=DL3013
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install -c constraints.txt . \
+ && /opt/venv/bin/pip install -c constraints.txt '.[otel]' \
  && /opt/venv/bin/pip uninstall --yes pip
 
 FROM python:3.11-slim-bookworm

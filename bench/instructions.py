@@ -4,6 +4,7 @@
     python bench/instructions.py                 # the gateway and the stack floor
     python bench/instructions.py --requests 2000
     python bench/instructions.py --tenants       # also GET to the last of 3 tenants by Host
+    python bench/instructions.py --tracing       # also GET with tracing at ratio 1.0 and 0.1
 
 The wrk rows in bench/run.py measure CPU time, which moves by ±10 % from run to run on a
 shared 2-core machine: too much to see a step of a few microseconds. Here the gateway
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import http.server
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from run import GET_PATH, POST_BODY, POST_PATH, Server, start_floor, start_gateway, start_nginx
@@ -39,13 +42,21 @@ SCENARIOS = {
         {"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.7, 10.1.2.3"},
     ),
 }
-# With --tenants: a gateway with the default tenant and two more chosen by Host, sent
-# requests for the last of them (bench/run.py's start_gateway names their hosts).
-TENANTS = 3
-TENANT_GATEWAY = "gateway, 3 tenants"
-TENANT_SCENARIO = "GET, 3 tenants"
-SCENARIOS[TENANT_SCENARIO] = ("GET", GET_PATH, None, {"Host": f"brand-{TENANTS - 1}.bench"})
-BASE_SCENARIOS = [s for s in SCENARIOS if s != TENANT_SCENARIO]
+# Rows of their own, each from a gateway started for it and sent a GET (so the floor is
+# GET's): --tenants, the last of three tenants chosen by Host (bench/run.py's
+# start_gateway names their hosts); --tracing, spans exported to a local OTLP/HTTP sink at
+# two sample ratios (the export thread's instructions are counted too).
+EXTRA_ROWS = {
+    "tenants": [("GET, 3 tenants", {"tenants": 3}, {"Host": "brand-2.bench"})],
+    "tracing": [
+        ("GET, tracing at 1.0", {"tracing": 1.0}, {}),
+        ("GET, tracing at 0.1", {"tracing": 0.1}, {}),
+    ],
+}
+for _rows in EXTRA_ROWS.values():
+    for _name, _, _headers in _rows:
+        SCENARIOS[_name] = ("GET", GET_PATH, None, _headers)
+BASE_SCENARIOS = ["GET", "POST", "POST+XFF"]
 WARM_UP = 300
 
 
@@ -78,24 +89,46 @@ def counted(server: Server, scenario: str, count: int, out: Path) -> float:
     return total / count
 
 
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that takes every export and keeps nothing."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--no-floor", dest="floor", action="store_false")
-    parser.add_argument("--tenants", action="store_true", help=f"add the {TENANT_SCENARIO} row")
+    for option in EXTRA_ROWS:
+        parser.add_argument(f"--{option}", action="store_true", help=f"add the {option} rows")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 1
+    extras = [row for option, rows in EXTRA_ROWS.items() if getattr(args, option) for row in rows]
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    collector = f"http://127.0.0.1:{sink.server_address[1]}"
     with tempfile.TemporaryDirectory(prefix="aleacc-instructions-") as tmp:
         workdir = Path(tmp)
         upstream = start_nginx("upstream", "upstream.conf", workdir)
         servers: list[Server] = []
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, float] = {}
+        floors: dict[str, float] = {}
+        runs = [("gateway", {}, BASE_SCENARIOS)]
+        runs += [("stack floor", {}, BASE_SCENARIOS)] * args.floor
+        runs += [(name, options, [name]) for name, options, _ in extras]
         try:
-            runs = ["gateway", *(["stack floor"] * args.floor), *([TENANT_GATEWAY] * args.tenants)]
-            for name in runs:
-                out = workdir / f"callgrind.{name.replace(' ', '-')}"
+            for number, (name, options, scenarios) in enumerate(runs):
+                out = workdir / f"callgrind.{number}"
                 wrapper = (
                     "valgrind", "--tool=callgrind", "--instr-atstart=no",
                     f"--callgrind-out-file={out}", "--quiet",
@@ -103,30 +136,28 @@ def main() -> int:
                 if name == "stack floor":
                     server = start_floor(upstream.port, wrapper)
                 else:
-                    tenants = TENANTS if name == TENANT_GATEWAY else 1
+                    ratio = options.get("tracing")
                     server = start_gateway(
-                        workdir, upstream.port, 1, wrapper=wrapper, tenants=tenants
-                    )
+                        workdir, upstream.port, 1, wrapper=wrapper,
+                        tenants=int(options.get("tenants", 1)),
+                        tracing=(collector, ratio) if ratio is not None else None,
+                    )  # fmt: skip
                 servers.append(server)
-                results[name] = {}
-                scenarios = [TENANT_SCENARIO] if name == TENANT_GATEWAY else BASE_SCENARIOS
                 for scenario in scenarios:
                     send(server, scenario, WARM_UP)
-                    results[name][scenario] = counted(server, scenario, args.requests, out)
-                    print(f"{name:12} {scenario:8} {results[name][scenario]:12,.0f}", flush=True)
+                    count = counted(server, scenario, args.requests, out)
+                    (floors if name == "stack floor" else results)[scenario] = count
+                    print(f"{name:12} {scenario:20} {count:12,.0f}", flush=True)
         finally:
             for server in [*servers, upstream]:
                 server.stop()
+            sink.shutdown()
     print(f"\ninstructions per request ({args.requests} requests, one kept-alive connection)")
     print("| scenario | gateway | stack floor | the gateway's own |")
     print("|---|---:|---:|---:|")
-    floors = results.get("stack floor", {})
-    rows = [(s, results["gateway"][s], floors.get(s)) for s in BASE_SCENARIOS]
-    if args.tenants:
-        # The first row's GET, chosen by Host among three tenants: the floor is GET's.
-        tenants = results[TENANT_GATEWAY][TENANT_SCENARIO]
-        rows.append((TENANT_SCENARIO, tenants, floors.get("GET")))
-    for scenario, gateway, floor in rows:
+    for scenario in [*BASE_SCENARIOS, *(name for name, _, _ in extras)]:
+        gateway = results[scenario]
+        floor = floors.get(scenario if scenario in BASE_SCENARIOS else "GET")
         own = f"{gateway - floor:,.0f}" if floor else "n/a"
         floor_text = f"{floor:,.0f}" if floor else "n/a"
         print(f"| {scenario} | {gateway:,.0f} | {floor_text} | {own} |")

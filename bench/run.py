@@ -221,14 +221,17 @@ def start_gateway(
     tls: tuple[Path, Path] | None = None,
     wrapper: tuple[str, ...] = (),
     tenants: int = 1,
+    tracing: tuple[str, float] | None = None,
 ) -> Server:
     """The gateway as a process; ``wrapper``: a command to run it under (valgrind);
-    ``tenants``: the default one and ``tenants - 1`` more, chosen by Host ``brand-N.bench``."""
+    ``tenants``: the default one and ``tenants - 1`` more, chosen by Host ``brand-N.bench``;
+    ``tracing``: an OTLP/HTTP collector's URL and the sample ratio."""
     port, admin = free_port(), free_port()
     secret = workdir / "secret"
     secret.write_text(SECRET)
     name = f"gateway x{workers}" if workers > 1 else "gateway"
-    conf = workdir / f"gateway-{workers}{'-tls' if tls else ''}-{tenants}.toml"
+    traced = f"-traced-{tracing[1]}" if tracing else ""
+    conf = workdir / f"gateway-{workers}{'-tls' if tls else ''}-{tenants}{traced}.toml"
     tls_lines = f'tls_cert_file = "{tls[0]}"\ntls_key_file = "{tls[1]}"\n' if tls else ""
     tenant_tables = "".join(
         f'[[tenants]]\nname = "brand-{n}"\napi_id = "{API_ID[:-1]}{n}"\n'
@@ -240,7 +243,13 @@ def start_gateway(
         f"workers = {workers}\ndrain_delay_s = 0\n{tls_lines}"
         f'[upstream]\nurl = "http://127.0.0.1:{upstream_port}"\n'
         f'[signing]\napi_id = "{API_ID}"\nsecret_file = "{secret}"\n'
-        "[limits]\nmax_connections = 4096\n" + tenant_tables
+        "[limits]\nmax_connections = 4096\n"
+        + (
+            f'[tracing]\notlp_endpoint = "{tracing[0]}"\nsample_ratio = {tracing[1]}\n'
+            if tracing
+            else ""
+        )
+        + tenant_tables
     )
     log = conf.with_suffix(".log").open("wb")
     process = subprocess.Popen(

@@ -676,6 +676,48 @@ class LoggingSettings:
     )
 
 
+def _collector_url(value: Any) -> URL:
+    url = _upstream_url(value)
+    if url.raw_path not in ("", "/"):
+        raise ValueError(
+            f"{value!r}: the collector's base URL, like 'http://otel-collector:4318' "
+            "(/v1/traces is added)"
+        )
+    return url
+
+
+def _ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError("must be a number from 0 to 1")
+    return float(value)
+
+
+def _service_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise ValueError("must be a non-empty printable string")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TracingSettings:
+    """OpenTelemetry traces, exported over OTLP/HTTP (needs the `otel` extra)."""
+
+    otlp_endpoint: URL | None = key(
+        _collector_url,
+        "the collector's OTLP/HTTP base URL, like `http://otel-collector:4318` (spans go "
+        "to `/v1/traces`); unset: no tracing, and nothing of it is loaded",
+        None,
+        shown="none (off)",
+    )
+    sample_ratio: float = key(
+        _ratio,
+        "the share of traces started here that are recorded, 0 to 1; a caller's "
+        "`traceparent` decides for its own trace (parent-based)",
+        0.1,
+    )
+    service_name: str = key(_service_name, "`service.name` of the spans", "aleacc-gateway")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TenantSettings:
     """One more brand: its credential, how its requests are recognised, and its limits."""
@@ -733,6 +775,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     tenants: tuple[TenantSettings, ...] = ()  # [[tenants]], [signing]'s scheme filled in
 
     @property

@@ -46,6 +46,7 @@ CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", 
 TLS_REFUSALS = ("handshake", "name")
 RELOAD_RESULTS = ("loaded", "error")
 RATE_LIMIT_SCOPES = ("tenant", "player")
+SPAN_DROPS = ("queue_full", "export_failed")
 DEFAULT_TENANTS = ("default",)
 
 
@@ -91,6 +92,10 @@ COUNTERS = (
     Count("rate_limited", "aleacc_gateway_rate_limited",
           "Requests answered 429, by tenant and scope: tenant (its rate_per_s) or player "
           "(limits.player_rate_per_s).", ("tenant", "scope"), RATE_LIMIT_SCOPES),
+    Count("spans_dropped", "aleacc_gateway_spans_dropped",
+          "Trace spans not exported, by reason: queue_full (more waiting than the export "
+          "queue holds) or export_failed (the collector did not take them).", ("reason",),
+          SPAN_DROPS),
     Count("tls_reloads", "aleacc_gateway_tls_reloads",
           "Listener certificate (re)loads, by result: loaded or error.", ("result",),
           RELOAD_RESULTS),
@@ -108,9 +113,9 @@ IN_FLIGHT = ("aleacc_gateway_in_flight_requests", "Requests being handled now.")
 K = TypeVar("K")
 
 
-def add(counter: dict[K, int], key: K) -> None:
-    """Count one event under ``key``: the one way every counter here is bumped."""
-    counter[key] = counter.get(key, 0) + 1
+def add(counter: dict[K, int], key: K, count: int = 1) -> None:
+    """Count ``count`` events under ``key``: the one way every counter here is bumped."""
+    counter[key] = counter.get(key, 0) + count
 
 
 class Durations:
@@ -142,6 +147,7 @@ class RequestCounts:
         "requests",
         "secret_reloads",
         "signing_failures",
+        "spans_dropped",
         "tls_refusals",
         "tls_reloads",
         "upstream_duration",
@@ -161,6 +167,9 @@ class RequestCounts:
         self.secret_reloads: dict[tuple[str, str], int] = {}
         self.tls_reloads: dict[str, int] = {}
         self.rate_limited: dict[tuple[str, str], int] = {}
+        # Added to from the span exporter's thread: its keys all exist from the start,
+        # so a fold or a scrape iterating over it never meets a new one.
+        self.spans_dropped: dict[str, int] = {}
         for count in COUNTERS:
             getattr(self, count.attribute).update(dict.fromkeys(count.zero_keys(tenants), 0))
         self.request_duration = Durations()

@@ -8,6 +8,7 @@ gateway instead of reading the files again.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,11 @@ def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Pr
             missing.append(str(exc))
         except tls.TlsError as exc:
             problems.append(str(exc))
+    if settings.tracing.otlp_endpoint is not None and not otel_installed():
+        problems.append(
+            "tracing.otlp_endpoint: tracing needs the otel extra: "
+            "pip install 'aleacc-gateway[otel]'"
+        )
     try:
         egress = egress_proxy(settings.upstream, environ)  # reads proxy_auth_file
     except EgressFileMissing as exc:
@@ -66,3 +72,15 @@ def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Pr
     except EgressError as exc:
         problems.append(str(exc))
     return Preflight(settings, problems, missing, secret_missing, certificate, egress)
+
+
+def otel_installed() -> bool:
+    """Whether the otel extra (OpenTelemetry's SDK and OTLP/HTTP exporter) is there,
+    found without importing it."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
