@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from . import signing
 from .admin import Lifecycle
 from .client_ip import TrustedNetworks, derive_client_ip
-from .config import DEFAULT_TENANT, Settings, base_path, host_header
+from .config import DEFAULT_TENANT, Settings
 from .counts import add
 from .edge import (
     client_name,
@@ -33,7 +33,7 @@ from .edge import (
     mark_request_finished,
     mark_request_started,
 )
-from .egress import EgressProxy, dialer
+from .egress import EgressProxy
 from .errors import (
     BodyTooLarge,
     FaultKind,
@@ -58,11 +58,11 @@ from .forwarding import (
 )
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
-from .pool import Pool, framed_head
+from .pool import framed_head
 from .response import Response
 from .secret import SecretStore
 from .skew import SkewWatch
-from .tenants import Tenant, Tenants, Upstream
+from .tenants import Tenant, Tenants
 
 if TYPE_CHECKING:
     from .tracing import Tracing
@@ -110,43 +110,9 @@ class Proxy:
     ) -> None:
         """``secrets``: each tenant's, by name; ``share``: how many worker processes
         split the rate limits."""
-        upstream = settings.upstream
-        upstreams: dict[str, Upstream] = {}
-        for url in [upstream.url, *map(settings.upstream_of, settings.every_tenant)]:
-            if str(url) not in upstreams:
-                pool = Pool(
-                    dialer(url, egress, upstream.connect_timeout_s),
-                    max_connections=upstream.max_connections,
-                    timeout_s=upstream.timeout_s,
-                    idle_timeout_s=upstream.idle_timeout_s,
-                )
-                host = host_header(url)
-                host_line = b"Host: " + signing.text(host)
-                upstreams[str(url)] = Upstream(pool, url.scheme, host, host_line, base_path(url))
-        self._upstreams = upstreams
-        self.pool = upstreams[str(upstream.url)].pool  # upstream.url's
-        limits = settings.limits
-        players = (
-            (limits.player_rate_per_s, limits.player_burst)
-            if limits.player_rate_per_s is not None
-            else None
-        )
-        now = time.monotonic()
-        self.tenants = Tenants(
-            {
-                t.name: Tenant(
-                    t,
-                    upstreams[str(settings.upstream_of(t))],
-                    secrets[t.name],
-                    players=players,
-                    explain_every_s=settings.logging.explain_rejections_every_s,
-                    share=share,
-                    now=now,
-                )
-                for t in settings.every_tenant
-            },
-            settings,
-        )
+        upstream, limits = settings.upstream, settings.limits
+        self.tenants = Tenants(settings, secrets, egress=egress, share=share)
+        self.pool = self.tenants.upstreams[str(upstream.url)].pool  # upstream.url's
         self._only = self.tenants.only
         # The label of a request refused before its tenant was known.
         self._unchosen = DEFAULT_TENANT if self._only else "unknown"
@@ -190,8 +156,7 @@ class Proxy:
         return web.Server(handler, handler_cancellation=True)
 
     async def close(self) -> None:
-        for upstream in self._upstreams.values():
-            await upstream.pool.close()
+        await self.tenants.close()
         if self._tracing is not None:
             await self._tracing.shutdown()
 

@@ -13,12 +13,14 @@ B's Host. With a single tenant none of this runs: every request is the default t
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import signing
 from .client_ip import TrustedNetworks, parse_address
-from .config import DEFAULT_TENANT, Settings, TenantSettings, host_name
+from .config import DEFAULT_TENANT, Settings, TenantSettings, base_path, host_header, host_name
+from .egress import EgressProxy, dialer
 from .errors import ClientNotAllowed, RateLimited, TenantUnknown
 from .pool import Pool
 from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
@@ -144,10 +146,52 @@ def _share(rate: float, burst: int | None, share: int) -> tuple[float, int]:
 
 
 class Tenants:
-    """Every tenant by name, and the claims that choose them on the shared listener."""
+    """Every tenant by name, the upstreams they send to (a pool per distinct URL), and
+    the claims that choose them on the shared listener."""
 
-    def __init__(self, tenants: Mapping[str, Tenant], settings: Settings) -> None:
-        self.by_name = dict(tenants)
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: Mapping[str, SecretStore],
+        *,
+        egress: EgressProxy | None,
+        share: int,
+    ) -> None:
+        """``secrets``: each tenant's, by name; ``share``: how many worker processes split
+        the rate limits."""
+        upstream = settings.upstream
+        self.upstreams: dict[str, Upstream] = {}
+        for url in [upstream.url, *map(settings.upstream_of, settings.every_tenant)]:
+            if str(url) not in self.upstreams:
+                pool = Pool(
+                    dialer(url, egress, upstream.connect_timeout_s),
+                    max_connections=upstream.max_connections,
+                    timeout_s=upstream.timeout_s,
+                    idle_timeout_s=upstream.idle_timeout_s,
+                )
+                host = host_header(url)
+                self.upstreams[str(url)] = Upstream(
+                    pool, url.scheme, host, b"Host: " + signing.text(host), base_path(url)
+                )
+        limits = settings.limits
+        players = (
+            (limits.player_rate_per_s, limits.player_burst)
+            if limits.player_rate_per_s is not None
+            else None
+        )
+        now = time.monotonic()
+        self.by_name = {
+            t.name: Tenant(
+                t,
+                self.upstreams[str(settings.upstream_of(t))],
+                secrets[t.name],
+                players=players,
+                explain_every_s=settings.logging.explain_rejections_every_s,
+                share=share,
+                now=now,
+            )
+            for t in settings.every_tenant
+        }
         self.default = self.by_name.get(DEFAULT_TENANT)
         # The one tenant every request is, when there is no other: nothing to choose.
         self.only = self.default if len(self.by_name) == 1 else None
@@ -173,3 +217,8 @@ class Tenants:
         if tenant is None:
             raise TenantUnknown()
         return tenant
+
+    async def close(self) -> None:
+        """Close every upstream's pool."""
+        for upstream in self.upstreams.values():
+            await upstream.pool.close()
