@@ -89,11 +89,13 @@ class Tenant:
         )
         self.client_names = settings.client_names
         self.rate = (
-            TokenBucket(*_share(settings.rate_per_s, settings.burst, share), now)
+            TokenBucket(*worker_share(settings.rate_per_s, settings.burst, share), now)
             if settings.rate_per_s is not None
             else None
         )
-        self.players = PlayerBuckets(*_share(*players, share)) if players is not None else None
+        self.players = (
+            PlayerBuckets(*worker_share(*players, share)) if players is not None else None
+        )
         # One attribute the request path tests: is there anything for admit() to check?
         self.guarded = any(
             x is not None for x in (self.allowed, self.client_names, self.rate, self.players)
@@ -140,7 +142,7 @@ class Tenant:
                 raise RateLimited("tenant", wait)
 
 
-def _share(rate: float, burst: int | None, share: int) -> tuple[float, int]:
+def worker_share(rate: float, burst: int | None, share: int) -> tuple[float, int]:
     """One process's part of a rate and its bucket: 1/share of each (the bucket at least 1)."""
     return rate / share, max(1, math.ceil(bucket_size(rate, burst) / share))
 
