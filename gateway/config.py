@@ -61,6 +61,11 @@ class Group:
     optional: bool  # the value is None unless one of its keys is set
 
 
+def use(k: Key, default: Any = dataclasses.MISSING) -> Any:
+    """A field for the key ``k``, declared once (several tables may use one)."""
+    return field(default=default, metadata={_KEY: k})
+
+
 def key(
     convert: Callable[[Any], Any],
     doc: str,
@@ -68,7 +73,7 @@ def key(
     shown: str | None = None,
 ) -> Any:
     """A configuration key: a field with ``default`` (none: required), read by ``convert``."""
-    return field(default=default, metadata={_KEY: Key(convert, doc, shown)})
+    return use(Key(convert, doc, shown), default)
 
 
 def group(of: type, keys: Mapping[str, tuple[str, Key]], default: Any) -> Any:
@@ -553,11 +558,6 @@ _BURST = Key(
     "how many requests may come at once above `rate_per_s` (the bucket's size)",
     "`rate_per_s`, at least 1",
 )
-
-
-def use(k: Key, default: Any = dataclasses.MISSING) -> Any:
-    """A field for a key declared once and used in more than one table."""
-    return field(default=default, metadata={_KEY: k})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1234,14 +1234,6 @@ def _shown(value: Any) -> str:
     """A default as the reference shows it: as it would be written in the file."""
     if value is None:
         return "none"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
     if isinstance(value, float) and value.is_integer():
-        return f"`{int(value)}`"
-    if isinstance(value, int | float):
-        return f"`{value}`"
-    if isinstance(value, str):
-        return f"`{signing.toml_string(value)}`"
-    if isinstance(value, tuple | frozenset):
-        return "`[" + ", ".join(signing.toml_string(str(v)) for v in value) + "]`"
-    return f"`{signing.toml_string(str(value))}`"
+        return f"`{int(value)}`"  # seconds as people write them: `5`, not `5.0`
+    return f"`{_toml(value)}`"
