@@ -63,10 +63,11 @@ def check_free(address: ListenAddress, setting: str = "server.listen") -> None:
     bind(address, setting=setting).close()
 
 
-def proxy_listeners(settings: Settings) -> list[tuple[ListenAddress, str]]:
-    """Each proxy listener's address and its setting: the shared one, then each tenant's."""
-    return [(settings.server.listen, "server.listen")] + [
-        (tenant.listen, f"{settings.table_of(tenant)}.listen")
+def proxy_listeners(settings: Settings) -> list[tuple[ListenAddress, str, str | None]]:
+    """Each proxy listener's address, its setting and whose it is: the shared one
+    (None), then each tenant's own."""
+    return [(settings.server.listen, "server.listen", None)] + [
+        (tenant.listen, f"{settings.table_of(tenant)}.listen", tenant.name)
         for tenant in settings.tenants
         if tenant.listen is not None
     ]
@@ -199,7 +200,7 @@ class GatewayServer:
         self._listeners: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.edge: EdgeGuard | None = None  # the shared proxy listener's, once started
-        self.tenant_addresses: dict[str | None, tuple[str, int]] = {}  # tenants' own listeners
+        self.tenant_addresses: dict[str, tuple[str, int]] = {}  # tenants' own listeners
 
     def _secret_reloaded(self, tenant: str, result: ReloadResult, problem: str | None) -> None:
         if result == "error":
@@ -250,12 +251,14 @@ class GatewayServer:
         # shutdown_timeout: how long stop() lets in-flight requests finish.
         drain_s = self.settings.server.drain_timeout_s
         await self._setup(web.ServerRunner(server, shutdown_timeout=drain_s))
-        tenants = [None] + [t.name for t in self.settings.tenants if t.listen is not None]
-        addresses = []
-        for (address, setting), tenant in zip(proxy_listeners(self.settings), tenants, strict=True):
-            addresses.append(await self._listen(server, address, setting, tenant))
-        self.tenant_addresses = dict(zip(tenants[1:], addresses[1:], strict=True))
-        return addresses[0]
+        shared: tuple[str, int] = ("", 0)
+        for address, setting, tenant in proxy_listeners(self.settings):
+            bound = await self._listen(server, address, setting, tenant)
+            if tenant is None:
+                shared = bound
+            else:
+                self.tenant_addresses[tenant] = bound
+        return shared
 
     async def _listen(
         self, server: web.Server, address: ListenAddress, setting: str, tenant: str | None

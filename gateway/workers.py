@@ -107,7 +107,7 @@ class Supervisor:
             await runner.setup()
             sock = bind(self.settings.server.admin_listen, setting="server.admin_listen")
             # Before any worker starts (each would fail to bind, again and again).
-            for address, setting in proxy_listeners(self.settings):
+            for address, setting, _ in proxy_listeners(self.settings):
                 check_free(address, setting)
             await web.SockSite(runner, sock).start()
             environ = {**os.environ, METRICS_DIR_ENV: metrics_dir}
