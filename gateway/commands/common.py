@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import TypeAlias
 
-from ..config import ConfigError, Settings, load_settings
+from ..config import DEFAULT_TENANT, ConfigError, Settings, TenantSettings, load_settings
 
 # What each command's add_parser() adds itself to.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -42,6 +42,19 @@ def load_or_report(path: Path | None) -> Settings | None:
     except ConfigError as exc:
         report(path, exc.problems)
         return None
+
+
+def config_tenant(path: Path, name: str | None) -> tuple[Settings, TenantSettings]:
+    """The settings in ``path`` (the environment's variables over them) and the tenant
+    called ``name`` (None: the default); ValueError, naming the file, for a problem of
+    either (sign, probe and learn print it as their one line)."""
+    try:
+        settings = load_settings(path, os.environ)
+        return settings, settings.tenant(name or DEFAULT_TENANT)
+    except ConfigError as exc:
+        raise ValueError(f"{path}: " + "; ".join(exc.problems)) from None
+    except KeyError as exc:
+        raise ValueError(f"{path}: --tenant: {exc.args[0]}") from None
 
 
 def source(path: Path | None) -> str:

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from ..config import DEFAULT_TENANT, ConfigError, TenantSettings, base_path, load_settings
+from ..config import TenantSettings, base_path
 from ..discover.candidates import CANDIDATES
 from ..discover.learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
 from ..discover.samples import (
@@ -34,7 +34,7 @@ from ..discover.samples import (
     usable,
 )
 from ..secret import SecretError, read_secret
-from .common import Commands
+from .common import Commands, config_tenant
 
 FOUND, NONE, SEVERAL = 0, 1, 2
 MISS_CAUSES = (
@@ -132,13 +132,7 @@ def _secret(args: argparse.Namespace) -> tuple[bytes, tuple[Path, str] | None]:
             name="learn", api_id="learn", secret_file=args.secret_file, secret_env=args.secret_env
         )
         return read_secret(settings), None
-    try:
-        config = load_settings(args.config, os.environ)
-        tenant = config.tenant(args.tenant or DEFAULT_TENANT)
-    except ConfigError as exc:
-        raise ValueError(f"{args.config}: " + "; ".join(exc.problems)) from None
-    except KeyError as exc:
-        raise ValueError(f"{args.config}: --tenant: {exc.args[0]}") from None
+    config, tenant = config_tenant(args.config, args.tenant)
     return read_secret(tenant), (args.config, base_path(config.upstream_of(tenant)))
 
 

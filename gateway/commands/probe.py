@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
-from ..config import DEFAULT_TENANT, ConfigError, load_settings
+from ..config import DEFAULT_TENANT
 from ..discover.probe import DEFAULT_CLIENT_IP, NONE, probe
 from ..secret import SecretError, read_secret
-from .common import Commands
+from .common import Commands, config_tenant
 
 
 def add_parser(commands: Commands) -> None:
@@ -50,16 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"probe: --path {args.path!r} must start with /", file=sys.stderr)
         return NONE
     try:
-        settings = load_settings(args.config, os.environ)
-        tenant = settings.tenant(args.tenant)
+        settings, tenant = config_tenant(args.config, args.tenant)
         secret = read_secret(tenant)
-    except ConfigError as exc:
-        print(f"probe: {args.config}: " + "; ".join(exc.problems), file=sys.stderr)
-        return NONE
-    except KeyError as exc:
-        print(f"probe: {args.config}: --tenant: {exc.args[0]}", file=sys.stderr)
-        return NONE
-    except SecretError as exc:
+    except (ValueError, SecretError) as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return NONE
     return asyncio.run(probe(settings, tenant, secret, args))

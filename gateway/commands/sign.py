@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,9 +13,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import signing
-from ..config import DEFAULT_TENANT, ConfigError, TenantSettings, base_path, load_settings
+from ..config import DEFAULT_TENANT, TenantSettings, base_path
 from ..secret import SecretError, load_key
-from .common import Commands, parse_toml_string
+from .common import Commands, config_tenant, parse_toml_string
 
 
 def add_parser(commands: Commands) -> None:
@@ -73,9 +72,6 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"-H {line!r}: expected 'Name: value'")
             headers.add(name.strip(), value.strip())
         body = args.body_file.read_bytes() if args.body_file else (args.data or "").encode()
-    except ConfigError as exc:
-        print(f"sign: {args.config}: " + "; ".join(exc.problems), file=sys.stderr)
-        return 2
     except OSError as exc:
         print(f"sign: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -111,11 +107,7 @@ def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan,
     """The api_id, the key, the compiled scheme and the config's upstream base path."""
     base = ""
     if args.config is not None:
-        settings = load_settings(args.config, os.environ)
-        try:
-            sign = settings.tenant(args.tenant or DEFAULT_TENANT)
-        except KeyError as exc:
-            raise ValueError(f"{args.config}: --tenant: {exc.args[0]}") from None
+        settings, sign = config_tenant(args.config, args.tenant)
         base = base_path(settings.upstream_of(sign))
     elif args.tenant is not None:
         raise ValueError("--tenant needs --config")
