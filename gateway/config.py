@@ -863,6 +863,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise ConfigError([f"{path}: invalid TOML: nested too deeply"]) from None
 
 
 def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
