@@ -144,6 +144,27 @@ async def test_a_secret_that_is_not_hex_is_refused_by_name(tmp_path: Path, main:
     assert f"sign: secret file {secret_file} is not hex" in err
 
 
+async def test_a_secret_file_that_is_a_directory_is_a_problem(tmp_path: Path) -> None:
+    # A Kubernetes Secret volume is a directory: the file holding the secret is inside it.
+    mounted = tmp_path / "aleacc"
+    mounted.mkdir()
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        '[upstream]\nurl = "http://127.0.0.1:9/api"\n'
+        f'[signing]\napi_id = "a"\nsecret_file = "{mounted}"\n'
+    )
+    problem = (
+        f"signing: secret file {mounted} is a directory: name the file in it that holds the secret"
+    )
+    assert await run("check-config", "--config", str(config)) == (
+        1,
+        "",
+        f"{config}: 1 problem(s):\n  - {problem}\n",
+    )
+    assert await run("serve", "--config", str(config)) == (1, "", f"{config}: {problem}\n")
+
+
 def test_sign_makes_a_fresh_id_of_the_form_asked_for(main: Main) -> None:
     for form, pattern in (("decimal", r"[1-9][0-9]*"), ("uuid", r"[0-9a-f-]{36}")):
         code, out, err = main(
