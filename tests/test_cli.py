@@ -53,7 +53,9 @@ EXAMPLE_HEADER = (
 async def test_check_config_accepts_the_examples() -> None:
     code, out, _ = await run("check-config", "--config", str(CONFIG_DIR / "sidecar.toml"))
     assert code == 0
-    assert "ok (warning: signing: secret file /run/secrets/aleacc/api-secret" in out
+    ok, warning, *_ = out.splitlines()
+    assert ok.endswith("sidecar.toml: ok, 1 warning(s):")
+    assert warning.startswith("  warning: signing: secret file /run/secrets/aleacc/api-secret")
 
 
 def test_check_config_lists_every_problem(tmp_path: Path, main: Main) -> None:
@@ -295,16 +297,36 @@ def test_check_config_lists_the_tenants_and_how_each_is_chosen(tmp_path: Path, m
     assert (code, err) == (0, "")
     lines = out.splitlines()
     # brand-c is chosen by Host with nothing else to say who may use it: a warning.
-    assert lines[0].endswith(
-        "ok (warning: tenants[1]: chosen by Host alone; any allowed client can write that "
-        "Host: set its allowed_clients or client_names)"
+    assert lines[0].endswith("ok, 1 warning(s):")
+    assert lines[1] == (
+        "  warning: tenants[1]: chosen by Host alone; any allowed client can write that "
+        "Host: set its allowed_clients or client_names"
     )
-    assert lines[1:] == [
+    assert lines[2:] == [
         "  tenant default (api_id a-id): on server.listen 127.0.0.1:8080, a request no other "
         "tenant claims",
         "  tenant brand-b (api_id b-id): on server.listen, Host b.payments.svc",
         "  tenant brand-c (api_id c-id): every request on its listener 127.0.0.1:8082; "
         "on server.listen, Host c.payments.svc",
+    ]
+
+
+async def test_check_config_prints_one_warning_a_line(tmp_path: Path) -> None:
+    config = tenants_config(tmp_path, '[[tenants]]\nname = "d"\napi_id = "d"\nhosts = ["d"]\n'
+                            'secret_file = "/run/secrets/d/api-secret"\n')  # fmt: skip
+    code, out, err = await run("check-config", "--config", str(config), env=TENANT_ENV)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[:5] == [
+        f"{config}: ok, 3 warning(s):",
+        "  warning: tenants[2]: secret file /run/secrets/d/api-secret: No such file or directory",
+        *(
+            f"  warning: tenants[{i}]: chosen by Host alone; any allowed client can write that "
+            "Host: set its allowed_clients or client_names"
+            for i in (1, 2)
+        ),
+        "  tenant default (api_id a-id): on server.listen 127.0.0.1:8080, a request no other "
+        "tenant claims",
     ]
 
 

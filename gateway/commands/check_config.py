@@ -32,7 +32,8 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 with ``ok`` (and any warnings) and the tenants found, 1 with every problem listed."""
+    """0 with ``ok``, each warning on a line of its own, and the tenants found; 1 with
+    every problem listed."""
     try:
         effective = read_settings(args.config, os.environ)
     except ConfigError as exc:
@@ -55,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         print(effective_toml(effective), end="")
         return 0
-    print(f"{source(args.config)}: ok" + (f" (warning: {'; '.join(warnings)})" if warnings else ""))
+    # One warning a line: a warning's own text may hold a ';'.
+    print(f"{source(args.config)}: ok" + (f", {len(warnings)} warning(s):" if warnings else ""))
+    for warning in warnings:
+        print(f"  warning: {warning}")
     for tenant in settings.every_tenant:
         print(f"  tenant {tenant.name} (api_id {tenant.api_id}): {chosen_by(settings, tenant)}")
     return 0
