@@ -330,6 +330,29 @@ async def test_check_config_prints_one_warning_a_line(tmp_path: Path) -> None:
     ]
 
 
+async def test_check_config_warns_of_an_escape_written_out_in_a_separator(
+    tmp_path: Path,
+) -> None:
+    # A TOML literal string and a variable keep the backslash: Aleacc would refuse every
+    # signature. brand-c takes [signing]'s separator: warned about once, where it is set.
+    extra = '[[tenants]]\nname = "d"\napi_id = "d"\nsecret_env = "B_SECRET"\nhosts = ["d"]\n'
+    config = tenants_config(tmp_path, extra + "separator = '\\t'\n")
+    env = {**TENANT_ENV, "ALEACC_GATEWAY_SIGNING_SEPARATOR": "\\n"}
+    code, out, err = await run("check-config", "--config", str(config), env=env)
+    assert (code, err) == (0, "")
+    escapes = [line for line in out.splitlines() if "backslash" in line]
+    assert escapes == [
+        "  warning: ALEACC_GATEWAY_SIGNING_SEPARATOR (signing.separator): holds \\n as two "
+        "characters, a backslash and 'n', not the character it escapes: give the variable "
+        "the character itself",
+        "  warning: tenants[2].separator: holds \\t as two characters, a backslash and 't', "
+        'not the character it escapes: write the escape in double quotes, "\\t"',
+    ]
+    env["ALEACC_GATEWAY_SIGNING_SEPARATOR"] = "\n"  # the character itself: no warning
+    _, out, _ = await run("check-config", "--config", str(tenants_config(tmp_path)), env=env)
+    assert "backslash" not in out
+
+
 def test_check_config_reports_claims_two_tenants_share(tmp_path: Path, main: Main) -> None:
     extra = (
         '[[tenants]]\nname = "d"\napi_id = "d"\nsecret_env = "B"\nhosts = ["B.payments.svc:443"]\n'
