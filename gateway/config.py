@@ -885,7 +885,8 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Effecti
         if table == "tenants":
             continue  # an array of tables, read below
         if table not in known:
-            problems.append(f"[{table}]: unknown table")
+            spelt = {t: f"[{t}]" for t in known} | {"tenants": "[[tenants]]"}
+            problems.append(f"[{table}]: unknown table{_did_you_mean(table, spelt)}")
         elif not isinstance(value, Mapping):
             problems.append(f"[{table}]: must be a table")
     overrides = _overrides(environ, data, problems, invalid)
@@ -952,11 +953,17 @@ def _overrides(
 def _unknown_variable(variable: str, declared: Mapping[str, Declared]) -> str:
     if variable.startswith(environment.PREFIX + "TENANTS"):
         return f"{variable}: [[tenants]] are set in the file only"
-    # Compared without the prefix, which every variable shares; close means a typo.
+    # Compared without the prefix, which every variable shares.
     cut = len(environment.PREFIX)
-    close = difflib.get_close_matches(variable[cut:], [v[cut:] for v in declared], 1, 0.8)
-    hint = f" (did you mean {environment.PREFIX}{close[0]}?)" if close else ""
+    hint = _did_you_mean(variable[cut:], {v[cut:]: v for v in declared})
     return f"{variable}: no such setting{hint}"
+
+
+def _did_you_mean(name: str, spelt: Mapping[str, str]) -> str:
+    """`` (did you mean X?)`` for the name in ``spelt`` (name -> as it is written) close
+    enough to ``name`` to be a typo of it; "" when none is."""
+    close = difflib.get_close_matches(name, list(spelt), 1, 0.8)
+    return f" (did you mean {spelt[close[0]]}?)" if close else ""
 
 
 def _read(
@@ -984,7 +991,12 @@ def _read(
         except ValueError as exc:
             invalid.add(f"{table}.{name}")
             problems.append(f"{(labels or {}).get(name, f'{table}.{name}')}: {exc}")
-    problems += [f"{table}.{name}: unknown key" for name in raw if name not in declared]
+    spelt = {name: name for name in declared}
+    problems += [
+        f"{table}.{name}: unknown key{_did_you_mean(name, spelt)}"
+        for name in raw
+        if name not in declared
+    ]
     return values
 
 
@@ -1137,8 +1149,10 @@ def reference() -> str:
         "",
         "One TOML file, given to `serve` and `check-config` with `--config`. Unknown tables or",
         "keys and bad values stop the start-up, all reported at once, each with its key",
-        "(`check-config` reports them without starting). Examples: `config/sidecar.toml`,",
-        "`config/standalone.toml`, `config/tenants.toml`, `config/demo.toml`.",
+        "(`check-config` reports them without starting); a misspelt table or key is told the",
+        "one it is closest to (`upstream.conect_timeout_s: unknown key (did you mean",
+        "connect_timeout_s?)`). Examples: `config/sidecar.toml`, `config/standalone.toml`,",
+        "`config/tenants.toml`, `config/demo.toml`.",
         "",
         "## From the environment",
         "",

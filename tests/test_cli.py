@@ -72,6 +72,28 @@ def test_check_config_lists_every_problem(tmp_path: Path, main: Main) -> None:
         assert f"  - {key}" in err
 
 
+async def test_check_config_suggests_the_key_or_table_a_misspelt_one_means(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "typos.toml"
+    config.write_text(
+        '[upstream]\nurl = "https://h/api"\nconect_timeout_s = 3\ncolour = "blue"\n'
+        '[signing]\napi_id = "a"\nsecret_env = "A"\n[limitz]\nmax_body_bytes = 1\n'
+        '[tenant]\nname = "b"\n[[tenants]]\nname = "b"\napi_id = "b"\nsecret_env = "B"\n'
+        'hots = ["b"]\n'
+    )
+    code, out, err = await run("check-config", "--config", str(config))
+    assert (code, out) == (1, "")
+    assert err.splitlines()[1:] == [
+        "  - [limitz]: unknown table (did you mean [limits]?)",
+        "  - [tenant]: unknown table (did you mean [[tenants]]?)",
+        "  - upstream.conect_timeout_s: unknown key (did you mean connect_timeout_s?)",
+        "  - upstream.colour: unknown key",  # nothing close: no guess
+        "  - tenants[0].hots: unknown key (did you mean hosts?)",
+        "  - tenants[0]: set listen, hosts or client_names, or no request is its",
+    ]
+
+
 def test_serve_refuses_a_bad_config(tmp_path: Path, main: Main) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[upstream]\n")
