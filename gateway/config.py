@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -216,36 +215,49 @@ def _proxy_url(value: Any) -> URL:
     return url
 
 
-def _positive(what: str, high: int) -> Callable[[Any], float]:
-    """A converter for a number more than 0 and at most ``high``: ``what`` it is."""
+@dataclass(frozen=True, slots=True)
+class Range:
+    """A converter for the numbers from ``low`` to ``high`` (more than ``low`` when
+    ``above_low``). The one source of the message that refuses a value and of the
+    reference page's text for the key, so that the two cannot disagree."""
 
-    def convert(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be {what}")
-        if not math.isfinite(value) or not 0 < value <= high:
-            raise ValueError(f"{value} must be more than 0 and at most {high}")
-        return float(value)
+    low: int
+    high: int
+    unit: str = ""  # what the number counts: "seconds"
+    whole: bool = False
+    above_low: bool = False
 
-    return convert
+    def __str__(self) -> str:
+        """What the key takes, as the reference page and a refusal say it."""
+        kind = "a whole number" if self.whole else "a number"
+        return f"{kind} of {self.unit} {self.bounds}" if self.unit else f"{kind} {self.bounds}"
+
+    @property
+    def bounds(self) -> str:
+        """The range alone: ``from 1 to 64``, ``more than 0 and at most 3600``."""
+        if self.above_low:
+            return f"more than {self.low} and at most {self.high}"
+        return f"from {self.low} to {self.high}"
+
+    def __call__(self, value: Any) -> Any:
+        """``value`` (an int, or a float unless ``whole``); ValueError saying the range."""
+        kinds = int if self.whole else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"must be {self}")
+        low_ok = value > self.low if self.above_low else value >= self.low
+        # NaN fails every comparison; an int is compared as it is (TOML's have any length).
+        if not low_ok or value > self.high:
+            raise ValueError(f"{value} must be {self.bounds}")
+        return value if self.whole else float(value)
 
 
-_seconds = _positive("a number of seconds", 3600)
-_rate = _positive("a number of requests per second", 1_000_000)
+_seconds = Range(0, 3600, "seconds", above_low=True)
+_seconds_or_zero = Range(0, 3600, "seconds")
+_rate = Range(0, 1_000_000, "requests per second", above_low=True)
 
 
-def _seconds_or_zero(value: Any) -> float:
-    return 0.0 if value == 0 and not isinstance(value, bool) else _seconds(value)
-
-
-def _int_range(low: int, high: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError("must be a whole number")
-        if not low <= value <= high:
-            raise ValueError(f"{value} must be from {low} to {high}")
-        return value
-
-    return convert
+def _int_range(low: int, high: int) -> Range:
+    return Range(low, high, whole=True)
 
 
 def _bool(value: Any) -> bool:
@@ -400,7 +412,7 @@ class ServerSettings:
     # Delay + timeout must fit in the pod's terminationGracePeriodSeconds (30 s by default).
     drain_delay_s: float = key(
         _seconds_or_zero,
-        "on SIGTERM, keep serving this long (unready) so endpoints can update; 0 allowed",
+        "on SIGTERM, keep serving this long (unready) so endpoints can update",
         5.0,
     )
     drain_timeout_s: float = key(
@@ -686,12 +698,6 @@ def _collector_url(value: Any) -> URL:
     return url
 
 
-def _ratio(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError("must be a number from 0 to 1")
-    return float(value)
-
-
 def _service_name(value: Any) -> str:
     if not isinstance(value, str) or not value or not value.isprintable():
         raise ValueError("must be a non-empty printable string")
@@ -710,8 +716,8 @@ class TracingSettings:
         shown="none (off)",
     )
     sample_ratio: float = key(
-        _ratio,
-        "the share of traces started here that are recorded, 0 to 1; a caller's "
+        Range(0, 1),
+        "the share of traces started here that are recorded; a caller's "
         "`traceparent` decides for its own trace (parent-based)",
         0.1,
     )
@@ -1186,7 +1192,8 @@ def reference() -> str:
             default = "required" if d.required else d.key.shown or _shown(d.default)
             if section is TenantSettings and d.name in _SCHEME_KEYS:
                 default = "`[signing]`'s"
-            lines.append(f"| `{d.name}` | {default} | {d.key.doc} |")
+            ranged = f"; {d.key.convert}" if isinstance(d.key.convert, Range) else ""
+            lines.append(f"| `{d.name}` | {default} | {d.key.doc}{ranged} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,62 @@ def test_the_reference_page_lists_every_key_once() -> None:
     rows = [line for line in page.splitlines() if line.startswith("| `")]
     assert len(rows) == sum(len(list(declared_keys(s, t))) for t, s in every)
     assert "## [[tenants]]" in page
+
+
+def numeric_keys() -> list[tuple[str, str]]:
+    """Every key that takes a number, as (table, key)."""
+    every = [*tables(), ("tenants", TenantSettings)]
+    return [
+        (t, d.name) for t, s in every for d in declared_keys(s, t) if d.kind in ("int", "float")
+    ]
+
+
+# How the reference page says a key's range, at the end of its row.
+RANGE_TEXT = re.compile(
+    r"; (?P<kind>a whole number|a number(?: of [a-z ]+)?) (?P<bounds>from (?P<from>\d+) to "
+    r"(?P<to>\d+)|more than (?P<above>\d+) and at most (?P<most>\d+)) \|$"
+)
+# A burst needs its rate: set beside it, so that the only problem is the range's.
+COMPANIONS = {"burst": {"rate_per_s": 1}, "player_burst": {"player_rate_per_s": 1}}
+
+
+def reference_row(table: str, name: str) -> str:
+    heading = "[[tenants]]" if table == "tenants" else f"[{table}]"
+    section = reference().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return next(line for line in section.splitlines() if line.startswith(f"| `{name}` |"))
+
+
+@pytest.mark.parametrize(("table", "name"), numeric_keys(), ids="{0[0]}.{0[1]}".format)
+def test_a_range_is_refused_in_the_words_of_the_reference(table: str, name: str) -> None:
+    """What the reference page says a key takes is what is accepted, and a refusal says it
+    in the same words."""
+    said = RANGE_TEXT.search(reference_row(table, name))
+    assert said, f"the reference gives no range for {table}.{name}"
+    label = "tenants[0]" if table == "tenants" else table
+
+    def refusal(value: object) -> list[str]:
+        values = {name: value, **COMPANIONS.get(name, {})}
+        data = merged(**({} if table == "tenants" else {table: values}))
+        data |= {"tenants": [{**BRAND_B, **values}]} if table == "tenants" else {}
+        try:
+            parse_settings(data)
+        except ConfigError as exc:
+            return [p for p in exc.problems if p.startswith(f"{label}.{name}:")]
+        return []
+
+    bounds, kind = said["bounds"], said["kind"]
+    high = int(said["to"] or said["most"])
+    low = int(said["from"] or said["above"])
+    below = low - 1 if said["from"] else low
+    assert refusal(high) == []
+    assert refusal(high + 1) == [f"{label}.{name}: {high + 1} must be {bounds}"]
+    assert refusal(below) == [f"{label}.{name}: {below} must be {bounds}"]
+    assert refusal(low) == ([] if said["from"] else [f"{label}.{name}: {low} must be {bounds}"])
+    assert refusal("1") == [f"{label}.{name}: must be {kind} {bounds}"]
+    whole = kind == "a whole number"
+    assert refusal((low + high) / 2) == (
+        [f"{label}.{name}: must be {kind} {bounds}"] if whole else []
+    )
 
 
 # ---------------------------------------------------------------- [[tenants]]
