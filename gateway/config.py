@@ -128,6 +128,20 @@ class ListenAddress:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The address bound: ``localhost`` is bound as IPv4 (no ':' in it), 127.0.0.1."""
+        return ipaddress.ip_address("127.0.0.1" if self.host == "localhost" else self.host)
+
+    def overlaps(self, other: ListenAddress) -> bool:
+        """Whether the two cannot both be bound: one port, and one address or a wildcard
+        (0.0.0.0, ::) of its family. Port 0 is a fresh port each time. IPv6 listeners are
+        bound IPv6 only (socket.create_server sets IPV6_V6ONLY), so :: and 0.0.0.0 on
+        one port do not overlap."""
+        if self.port == 0 or self.port != other.port or self.ip.version != other.ip.version:
+            return False
+        return self.ip == other.ip or self.ip.is_unspecified or other.ip.is_unspecified
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -820,6 +834,16 @@ class Settings:
             return "signing"
         return f"tenants[{[t.name for t in self.tenants].index(tenant.name)}]"
 
+    @property
+    def listeners(self) -> list[tuple[str, ListenAddress]]:
+        """Every listener: its setting and its address."""
+        own = [(f"{self.table_of(t)}.listen", t.listen) for t in self.tenants if t.listen]
+        return [
+            ("server.listen", self.server.listen),
+            ("server.admin_listen", self.server.admin_listen),
+            *own,
+        ]
+
     def upstream_of(self, tenant: TenantSettings) -> URL:
         """The Aleacc base URL ``tenant``'s requests go to."""
         return tenant.upstream_url or self.upstream.url
@@ -1071,7 +1095,43 @@ def validate(found: Found, invalid: set[str], tenants: list[dict[str, Any]]) -> 
     problems += [f"signing.fields: {problem}" for problem in signing.scheme_problems(scheme)]
     if "allowed_client_names" in found["access"] and "tls_client_ca_file" not in server:
         problems.append("access.allowed_client_names: needs server.tls_client_ca_file")
+    problems += listener_clashes(_listeners(server, invalid, tenants))
     return problems + _tenant_problems(found, invalid, tenants)
+
+
+def listener_clashes(listeners: list[tuple[str, ListenAddress]]) -> list[str]:
+    """A problem for each listener (setting, address) that overlaps one before it."""
+    problems = []
+    for i, (setting, address) in enumerate(listeners):
+        for earlier_setting, earlier in listeners[:i]:
+            if not address.overlaps(earlier):
+                continue
+            if address.ip == earlier.ip:
+                problems.append(f"{setting}: {str(address)!r} is also {earlier_setting}'s")
+            else:
+                wildcard = address if address.ip.is_unspecified else earlier
+                problems.append(
+                    f"{setting}: {str(address)!r} overlaps {earlier_setting}'s "
+                    f"{str(earlier)!r}: {wildcard.host} takes port {address.port} on every "
+                    f"IPv{address.ip.version} address"
+                )
+    return problems
+
+
+def _listeners(
+    server: Mapping[str, Any], invalid: set[str], tenants: list[dict[str, Any]]
+) -> list[tuple[str, ListenAddress]]:
+    """Every listener the settings give: (setting, address); a refused one left out."""
+    listeners = [
+        (f"server.{name}", server.get(name, getattr(ServerSettings(), name)))
+        for name in ("listen", "admin_listen")
+        if f"server.{name}" not in invalid
+    ]
+    return listeners + [
+        (f"tenants[{i}].listen", tenant["listen"])
+        for i, tenant in enumerate(tenants)
+        if "listen" in tenant
+    ]
 
 
 def _one_secret(table: str, values: Mapping[str, Any], invalid: set[str]) -> list[str]:
@@ -1092,10 +1152,6 @@ def _tenant_problems(found: Found, invalid: set[str], tenants: list[dict[str, An
     problems: list[str] = []
     server = found["server"]
     workers = server.get("workers", 1)
-    taken = {  # a listener address -> who has it; port 0 is a fresh port each time
-        server.get("listen", ServerSettings().listen): "server.listen",
-        server.get("admin_listen", ServerSettings().admin_listen): "server.admin_listen",
-    }
     names: dict[str, str] = {}
     hosts: dict[str, str] = {}
     client_names: dict[str, str] = {}
@@ -1107,13 +1163,8 @@ def _tenant_problems(found: Found, invalid: set[str], tenants: list[dict[str, An
             problems += _claim(names, [tenant["name"]], label, "name")
         if not {"listen", "hosts", "client_names"} & (tenant.keys() | _keys_of(invalid, label)):
             problems.append(f"{label}: set listen, hosts or client_names, or no request is its")
-        if "listen" in tenant:
-            address = tenant["listen"]
-            if address.port == 0:
-                if workers > 1:
-                    problems.append(f"{label}.listen: more than one worker needs a fixed port")
-            else:
-                problems += _claim(taken, [address], label, "listen")
+        if "listen" in tenant and tenant["listen"].port == 0 and workers > 1:
+            problems.append(f"{label}.listen: more than one worker needs a fixed port")
         problems += _claim(hosts, sorted(tenant.get("hosts", ())), label, "hosts")
         if "client_names" in tenant:
             if "tls_client_ca_file" not in server:

@@ -385,6 +385,46 @@ def test_check_config_reports_claims_two_tenants_share(tmp_path: Path, main: Mai
     assert "tenants[2].hosts: 'b.payments.svc' is also tenants[0].hosts's" in err
 
 
+async def test_listener_clashes_are_config_problems_before_anything_binds(
+    tmp_path: Path,
+) -> None:
+    head = (
+        '[upstream]\nurl = "http://127.0.0.1:9/api"\n'
+        '[signing]\napi_id = "a-id"\nsecret_env = "A_SECRET"\n'
+    )
+    config = tmp_path / "clash.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:18080"\nadmin_listen = "127.0.0.1:18080"\n'
+        + head
+        + '[[tenants]]\nname = "b"\napi_id = "b"\nsecret_env = "B_SECRET"\n'
+        'listen = "0.0.0.0:18080"\n'
+    )
+    every_clash = (
+        f"{config}: 3 problem(s):\n"
+        "  - server.admin_listen: '127.0.0.1:18080' is also server.listen's\n"
+        "  - tenants[0].listen: '0.0.0.0:18080' overlaps server.listen's '127.0.0.1:18080': "
+        "0.0.0.0 takes port 18080 on every IPv4 address\n"
+        "  - tenants[0].listen: '0.0.0.0:18080' overlaps server.admin_listen's "
+        "'127.0.0.1:18080': 0.0.0.0 takes port 18080 on every IPv4 address\n"
+    )
+    for command in ("check-config", "serve"):
+        assert await run(command, "--config", str(config), env=TENANT_ENV) == (1, "", every_clash)
+    # The stand-in runs beside the gateway its config is for: on none of its addresses.
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        + head
+        + '[[tenants]]\nname = "b"\napi_id = "b"\nsecret_env = "B_SECRET"\n'
+        'listen = "0.0.0.0:18082"\n'
+    )
+    mock = ("mock-upstream", "--config", str(config), "--listen", "127.0.0.1:18082")
+    assert await run(*mock, env=TENANT_ENV) == (
+        2,
+        "",
+        f"mock-upstream: {config}: --listen: '127.0.0.1:18082' overlaps tenants[0].listen's "
+        "'0.0.0.0:18082': 0.0.0.0 takes port 18082 on every IPv4 address\n",
+    )
+
+
 def test_sign_with_a_tenants_credential(tmp_path: Path, main: Main) -> None:
     config = str(tenants_config(tmp_path))
     fixed = ("--request-id", "1", "--timestamp", "1433313039")

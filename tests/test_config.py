@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from gateway import signing
 from gateway.config import (
     ConfigError,
+    ListenAddress,
     TenantSettings,
     declared_keys,
     effective_toml,
@@ -21,6 +23,7 @@ from gateway.config import (
     reference,
     tables,
 )
+from gateway.server import ListenError, bind
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 MINIMAL = {
@@ -375,6 +378,94 @@ def test_a_host_is_matched_without_case_or_port() -> None:
 def test_each_tenant_problem_names_its_key(tenants: object, expected: str) -> None:
     found = problems(merged() | {"tenants": tenants})
     assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("server", "tenant_listens", "expected"),
+    [
+        (
+            {"listen": "127.0.0.1:8080", "admin_listen": "127.0.0.1:8080"},
+            [],
+            ["server.admin_listen: '127.0.0.1:8080' is also server.listen's"],
+        ),
+        (
+            {"listen": "127.0.0.1:8080"},
+            ["0.0.0.0:8080"],
+            [
+                "tenants[0].listen: '0.0.0.0:8080' overlaps server.listen's '127.0.0.1:8080': "
+                "0.0.0.0 takes port 8080 on every IPv4 address"
+            ],
+        ),
+        (
+            {"listen": "0.0.0.0:9090", "admin_listen": "localhost:9090"},
+            ["127.0.0.1:9090", "[::1]:9090", "[::]:9090"],
+            [
+                "server.admin_listen: 'localhost:9090' overlaps server.listen's '0.0.0.0:9090': "
+                "0.0.0.0 takes port 9090 on every IPv4 address",
+                "tenants[0].listen: '127.0.0.1:9090' overlaps server.listen's '0.0.0.0:9090': "
+                "0.0.0.0 takes port 9090 on every IPv4 address",
+                "tenants[0].listen: '127.0.0.1:9090' is also server.admin_listen's",
+                "tenants[2].listen: '[::]:9090' overlaps tenants[1].listen's '[::1]:9090': "
+                ":: takes port 9090 on every IPv6 address",
+            ],
+        ),
+        # Port 0 is a fresh port each time; another address or another family is no clash.
+        ({"listen": "0.0.0.0:0", "admin_listen": "127.0.0.1:0"}, ["127.0.0.2:8080"], []),
+        ({"listen": "0.0.0.0:8080"}, ["[::]:8080", "127.0.0.1:8081"], []),
+    ],
+)
+def test_every_listener_clash_is_a_problem(
+    server: dict[str, object], tenant_listens: list[str], expected: list[str]
+) -> None:
+    data = merged(server=server)
+    data["tenants"] = [
+        {**BRAND_B, "name": f"t{i}", "hosts": [f"t{i}"], "listen": listen}
+        for i, listen in enumerate(tenant_listens)
+    ]
+    try:
+        parse_settings(data)
+        found = []
+    except ConfigError as exc:
+        found = exc.problems
+    assert found == expected
+
+
+def ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("127.0.0.1", "0.0.0.0"),
+        ("127.0.0.1", "127.0.0.2"),
+        ("localhost", "127.0.0.1"),
+        ("::", "::1"),
+        ("::1", "::"),
+        ("0.0.0.0", "::"),
+        ("::", "0.0.0.0"),
+    ],
+)
+def test_listeners_overlap_as_the_kernel_says(first: str, second: str) -> None:
+    """What check-config calls a clash is what binding the two, as the gateway binds, says."""
+    if ":" in first + second and not ipv6_loopback():
+        pytest.skip("no IPv6 on this host")
+    held = bind(ListenAddress(first, 0))
+    try:
+        port = held.getsockname()[1]
+        try:
+            bind(ListenAddress(second, port)).close()
+            refused = False
+        except ListenError:
+            refused = True
+    finally:
+        held.close()
+    assert refused == ListenAddress(first, port).overlaps(ListenAddress(second, port))
 
 
 def test_more_than_one_worker_needs_fixed_tenant_ports() -> None:
