@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -129,6 +128,20 @@ class ListenAddress:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The address bound: ``localhost`` is bound as IPv4 (no ':' in it), 127.0.0.1."""
+        return ipaddress.ip_address("127.0.0.1" if self.host == "localhost" else self.host)
+
+    def overlaps(self, other: ListenAddress) -> bool:
+        """Whether the two cannot both be bound: one port, and one address or a wildcard
+        (0.0.0.0, ::) of its family. Port 0 is a fresh port each time. IPv6 listeners are
+        bound IPv6 only (socket.create_server sets IPV6_V6ONLY), so :: and 0.0.0.0 on
+        one port do not overlap."""
+        if self.port == 0 or self.port != other.port or self.ip.version != other.ip.version:
+            return False
+        return self.ip == other.ip or self.ip.is_unspecified or other.ip.is_unspecified
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -216,36 +229,49 @@ def _proxy_url(value: Any) -> URL:
     return url
 
 
-def _positive(what: str, high: int) -> Callable[[Any], float]:
-    """A converter for a number more than 0 and at most ``high``: ``what`` it is."""
+@dataclass(frozen=True, slots=True)
+class Range:
+    """A converter for the numbers from ``low`` to ``high`` (more than ``low`` when
+    ``above_low``). The one source of the message that refuses a value and of the
+    reference page's text for the key, so that the two cannot disagree."""
 
-    def convert(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be {what}")
-        if not math.isfinite(value) or not 0 < value <= high:
-            raise ValueError(f"{value} must be more than 0 and at most {high}")
-        return float(value)
+    low: int
+    high: int
+    unit: str = ""  # what the number counts: "seconds"
+    whole: bool = False
+    above_low: bool = False
 
-    return convert
+    def __str__(self) -> str:
+        """What the key takes, as the reference page and a refusal say it."""
+        kind = "a whole number" if self.whole else "a number"
+        return f"{kind} of {self.unit} {self.bounds}" if self.unit else f"{kind} {self.bounds}"
+
+    @property
+    def bounds(self) -> str:
+        """The range alone: ``from 1 to 64``, ``more than 0 and at most 3600``."""
+        if self.above_low:
+            return f"more than {self.low} and at most {self.high}"
+        return f"from {self.low} to {self.high}"
+
+    def __call__(self, value: Any) -> Any:
+        """``value`` (an int, or a float unless ``whole``); ValueError saying the range."""
+        kinds = int if self.whole else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"must be {self}")
+        low_ok = value > self.low if self.above_low else value >= self.low
+        # NaN fails every comparison; an int is compared as it is (TOML's have any length).
+        if not low_ok or value > self.high:
+            raise ValueError(f"{value} must be {self.bounds}")
+        return value if self.whole else float(value)
 
 
-_seconds = _positive("a number of seconds", 3600)
-_rate = _positive("a number of requests per second", 1_000_000)
+_seconds = Range(0, 3600, "seconds", above_low=True)
+_seconds_or_zero = Range(0, 3600, "seconds")
+_rate = Range(0, 1_000_000, "requests per second", above_low=True)
 
 
-def _seconds_or_zero(value: Any) -> float:
-    return 0.0 if value == 0 and not isinstance(value, bool) else _seconds(value)
-
-
-def _int_range(low: int, high: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError("must be a whole number")
-        if not low <= value <= high:
-            raise ValueError(f"{value} must be from {low} to {high}")
-        return value
-
-    return convert
+def _int_range(low: int, high: int) -> Range:
+    return Range(low, high, whole=True)
 
 
 def _bool(value: Any) -> bool:
@@ -400,7 +426,7 @@ class ServerSettings:
     # Delay + timeout must fit in the pod's terminationGracePeriodSeconds (30 s by default).
     drain_delay_s: float = key(
         _seconds_or_zero,
-        "on SIGTERM, keep serving this long (unready) so endpoints can update; 0 allowed",
+        "on SIGTERM, keep serving this long (unready) so endpoints can update",
         5.0,
     )
     drain_timeout_s: float = key(
@@ -686,12 +712,6 @@ def _collector_url(value: Any) -> URL:
     return url
 
 
-def _ratio(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError("must be a number from 0 to 1")
-    return float(value)
-
-
 def _service_name(value: Any) -> str:
     if not isinstance(value, str) or not value or not value.isprintable():
         raise ValueError("must be a non-empty printable string")
@@ -710,8 +730,8 @@ class TracingSettings:
         shown="none (off)",
     )
     sample_ratio: float = key(
-        _ratio,
-        "the share of traces started here that are recorded, 0 to 1; a caller's "
+        Range(0, 1),
+        "the share of traces started here that are recorded; a caller's "
         "`traceparent` decides for its own trace (parent-based)",
         0.1,
     )
@@ -814,6 +834,16 @@ class Settings:
             return "signing"
         return f"tenants[{[t.name for t in self.tenants].index(tenant.name)}]"
 
+    @property
+    def listeners(self) -> list[tuple[str, ListenAddress]]:
+        """Every listener: its setting and its address."""
+        own = [(f"{self.table_of(t)}.listen", t.listen) for t in self.tenants if t.listen]
+        return [
+            ("server.listen", self.server.listen),
+            ("server.admin_listen", self.server.admin_listen),
+            *own,
+        ]
+
     def upstream_of(self, tenant: TenantSettings) -> URL:
         """The Aleacc base URL ``tenant``'s requests go to."""
         return tenant.upstream_url or self.upstream.url
@@ -863,6 +893,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise ConfigError([f"{path}: invalid TOML: nested too deeply"]) from None
 
 
 def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
@@ -883,7 +915,8 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Effecti
         if table == "tenants":
             continue  # an array of tables, read below
         if table not in known:
-            problems.append(f"[{table}]: unknown table")
+            spelt = {t: f"[{t}]" for t in known} | {"tenants": "[[tenants]]"}
+            problems.append(f"[{table}]: unknown table{_did_you_mean(table, spelt)}")
         elif not isinstance(value, Mapping):
             problems.append(f"[{table}]: must be a table")
     overrides = _overrides(environ, data, problems, invalid)
@@ -950,11 +983,17 @@ def _overrides(
 def _unknown_variable(variable: str, declared: Mapping[str, Declared]) -> str:
     if variable.startswith(environment.PREFIX + "TENANTS"):
         return f"{variable}: [[tenants]] are set in the file only"
-    # Compared without the prefix, which every variable shares; close means a typo.
+    # Compared without the prefix, which every variable shares.
     cut = len(environment.PREFIX)
-    close = difflib.get_close_matches(variable[cut:], [v[cut:] for v in declared], 1, 0.8)
-    hint = f" (did you mean {environment.PREFIX}{close[0]}?)" if close else ""
+    hint = _did_you_mean(variable[cut:], {v[cut:]: v for v in declared})
     return f"{variable}: no such setting{hint}"
+
+
+def _did_you_mean(name: str, spelt: Mapping[str, str]) -> str:
+    """`` (did you mean X?)`` for the name in ``spelt`` (name -> as it is written) close
+    enough to ``name`` to be a typo of it; "" when none is."""
+    close = difflib.get_close_matches(name, list(spelt), 1, 0.8)
+    return f" (did you mean {spelt[close[0]]}?)" if close else ""
 
 
 def _read(
@@ -982,7 +1021,12 @@ def _read(
         except ValueError as exc:
             invalid.add(f"{table}.{name}")
             problems.append(f"{(labels or {}).get(name, f'{table}.{name}')}: {exc}")
-    problems += [f"{table}.{name}: unknown key" for name in raw if name not in declared]
+    spelt = {name: name for name in declared}
+    problems += [
+        f"{table}.{name}: unknown key{_did_you_mean(name, spelt)}"
+        for name in raw
+        if name not in declared
+    ]
     return values
 
 
@@ -1051,7 +1095,43 @@ def validate(found: Found, invalid: set[str], tenants: list[dict[str, Any]]) -> 
     problems += [f"signing.fields: {problem}" for problem in signing.scheme_problems(scheme)]
     if "allowed_client_names" in found["access"] and "tls_client_ca_file" not in server:
         problems.append("access.allowed_client_names: needs server.tls_client_ca_file")
+    problems += listener_clashes(_listeners(server, invalid, tenants))
     return problems + _tenant_problems(found, invalid, tenants)
+
+
+def listener_clashes(listeners: list[tuple[str, ListenAddress]]) -> list[str]:
+    """A problem for each listener (setting, address) that overlaps one before it."""
+    problems = []
+    for i, (setting, address) in enumerate(listeners):
+        for earlier_setting, earlier in listeners[:i]:
+            if not address.overlaps(earlier):
+                continue
+            if address.ip == earlier.ip:
+                problems.append(f"{setting}: {str(address)!r} is also {earlier_setting}'s")
+            else:
+                wildcard = address if address.ip.is_unspecified else earlier
+                problems.append(
+                    f"{setting}: {str(address)!r} overlaps {earlier_setting}'s "
+                    f"{str(earlier)!r}: {wildcard.host} takes port {address.port} on every "
+                    f"IPv{address.ip.version} address"
+                )
+    return problems
+
+
+def _listeners(
+    server: Mapping[str, Any], invalid: set[str], tenants: list[dict[str, Any]]
+) -> list[tuple[str, ListenAddress]]:
+    """Every listener the settings give: (setting, address); a refused one left out."""
+    listeners = [
+        (f"server.{name}", server.get(name, getattr(ServerSettings(), name)))
+        for name in ("listen", "admin_listen")
+        if f"server.{name}" not in invalid
+    ]
+    return listeners + [
+        (f"tenants[{i}].listen", tenant["listen"])
+        for i, tenant in enumerate(tenants)
+        if "listen" in tenant
+    ]
 
 
 def _one_secret(table: str, values: Mapping[str, Any], invalid: set[str]) -> list[str]:
@@ -1072,10 +1152,6 @@ def _tenant_problems(found: Found, invalid: set[str], tenants: list[dict[str, An
     problems: list[str] = []
     server = found["server"]
     workers = server.get("workers", 1)
-    taken = {  # a listener address -> who has it; port 0 is a fresh port each time
-        server.get("listen", ServerSettings().listen): "server.listen",
-        server.get("admin_listen", ServerSettings().admin_listen): "server.admin_listen",
-    }
     names: dict[str, str] = {}
     hosts: dict[str, str] = {}
     client_names: dict[str, str] = {}
@@ -1087,13 +1163,8 @@ def _tenant_problems(found: Found, invalid: set[str], tenants: list[dict[str, An
             problems += _claim(names, [tenant["name"]], label, "name")
         if not {"listen", "hosts", "client_names"} & (tenant.keys() | _keys_of(invalid, label)):
             problems.append(f"{label}: set listen, hosts or client_names, or no request is its")
-        if "listen" in tenant:
-            address = tenant["listen"]
-            if address.port == 0:
-                if workers > 1:
-                    problems.append(f"{label}.listen: more than one worker needs a fixed port")
-            else:
-                problems += _claim(taken, [address], label, "listen")
+        if "listen" in tenant and tenant["listen"].port == 0 and workers > 1:
+            problems.append(f"{label}.listen: more than one worker needs a fixed port")
         problems += _claim(hosts, sorted(tenant.get("hosts", ())), label, "hosts")
         if "client_names" in tenant:
             if "tls_client_ca_file" not in server:
@@ -1135,8 +1206,10 @@ def reference() -> str:
         "",
         "One TOML file, given to `serve` and `check-config` with `--config`. Unknown tables or",
         "keys and bad values stop the start-up, all reported at once, each with its key",
-        "(`check-config` reports them without starting). Examples: `config/sidecar.toml`,",
-        "`config/standalone.toml`, `config/tenants.toml`, `config/demo.toml`.",
+        "(`check-config` reports them without starting); a misspelt table or key is told the",
+        "one it is closest to (`upstream.conect_timeout_s: unknown key (did you mean",
+        "connect_timeout_s?)`). Examples: `config/sidecar.toml`, `config/standalone.toml`,",
+        "`config/tenants.toml`, `config/demo.toml`.",
         "",
         "## From the environment",
         "",
@@ -1170,7 +1243,8 @@ def reference() -> str:
             default = "required" if d.required else d.key.shown or _shown(d.default)
             if section is TenantSettings and d.name in _SCHEME_KEYS:
                 default = "`[signing]`'s"
-            lines.append(f"| `{d.name}` | {default} | {d.key.doc} |")
+            ranged = f"; {d.key.convert}" if isinstance(d.key.convert, Range) else ""
+            lines.append(f"| `{d.name}` | {default} | {d.key.doc}{ranged} |")
     return "\n".join(lines) + "\n"
 
 

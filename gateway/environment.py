@@ -42,7 +42,7 @@ def value_of(text: str, kind: Kind) -> Any:
     A list is comma-separated (``10.0.0.0/8,127.0.0.0/8``) or a JSON array; a boolean is
     ``true`` or ``false``; a number as written. Text that is none of what the key takes
     is passed on as it is, so the key's converter says what is wrong with it. Raises
-    ValueError for a JSON array that does not parse.
+    ValueError for a JSON array that does not parse or is nested too deeply to parse.
     """
     stripped = text.strip()
     if kind == "list":
@@ -51,6 +51,8 @@ def value_of(text: str, kind: Kind) -> Any:
                 parsed = json.loads(stripped)
             except ValueError:
                 raise ValueError("is not a JSON array") from None
+            except RecursionError:  # json recurses once per level: [[[[...]]]]
+                raise ValueError("is a JSON array nested too deeply") from None
             return parsed
         return [part.strip() for part in text.split(",") if part.strip()]
     if kind == "bool":

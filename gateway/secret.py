@@ -26,8 +26,9 @@ class SecretUnavailable(SecretError):
 
 
 class SecretInvalid(SecretError):
-    """The secret was read but does not decode under ``secret_encoding``: a
-    configuration error, not a mount that is still on its way."""
+    """The secret is there but can never be the key (it does not decode under
+    ``secret_encoding``, or its file is a directory): a configuration error, not a
+    mount that is still on its way."""
 
 
 def read_secret(settings: TenantSettings, environ: Mapping[str, str] = os.environ) -> bytes:
@@ -62,6 +63,11 @@ def _read_file(path: Path) -> bytes:
     try:
         # A trailing newline is an artefact of `echo` and editors, never part of the key.
         value = path.read_bytes().strip()
+    except IsADirectoryError:
+        # Never a mount still on its way: a Secret volume is a directory holding the file.
+        raise SecretInvalid(
+            f"secret file {path} is a directory: name the file in it that holds the secret"
+        ) from None
     except OSError as exc:
         raise SecretUnavailable(f"secret file {path}: {exc.strerror or 'unreadable'}") from None
     if not value:

@@ -53,7 +53,9 @@ EXAMPLE_HEADER = (
 async def test_check_config_accepts_the_examples() -> None:
     code, out, _ = await run("check-config", "--config", str(CONFIG_DIR / "sidecar.toml"))
     assert code == 0
-    assert "ok (warning: signing: secret file /run/secrets/aleacc/api-secret" in out
+    ok, warning, *_ = out.splitlines()
+    assert ok.endswith("sidecar.toml: ok, 1 warning(s):")
+    assert warning.startswith("  warning: signing: secret file /run/secrets/aleacc/api-secret")
 
 
 def test_check_config_lists_every_problem(tmp_path: Path, main: Main) -> None:
@@ -68,6 +70,28 @@ def test_check_config_lists_every_problem(tmp_path: Path, main: Main) -> None:
     for key in ("server.listen", "upstream.url", "upstream.timout_s: unknown key",
                 "signing.fields", "signing: set exactly one"):  # fmt: skip
         assert f"  - {key}" in err
+
+
+async def test_check_config_suggests_the_key_or_table_a_misspelt_one_means(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "typos.toml"
+    config.write_text(
+        '[upstream]\nurl = "https://h/api"\nconect_timeout_s = 3\ncolour = "blue"\n'
+        '[signing]\napi_id = "a"\nsecret_env = "A"\n[limitz]\nmax_body_bytes = 1\n'
+        '[tenant]\nname = "b"\n[[tenants]]\nname = "b"\napi_id = "b"\nsecret_env = "B"\n'
+        'hots = ["b"]\n'
+    )
+    code, out, err = await run("check-config", "--config", str(config))
+    assert (code, out) == (1, "")
+    assert err.splitlines()[1:] == [
+        "  - [limitz]: unknown table (did you mean [limits]?)",
+        "  - [tenant]: unknown table (did you mean [[tenants]]?)",
+        "  - upstream.conect_timeout_s: unknown key (did you mean connect_timeout_s?)",
+        "  - upstream.colour: unknown key",  # nothing close: no guess
+        "  - tenants[0].hots: unknown key (did you mean hosts?)",
+        "  - tenants[0]: set listen, hosts or client_names, or no request is its",
+    ]
 
 
 def test_serve_refuses_a_bad_config(tmp_path: Path, main: Main) -> None:
@@ -142,6 +166,27 @@ async def test_a_secret_that_is_not_hex_is_refused_by_name(tmp_path: Path, main:
     code, _, err = main("sign", "GET", "https://h/x", "--config", str(config))
     assert code == 2
     assert f"sign: secret file {secret_file} is not hex" in err
+
+
+async def test_a_secret_file_that_is_a_directory_is_a_problem(tmp_path: Path) -> None:
+    # A Kubernetes Secret volume is a directory: the file holding the secret is inside it.
+    mounted = tmp_path / "aleacc"
+    mounted.mkdir()
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        '[upstream]\nurl = "http://127.0.0.1:9/api"\n'
+        f'[signing]\napi_id = "a"\nsecret_file = "{mounted}"\n'
+    )
+    problem = (
+        f"signing: secret file {mounted} is a directory: name the file in it that holds the secret"
+    )
+    assert await run("check-config", "--config", str(config)) == (
+        1,
+        "",
+        f"{config}: 1 problem(s):\n  - {problem}\n",
+    )
+    assert await run("serve", "--config", str(config)) == (1, "", f"{config}: {problem}\n")
 
 
 def test_sign_makes_a_fresh_id_of_the_form_asked_for(main: Main) -> None:
@@ -274,17 +319,60 @@ def test_check_config_lists_the_tenants_and_how_each_is_chosen(tmp_path: Path, m
     assert (code, err) == (0, "")
     lines = out.splitlines()
     # brand-c is chosen by Host with nothing else to say who may use it: a warning.
-    assert lines[0].endswith(
-        "ok (warning: tenants[1]: chosen by Host alone; any allowed client can write that "
-        "Host: set its allowed_clients or client_names)"
+    assert lines[0].endswith("ok, 1 warning(s):")
+    assert lines[1] == (
+        "  warning: tenants[1]: chosen by Host alone; any allowed client can write that "
+        "Host: set its allowed_clients or client_names"
     )
-    assert lines[1:] == [
+    assert lines[2:] == [
         "  tenant default (api_id a-id): on server.listen 127.0.0.1:8080, a request no other "
         "tenant claims",
         "  tenant brand-b (api_id b-id): on server.listen, Host b.payments.svc",
         "  tenant brand-c (api_id c-id): every request on its listener 127.0.0.1:8082; "
         "on server.listen, Host c.payments.svc",
     ]
+
+
+async def test_check_config_prints_one_warning_a_line(tmp_path: Path) -> None:
+    config = tenants_config(tmp_path, '[[tenants]]\nname = "d"\napi_id = "d"\nhosts = ["d"]\n'
+                            'secret_file = "/run/secrets/d/api-secret"\n')  # fmt: skip
+    code, out, err = await run("check-config", "--config", str(config), env=TENANT_ENV)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[:5] == [
+        f"{config}: ok, 3 warning(s):",
+        "  warning: tenants[2]: secret file /run/secrets/d/api-secret: No such file or directory",
+        *(
+            f"  warning: tenants[{i}]: chosen by Host alone; any allowed client can write that "
+            "Host: set its allowed_clients or client_names"
+            for i in (1, 2)
+        ),
+        "  tenant default (api_id a-id): on server.listen 127.0.0.1:8080, a request no other "
+        "tenant claims",
+    ]
+
+
+async def test_check_config_warns_of_an_escape_written_out_in_a_separator(
+    tmp_path: Path,
+) -> None:
+    # A TOML literal string and a variable keep the backslash: Aleacc would refuse every
+    # signature. brand-c takes [signing]'s separator: warned about once, where it is set.
+    extra = '[[tenants]]\nname = "d"\napi_id = "d"\nsecret_env = "B_SECRET"\nhosts = ["d"]\n'
+    config = tenants_config(tmp_path, extra + "separator = '\\t'\n")
+    env = {**TENANT_ENV, "ALEACC_GATEWAY_SIGNING_SEPARATOR": "\\n"}
+    code, out, err = await run("check-config", "--config", str(config), env=env)
+    assert (code, err) == (0, "")
+    escapes = [line for line in out.splitlines() if "backslash" in line]
+    assert escapes == [
+        "  warning: ALEACC_GATEWAY_SIGNING_SEPARATOR (signing.separator): holds \\n as two "
+        "characters, a backslash and 'n', not the character it escapes: give the variable "
+        "the character itself",
+        "  warning: tenants[2].separator: holds \\t as two characters, a backslash and 't', "
+        'not the character it escapes: write the escape in double quotes, "\\t"',
+    ]
+    env["ALEACC_GATEWAY_SIGNING_SEPARATOR"] = "\n"  # the character itself: no warning
+    _, out, _ = await run("check-config", "--config", str(tenants_config(tmp_path)), env=env)
+    assert "backslash" not in out
 
 
 def test_check_config_reports_claims_two_tenants_share(tmp_path: Path, main: Main) -> None:
@@ -295,6 +383,46 @@ def test_check_config_reports_claims_two_tenants_share(tmp_path: Path, main: Mai
     code, _, err = main("check-config", "--config", str(config), env=TENANT_ENV)
     assert code == 1
     assert "tenants[2].hosts: 'b.payments.svc' is also tenants[0].hosts's" in err
+
+
+async def test_listener_clashes_are_config_problems_before_anything_binds(
+    tmp_path: Path,
+) -> None:
+    head = (
+        '[upstream]\nurl = "http://127.0.0.1:9/api"\n'
+        '[signing]\napi_id = "a-id"\nsecret_env = "A_SECRET"\n'
+    )
+    config = tmp_path / "clash.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:18080"\nadmin_listen = "127.0.0.1:18080"\n'
+        + head
+        + '[[tenants]]\nname = "b"\napi_id = "b"\nsecret_env = "B_SECRET"\n'
+        'listen = "0.0.0.0:18080"\n'
+    )
+    every_clash = (
+        f"{config}: 3 problem(s):\n"
+        "  - server.admin_listen: '127.0.0.1:18080' is also server.listen's\n"
+        "  - tenants[0].listen: '0.0.0.0:18080' overlaps server.listen's '127.0.0.1:18080': "
+        "0.0.0.0 takes port 18080 on every IPv4 address\n"
+        "  - tenants[0].listen: '0.0.0.0:18080' overlaps server.admin_listen's "
+        "'127.0.0.1:18080': 0.0.0.0 takes port 18080 on every IPv4 address\n"
+    )
+    for command in ("check-config", "serve"):
+        assert await run(command, "--config", str(config), env=TENANT_ENV) == (1, "", every_clash)
+    # The stand-in runs beside the gateway its config is for: on none of its addresses.
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        + head
+        + '[[tenants]]\nname = "b"\napi_id = "b"\nsecret_env = "B_SECRET"\n'
+        'listen = "0.0.0.0:18082"\n'
+    )
+    mock = ("mock-upstream", "--config", str(config), "--listen", "127.0.0.1:18082")
+    assert await run(*mock, env=TENANT_ENV) == (
+        2,
+        "",
+        f"mock-upstream: {config}: --listen: '127.0.0.1:18082' overlaps tenants[0].listen's "
+        "'0.0.0.0:18082': 0.0.0.0 takes port 18082 on every IPv4 address\n",
+    )
 
 
 def test_sign_with_a_tenants_credential(tmp_path: Path, main: Main) -> None:

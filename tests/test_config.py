@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 from gateway import signing
 from gateway.config import (
     ConfigError,
+    ListenAddress,
     TenantSettings,
     declared_keys,
     effective_toml,
@@ -20,6 +23,7 @@ from gateway.config import (
     reference,
     tables,
 )
+from gateway.server import ListenError, bind
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 MINIMAL = {
@@ -247,6 +251,62 @@ def test_the_reference_page_lists_every_key_once() -> None:
     assert "## [[tenants]]" in page
 
 
+def numeric_keys() -> list[tuple[str, str]]:
+    """Every key that takes a number, as (table, key)."""
+    every = [*tables(), ("tenants", TenantSettings)]
+    return [
+        (t, d.name) for t, s in every for d in declared_keys(s, t) if d.kind in ("int", "float")
+    ]
+
+
+# How the reference page says a key's range, at the end of its row.
+RANGE_TEXT = re.compile(
+    r"; (?P<kind>a whole number|a number(?: of [a-z ]+)?) (?P<bounds>from (?P<from>\d+) to "
+    r"(?P<to>\d+)|more than (?P<above>\d+) and at most (?P<most>\d+)) \|$"
+)
+# A burst needs its rate: set beside it, so that the only problem is the range's.
+COMPANIONS = {"burst": {"rate_per_s": 1}, "player_burst": {"player_rate_per_s": 1}}
+
+
+def reference_row(table: str, name: str) -> str:
+    heading = "[[tenants]]" if table == "tenants" else f"[{table}]"
+    section = reference().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return next(line for line in section.splitlines() if line.startswith(f"| `{name}` |"))
+
+
+@pytest.mark.parametrize(("table", "name"), numeric_keys(), ids="{0[0]}.{0[1]}".format)
+def test_a_range_is_refused_in_the_words_of_the_reference(table: str, name: str) -> None:
+    """What the reference page says a key takes is what is accepted, and a refusal says it
+    in the same words."""
+    said = RANGE_TEXT.search(reference_row(table, name))
+    assert said, f"the reference gives no range for {table}.{name}"
+    label = "tenants[0]" if table == "tenants" else table
+
+    def refusal(value: object) -> list[str]:
+        values = {name: value, **COMPANIONS.get(name, {})}
+        data = merged(**({} if table == "tenants" else {table: values}))
+        data |= {"tenants": [{**BRAND_B, **values}]} if table == "tenants" else {}
+        try:
+            parse_settings(data)
+        except ConfigError as exc:
+            return [p for p in exc.problems if p.startswith(f"{label}.{name}:")]
+        return []
+
+    bounds, kind = said["bounds"], said["kind"]
+    high = int(said["to"] or said["most"])
+    low = int(said["from"] or said["above"])
+    below = low - 1 if said["from"] else low
+    assert refusal(high) == []
+    assert refusal(high + 1) == [f"{label}.{name}: {high + 1} must be {bounds}"]
+    assert refusal(below) == [f"{label}.{name}: {below} must be {bounds}"]
+    assert refusal(low) == ([] if said["from"] else [f"{label}.{name}: {low} must be {bounds}"])
+    assert refusal("1") == [f"{label}.{name}: must be {kind} {bounds}"]
+    whole = kind == "a whole number"
+    assert refusal((low + high) / 2) == (
+        [f"{label}.{name}: must be {kind} {bounds}"] if whole else []
+    )
+
+
 # ---------------------------------------------------------------- [[tenants]]
 
 BRAND_B = {"name": "brand-b", "api_id": "b-id", "secret_env": "B", "hosts": ["b.svc"]}
@@ -318,6 +378,94 @@ def test_a_host_is_matched_without_case_or_port() -> None:
 def test_each_tenant_problem_names_its_key(tenants: object, expected: str) -> None:
     found = problems(merged() | {"tenants": tenants})
     assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("server", "tenant_listens", "expected"),
+    [
+        (
+            {"listen": "127.0.0.1:8080", "admin_listen": "127.0.0.1:8080"},
+            [],
+            ["server.admin_listen: '127.0.0.1:8080' is also server.listen's"],
+        ),
+        (
+            {"listen": "127.0.0.1:8080"},
+            ["0.0.0.0:8080"],
+            [
+                "tenants[0].listen: '0.0.0.0:8080' overlaps server.listen's '127.0.0.1:8080': "
+                "0.0.0.0 takes port 8080 on every IPv4 address"
+            ],
+        ),
+        (
+            {"listen": "0.0.0.0:9090", "admin_listen": "localhost:9090"},
+            ["127.0.0.1:9090", "[::1]:9090", "[::]:9090"],
+            [
+                "server.admin_listen: 'localhost:9090' overlaps server.listen's '0.0.0.0:9090': "
+                "0.0.0.0 takes port 9090 on every IPv4 address",
+                "tenants[0].listen: '127.0.0.1:9090' overlaps server.listen's '0.0.0.0:9090': "
+                "0.0.0.0 takes port 9090 on every IPv4 address",
+                "tenants[0].listen: '127.0.0.1:9090' is also server.admin_listen's",
+                "tenants[2].listen: '[::]:9090' overlaps tenants[1].listen's '[::1]:9090': "
+                ":: takes port 9090 on every IPv6 address",
+            ],
+        ),
+        # Port 0 is a fresh port each time; another address or another family is no clash.
+        ({"listen": "0.0.0.0:0", "admin_listen": "127.0.0.1:0"}, ["127.0.0.2:8080"], []),
+        ({"listen": "0.0.0.0:8080"}, ["[::]:8080", "127.0.0.1:8081"], []),
+    ],
+)
+def test_every_listener_clash_is_a_problem(
+    server: dict[str, object], tenant_listens: list[str], expected: list[str]
+) -> None:
+    data = merged(server=server)
+    data["tenants"] = [
+        {**BRAND_B, "name": f"t{i}", "hosts": [f"t{i}"], "listen": listen}
+        for i, listen in enumerate(tenant_listens)
+    ]
+    try:
+        parse_settings(data)
+        found = []
+    except ConfigError as exc:
+        found = exc.problems
+    assert found == expected
+
+
+def ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("127.0.0.1", "0.0.0.0"),
+        ("127.0.0.1", "127.0.0.2"),
+        ("localhost", "127.0.0.1"),
+        ("::", "::1"),
+        ("::1", "::"),
+        ("0.0.0.0", "::"),
+        ("::", "0.0.0.0"),
+    ],
+)
+def test_listeners_overlap_as_the_kernel_says(first: str, second: str) -> None:
+    """What check-config calls a clash is what binding the two, as the gateway binds, says."""
+    if ":" in first + second and not ipv6_loopback():
+        pytest.skip("no IPv6 on this host")
+    held = bind(ListenAddress(first, 0))
+    try:
+        port = held.getsockname()[1]
+        try:
+            bind(ListenAddress(second, port)).close()
+            refused = False
+        except ListenError:
+            refused = True
+    finally:
+        held.close()
+    assert refused == ListenAddress(first, port).overlaps(ListenAddress(second, port))
 
 
 def test_more_than_one_worker_needs_fixed_tenant_ports() -> None:

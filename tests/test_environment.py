@@ -60,3 +60,27 @@ async def test_check_config_shows_the_configuration_in_force(tmp_path: Path) -> 
     assert "timeout_s = 30.0  # default" in out
     # What it prints is a configuration file with the same settings.
     assert parse_settings(tomllib.loads(out)) == load_settings(config, env)
+
+
+async def test_a_list_nested_too_deeply_is_one_problem_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    # json (and tomllib) recurse once per level: this depth ran out of stack.
+    nested = "[" * 60_000 + "]" * 60_000
+    env = {**ENVIRONMENT, "ALEACC_GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
+           "ALEACC_GATEWAY_ACCESS_ALLOWED_CLIENTS": nested}  # fmt: skip
+    expected = (
+        "environment: 1 problem(s):\n"
+        "  - ALEACC_GATEWAY_ACCESS_ALLOWED_CLIENTS (access.allowed_clients): "
+        "is a JSON array nested too deeply\n"
+    )
+    for command in ("check-config", "serve"):
+        assert await run_cli(command, env=env) == (1, "", expected)
+    config = tmp_path / "nested.toml"
+    config.write_text(f"[access]\nallowed_clients = {nested}\n")
+    code, out, err = await run_cli("check-config", "--config", str(config))
+    assert (code, out, err) == (
+        1,
+        "",
+        f"{config}: 1 problem(s):\n  - {config}: invalid TOML: nested too deeply\n",
+    )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from datetime import UTC, datetime
 
 from .. import tls
 from ..config import (
     DEFAULT_TENANT,
     ConfigError,
+    Effective,
     Settings,
     TenantSettings,
     effective_toml,
@@ -32,7 +34,8 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 with ``ok`` (and any warnings) and the tenants found, 1 with every problem listed."""
+    """0 with ``ok``, each warning on a line of its own, and the tenants found; 1 with
+    every problem listed."""
     try:
         effective = read_settings(args.config, os.environ)
     except ConfigError as exc:
@@ -49,13 +52,17 @@ def run(args: argparse.Namespace) -> int:
     # Files mounted only where the gateway runs: not checked here, and said so.
     warnings += [f"{missing}, not checked" for missing in loaded.missing]
     warnings += host_only_warnings(settings)
+    warnings += escaped_separator_warnings(effective)
     if problems:
         report(args.config, problems)
         return 1
     if args.show:
         print(effective_toml(effective), end="")
         return 0
-    print(f"{source(args.config)}: ok" + (f" (warning: {'; '.join(warnings)})" if warnings else ""))
+    # One warning a line: a warning's own text may hold a ';'.
+    print(f"{source(args.config)}: ok" + (f", {len(warnings)} warning(s):" if warnings else ""))
+    for warning in warnings:
+        print(f"  warning: {warning}")
     for tenant in settings.every_tenant:
         print(f"  tenant {tenant.name} (api_id {tenant.api_id}): {chosen_by(settings, tenant)}")
     return 0
@@ -86,3 +93,32 @@ def host_only_warnings(settings: Settings) -> list[str]:
         for t in settings.tenants
         if t.hosts and t.allowed_clients is None and t.client_names is None
     ]
+
+
+# A backslash and the letter of an escape, as typed: a TOML literal string ('\n') and an
+# environment variable keep both characters, and every request is then signed with them.
+_ESCAPE = re.compile(r"\\[0abefnrtuUvx\\\"']")
+
+
+def escaped_separator_warnings(effective: Effective) -> list[str]:
+    """A separator, set in [signing] or a tenant, that holds an escape written out."""
+    settings = effective.settings
+    warnings = []
+    for tenant in settings.every_tenant:
+        table = settings.table_of(tenant)
+        # None: the default, or [signing]'s (warned about there).
+        origin = effective.origins.get(f"{table}.separator")
+        escape = _ESCAPE.search(tenant.scheme.separator)
+        if origin is None or escape is None:
+            continue
+        where = f"{table}.separator"
+        if origin.startswith("environment "):
+            where = f"{origin.removeprefix('environment ')} ({where})"
+            fix = "give the variable the character itself"
+        else:
+            fix = f'write the escape in double quotes, "{escape.group()}"'
+        warnings.append(
+            f"{where}: holds {escape.group()} as two characters, a backslash and "
+            f"{escape.group()[1]!r}, not the character it escapes: {fix}"
+        )
+    return warnings

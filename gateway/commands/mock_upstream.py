@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from ..config import parse_listen
+from ..config import listener_clashes, parse_listen
 from ..logs import configure_logging
 from ..logs import flush as flush_logs
 from ..mock.upstream import DEMO_API_ID, DEMO_SECRET, Credential, MockSettings, create_mock_app
@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         settings = load_or_report(args.config)
         if settings is None:
             return 1
+        # It runs beside the gateway this config is for: on none of its addresses.
+        clashes = listener_clashes([*settings.listeners, ("--listen", listen)])
+        for clash in clashes:
+            print(f"mock-upstream: {args.config}: {clash}", file=sys.stderr)
+        if clashes:
+            return 2
         credentials = []
         for tenant in settings.every_tenant:
             try:
