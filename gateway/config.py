@@ -283,12 +283,15 @@ def _names(value: Any) -> frozenset[str]:
 
 
 def host_name(value: str) -> str:
-    """A Host header's name as tenants are matched on it: lower case, without a port."""
+    """A Host header's name as tenants are matched on it: lower case, without a port or
+    the root's trailing dot."""
     host = value.strip().lower()
     if host.startswith("["):
         return host.partition("]")[0] + "]"
     name, sep, port = host.rpartition(":")
-    return name if sep and port.isdigit() else host
+    name = name if sep and port.isdigit() else host
+    # "b.example." is b.example fully qualified (RFC 1034 §3.1): one host, one tenant.
+    return name.removesuffix(".")
 
 
 _HOST = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?)$")
@@ -737,8 +740,8 @@ class TenantSettings:
     )
     hosts: frozenset[str] | None = key(
         _hosts,
-        "on `server.listen`: the `Host` values that choose it (case-insensitive, port "
-        "ignored); pair with `allowed_clients` or `client_names`, as a `Host` is the "
+        "on `server.listen`: the `Host` values that choose it (case, port and one trailing "
+        "dot ignored); pair with `allowed_clients` or `client_names`, as a `Host` is the "
         "caller's to write",
         None,
     )
