@@ -677,6 +677,14 @@ class LoggingSettings:
         "likeliest cause, at most once per status and path this often; 0: never",
         10.0,
     )
+    explain_rejections_per_s: float = key(
+        _rate,
+        "at most this many `upstream_rejected` events a second for every path and tenant "
+        "together (a worker its share); the others are counted in "
+        "`aleacc_gateway_rejections_suppressed_total` and summed up in one "
+        "`upstream_rejections_suppressed` event a second while there are any",
+        5.0,
+    )
 
 
 def _collector_url(value: Any) -> URL:

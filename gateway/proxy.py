@@ -111,7 +111,7 @@ class Proxy:
         """``secrets``: each tenant's, by name; ``share``: how many worker processes
         split the rate limits."""
         upstream, limits = settings.upstream, settings.limits
-        self.tenants = Tenants(settings, secrets, egress=egress, share=share)
+        self.tenants = Tenants(settings, secrets, egress=egress, share=share, counts=metrics.counts)
         self.pool = self.tenants.upstreams[str(upstream.url)].pool  # upstream.url's
         self._only = self.tenants.only
         # The label of a request refused before its tenant was known.
