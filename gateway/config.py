@@ -579,8 +579,8 @@ class SigningSettings:
     correct_clock_skew: bool = key(
         _bool,
         "sign with the local clock plus Aleacc's offset, the median of its last answers' "
-        "`Date` (applied from 2 s, never beyond one day; docs/observability.md); `false`: "
-        "the local clock",
+        "`Date`, moved only while they agree (applied from 2 s, never beyond one day; "
+        "docs/observability.md); `false`: the local clock",
         True,
     )
     rate_per_s: float | None = use(_RATE, None)

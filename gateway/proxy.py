@@ -125,6 +125,7 @@ class Proxy:
             metrics.clock_correction,
             upstream.clock_skew_warning_s,
             clock,
+            metrics.counts,
             correct=settings.signing.correct_clock_skew,
         )
         # The incoming headers any tenant's scheme reads (header:<Name>, content_type),
