@@ -421,6 +421,8 @@ class Proxy:
             except UpstreamFault as fault:
                 error = _upstream_error(fault)
                 add(self._counts.upstream_errors, error.kind)
+                if fault.reason is not None:
+                    _connect_failed(tenant, signed.request_id, attempt, fault)
                 if not fault.retryable or attempt == self._attempts:
                     # Bytes may have reached the upstream: never send them twice.
                     raise error from None
@@ -541,6 +543,22 @@ async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) ->
         if len(body) > limit:
             raise BodyTooLarge()
     return bytes(body)
+
+
+def _connect_failed(tenant: Tenant, request_id: str, attempt: int, fault: UpstreamFault) -> None:
+    """Say why a connection to the upstream (or its forward proxy) could not be made:
+    the metric's ``kind`` alone cannot tell an https URL on a plain-HTTP port from a
+    refused connection."""
+    upstream = tenant.upstream
+    log.warning(
+        "upstream_connect_failed",
+        request_id=request_id,
+        tenant=tenant.name,
+        upstream=f"{upstream.scheme}://{upstream.host}",
+        attempt=attempt,
+        kind=fault.kind,
+        reason=fault.reason,
+    )
 
 
 def _upstream_error(fault: UpstreamFault) -> UpstreamError:
