@@ -309,12 +309,15 @@ def _names(value: Any) -> frozenset[str]:
 
 
 def host_name(value: str) -> str:
-    """A Host header's name as tenants are matched on it: lower case, without a port."""
+    """A Host header's name as tenants are matched on it: lower case, without a port or
+    the root's trailing dot."""
     host = value.strip().lower()
     if host.startswith("["):
         return host.partition("]")[0] + "]"
     name, sep, port = host.rpartition(":")
-    return name if sep and port.isdigit() else host
+    name = name if sep and port.isdigit() else host
+    # "b.example." is b.example fully qualified (RFC 1034 §3.1): one host, one tenant.
+    return name.removesuffix(".")
 
 
 _HOST = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?)$")
@@ -602,8 +605,8 @@ class SigningSettings:
     correct_clock_skew: bool = key(
         _bool,
         "sign with the local clock plus Aleacc's offset, the median of its last answers' "
-        "`Date` (applied from 2 s, never beyond one day; docs/observability.md); `false`: "
-        "the local clock",
+        "`Date`, moved only while they agree (applied from 2 s, never beyond one day; "
+        "docs/observability.md); `false`: the local clock",
         True,
     )
     rate_per_s: float | None = use(_RATE, None)
@@ -700,6 +703,14 @@ class LoggingSettings:
         "likeliest cause, at most once per status and path this often; 0: never",
         10.0,
     )
+    explain_rejections_per_s: float = key(
+        _rate,
+        "at most this many `upstream_rejected` events a second for every path and tenant "
+        "together (a worker its share); the others are counted in "
+        "`aleacc_gateway_rejections_suppressed_total` and summed up in one "
+        "`upstream_rejections_suppressed` event a second while there are any",
+        5.0,
+    )
 
 
 def _collector_url(value: Any) -> URL:
@@ -757,8 +768,8 @@ class TenantSettings:
     )
     hosts: frozenset[str] | None = key(
         _hosts,
-        "on `server.listen`: the `Host` values that choose it (case-insensitive, port "
-        "ignored); pair with `allowed_clients` or `client_names`, as a `Host` is the "
+        "on `server.listen`: the `Host` values that choose it (case, port and one trailing "
+        "dot ignored); pair with `allowed_clients` or `client_names`, as a `Host` is the "
         "caller's to write",
         None,
     )

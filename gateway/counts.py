@@ -63,6 +63,8 @@ class Count(NamedTuple):
     zero: tuple[str, ...] = ()
 
     def zero_keys(self, tenants: tuple[str, ...]) -> list[Any]:
+        if not self.labels:
+            return [()]  # one series, shown from the start
         if self.labels[0] == "tenant":
             return [(tenant, value) for tenant in tenants for value in self.zero]
         return list(self.zero)
@@ -99,6 +101,11 @@ COUNTERS = (
     Count("tls_reloads", "aleacc_gateway_tls_reloads",
           "Listener certificate (re)loads, by result: loaded or error.", ("result",),
           RELOAD_RESULTS),
+    Count("rejections_suppressed", "aleacc_gateway_rejections_suppressed",
+          "upstream_rejected events left out by logging.explain_rejections_per_s.", ()),
+    Count("clock_disagreements", "aleacc_gateway_clock_disagreements",
+          "Upstream Date offsets that disagreed with the recent ones: the clock "
+          "correction was held.", ()),
 )  # fmt: skip
 REQUEST_DURATION = (
     "aleacc_gateway_request_duration_seconds",
@@ -140,9 +147,11 @@ class RequestCounts:
 
     __slots__ = (
         "client_ip",
+        "clock_disagreements",
         "connections_closed",
         "in_flight",
         "rate_limited",
+        "rejections_suppressed",
         "request_duration",
         "requests",
         "secret_reloads",
@@ -167,6 +176,8 @@ class RequestCounts:
         self.secret_reloads: dict[tuple[str, str], int] = {}
         self.tls_reloads: dict[str, int] = {}
         self.rate_limited: dict[tuple[str, str], int] = {}
+        self.rejections_suppressed: dict[tuple[()], int] = {}  # no labels: the key is ()
+        self.clock_disagreements: dict[tuple[()], int] = {}
         # Added to from the span exporter's thread: its keys all exist from the start,
         # so a fold or a scrape iterating over it never meets a new one.
         self.spans_dropped: dict[str, int] = {}
@@ -247,7 +258,7 @@ class SharedCounts:
         ]
         for (counter, _), count in zip(self._counters, COUNTERS, strict=True):
             for key in count.zero_keys(tenants):
-                counter.labels(*_labels(key))
+                _series(counter, key)
         self._request_duration = Histogram(
             *REQUEST_DURATION, buckets=DURATION_BUCKETS, registry=registry
         )
@@ -271,11 +282,16 @@ def _labels(key: object) -> list[str]:
     return [str(part) for part in key] if isinstance(key, tuple) else [str(key)]
 
 
+def _series(counter: Counter, key: object) -> Counter:
+    """The child of ``counter`` for ``key``; a counter without labels is its own."""
+    return counter.labels(*_labels(key)) if key != () else counter
+
+
 def _fold_counter(counter: Counter, counts: dict[Any, int], folded: dict[Any, int]) -> None:
     for key, value in counts.items():
         delta = value - folded.get(key, 0)
         if delta:
-            counter.labels(*_labels(key)).inc(delta)
+            _series(counter, key).inc(delta)
             folded[key] = value
 
 

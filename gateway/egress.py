@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
+import socket
 import ssl
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -118,6 +120,49 @@ def dialer(url: URL, proxy: EgressProxy | None, connect_timeout_s: float) -> Dir
     return AbsoluteForm(url, connect_timeout_s, proxy)
 
 
+class ProxyRefused(ConnectionError):
+    """The forward proxy answered CONNECT with something other than 2xx."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the proxy answered CONNECT with {status}")
+        self.status = status
+
+
+# OpenSSL's words for a TLS client answered by something that is not TLS: 1.1 and 3.0
+# say the version, 3.2 on the record layer or the length the plain bytes seem to announce.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
+# X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = frozenset({62, 63, 64})
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection could not be made, in words an operator can act on."""
+    if isinstance(exc, TimeoutError):
+        return "timed out: no connection or TLS handshake within upstream.connect_timeout_s"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return "TLS: certificate name mismatch: it is not for the upstream URL's host"
+        return f"TLS: certificate not trusted ({exc.verify_message}): is its CA in the trust store?"
+    if isinstance(exc, ssl.SSLError):
+        if exc.reason in _NOT_TLS:
+            return "TLS: wrong version: the port does not speak TLS (http:// or another port?)"
+        return f"TLS: handshake failed ({exc.reason or 'unknown'})"
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved: check the upstream URL's host and DNS"
+    if isinstance(exc, ProxyRefused):
+        return f"the forward proxy answered CONNECT with {exc.status}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused: nothing listens on that port, or a firewall rejects it"
+    if isinstance(exc, ConnectionResetError):
+        return "reset by the peer during connect or the TLS handshake"
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "unreachable: no route to the host"
+    if code is None and exc.args and isinstance(exc.args[0], str):
+        return f"failed: {exc.args[0]}"  # asyncio's and ours: no errno, a sentence
+    return f"failed ({errno.errorcode.get(code or 0) or type(exc).__name__})"
+
+
 class Direct:
     """Straight to the upstream: TCP, and TLS for an https URL."""
 
@@ -138,10 +183,12 @@ class Direct:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 return await self._open(protocol)
-        except TimeoutError:
-            raise UpstreamFault(self._timeout_fault, sent=False) from None
-        except OSError:  # refused, unreachable, name not found, TLS handshake failed
-            raise UpstreamFault(self._failure_fault, sent=False) from None
+        except TimeoutError as exc:
+            reason = connect_reason(exc)
+            raise UpstreamFault(self._timeout_fault, sent=False, reason=reason) from None
+        except OSError as exc:  # refused, unreachable, name not found, TLS handshake failed
+            reason = connect_reason(exc)
+            raise UpstreamFault(self._failure_fault, sent=False, reason=reason) from None
 
     async def _open(self, protocol: Callable[[], P]) -> P:
         loop = asyncio.get_running_loop()
@@ -202,18 +249,19 @@ class Tunnel(Direct):
         try:
             async with asyncio.timeout_at(deadline):
                 raw = await self._tunnel(loop)
-        except (TimeoutError, OSError):
+        except (TimeoutError, OSError) as exc:
             # Until the tunnel stands, a failure is the proxy's.
-            raise UpstreamFault("proxy", sent=False) from None
+            raise UpstreamFault("proxy", sent=False, reason=connect_reason(exc)) from None
         try:
             async with asyncio.timeout_at(deadline):
                 return await self._secure(loop, raw, protocol)
-        except TimeoutError:
+        except TimeoutError as exc:
             raw.abort()
-            raise UpstreamFault("connect_timeout", sent=False) from None
-        except OSError:  # the upstream's TLS handshake failed
+            reason = connect_reason(exc)
+            raise UpstreamFault("connect_timeout", sent=False, reason=reason) from None
+        except OSError as exc:  # the upstream's TLS handshake failed
             raw.abort()
-            raise UpstreamFault("connect", sent=False) from None
+            raise UpstreamFault("connect", sent=False, reason=connect_reason(exc)) from None
 
     async def _secure(
         self, loop: asyncio.AbstractEventLoop, raw: asyncio.Transport, protocol: Callable[[], P]
@@ -241,7 +289,7 @@ class Tunnel(Direct):
             raise
         if not 200 <= status < 300:
             stream.abort()
-            raise ConnectionRefusedError(f"the proxy answered CONNECT with {status}")
+            raise ProxyRefused(status)
         return stream
 
 

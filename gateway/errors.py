@@ -22,10 +22,13 @@ class UpstreamFault(Exception):
     whether a retry is safe; ``retryable`` whether another attempt could fare better.
     """
 
-    def __init__(self, kind: FaultKind, *, sent: bool) -> None:
+    def __init__(self, kind: FaultKind, *, sent: bool, reason: str | None = None) -> None:
+        """``reason``: why a connection could not be made, in an operator's words (a log's,
+        never a label's: egress.connect_reason)."""
         super().__init__(kind)
         self.kind: FaultKind = kind
         self.sent = sent
+        self.reason = reason
         # A pool wait that ran out took the whole timeout_s already, and a new attempt
         # would only wait in the same queue again; a forward proxy that failed or refused
         # would do so again.

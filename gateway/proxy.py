@@ -111,7 +111,7 @@ class Proxy:
         """``secrets``: each tenant's, by name; ``share``: how many worker processes
         split the rate limits."""
         upstream, limits = settings.upstream, settings.limits
-        self.tenants = Tenants(settings, secrets, egress=egress, share=share)
+        self.tenants = Tenants(settings, secrets, egress=egress, share=share, counts=metrics.counts)
         self.pool = self.tenants.upstreams[str(upstream.url)].pool  # upstream.url's
         self._only = self.tenants.only
         # The label of a request refused before its tenant was known.
@@ -125,6 +125,7 @@ class Proxy:
             metrics.clock_correction,
             upstream.clock_skew_warning_s,
             clock,
+            metrics.counts,
             correct=settings.signing.correct_clock_skew,
         )
         # The incoming headers any tenant's scheme reads (header:<Name>, content_type),
@@ -420,6 +421,8 @@ class Proxy:
             except UpstreamFault as fault:
                 error = _upstream_error(fault)
                 add(self._counts.upstream_errors, error.kind)
+                if fault.reason is not None:
+                    _connect_failed(tenant, signed.request_id, attempt, fault)
                 if not fault.retryable or attempt == self._attempts:
                     # Bytes may have reached the upstream: never send them twice.
                     raise error from None
@@ -540,6 +543,22 @@ async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) ->
         if len(body) > limit:
             raise BodyTooLarge()
     return bytes(body)
+
+
+def _connect_failed(tenant: Tenant, request_id: str, attempt: int, fault: UpstreamFault) -> None:
+    """Say why a connection to the upstream (or its forward proxy) could not be made:
+    the metric's ``kind`` alone cannot tell an https URL on a plain-HTTP port from a
+    refused connection."""
+    upstream = tenant.upstream
+    log.warning(
+        "upstream_connect_failed",
+        request_id=request_id,
+        tenant=tenant.name,
+        upstream=f"{upstream.scheme}://{upstream.host}",
+        attempt=attempt,
+        kind=fault.kind,
+        reason=fault.reason,
+    )
 
 
 def _upstream_error(fault: UpstreamFault) -> UpstreamError:

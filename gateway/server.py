@@ -78,6 +78,10 @@ def format_address(address: tuple[str, int]) -> str:
     return str(ListenAddress(*address))
 
 
+# For whoever waits at a terminal through a long server.drain_delay_s.
+SKIP_DELAY_HINT = "a second SIGTERM or Ctrl-C skips the drain delay"
+
+
 class ShutdownSignals:
     """SIGTERM/SIGINT set ``stop`` (a second one sets ``hurry``); SIGHUP runs ``on_reload``."""
 
@@ -312,7 +316,12 @@ class GatewayServer:
         """
         server = self.settings.server
         self.lifecycle.draining = True
-        log.info("draining", delay_s=server.drain_delay_s, timeout_s=server.drain_timeout_s)
+        log.info(
+            "draining",
+            delay_s=server.drain_delay_s,
+            timeout_s=server.drain_timeout_s,
+            hint=SKIP_DELAY_HINT,
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(hurry.wait(), server.drain_delay_s)
         await self.stop()

@@ -4,7 +4,9 @@ Aleacc refuses a timestamp out of sync with its clock (403), and nothing else sa
 Every new ``Date`` sets the skew gauge (and a warning past a limit, once a minute at
 most). With correction on, the gateway also signs with its clock plus the median offset
 of the last few answers, as cloud SDKs do after a skew error, so a node whose clock
-drifted keeps working while NTP is fixed.
+drifted keeps working while NTP is fixed. The correction moves only when those answers
+agree: an upstream (or something in between) whose Dates jump back and forth would
+otherwise move the signed time with every jump.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from collections.abc import Callable
 import structlog
 from prometheus_client import Gauge
 
+from .counts import RequestCounts, add
+
 WARN_EVERY_S = 60.0
 # The median of this many answers' offsets is the correction: one odd Date moves nothing.
 CORRECTION_SAMPLES = 5
+# ... and it is followed only while they lie this close together (the spread of Date's
+# one-second resolution and of the answers' latency); else the last one is held.
+AGREEMENT_S = 5.0
 # Date has one-second resolution: a smaller offset is the truncation, not a skew.
 MIN_CORRECTION_S = 2.0
 # An upstream clock this far off is broken, not ahead: never followed.
@@ -48,9 +55,12 @@ class SkewWatch:
         correction_gauge: Gauge,
         threshold_s: float,
         clock: Callable[[], float],
+        counts: RequestCounts,
         correct: bool = True,
     ) -> None:
+        """``counts``: where answers that disagree are counted."""
         self._gauge = gauge
+        self._counts = counts
         self._correction_gauge = correction_gauge
         self._threshold_s = threshold_s
         self._clock = clock
@@ -60,6 +70,7 @@ class SkewWatch:
         self._last_date: str | None = None
         self._last_warning = float("-inf")
         self._last_refusal = float("-inf")
+        self._last_held = float("-inf")
 
     def observe(self, date: str | None) -> None:
         """Record the skew shown by one upstream ``Date`` header."""
@@ -86,8 +97,21 @@ class SkewWatch:
             self._follow(skew, now)
 
     def _follow(self, skew: float, now: float) -> None:
-        self._recent.append(skew)
-        offset = statistics.median(self._recent)
+        recent = self._recent
+        recent.append(skew)
+        spread = max(recent) - min(recent)
+        if spread > AGREEMENT_S:
+            add(self._counts.clock_disagreements, ())
+            if now - self._last_held >= WARN_EVERY_S:
+                self._last_held = now
+                log.warning(
+                    "clock_correction_held",
+                    offsets_s=[round(o, 1) for o in recent],
+                    agreement_s=AGREEMENT_S,
+                    correction_s=round(self.correction, 1),
+                )
+            return
+        offset = statistics.median(recent)
         if abs(offset) > MAX_CORRECTION_S:
             if now - self._last_refusal >= WARN_EVERY_S:
                 self._last_refusal = now

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from . import signing
 from .client_ip import TrustedNetworks, parse_address
 from .config import DEFAULT_TENANT, Settings, TenantSettings, base_path, host_header, host_name
+from .counts import RequestCounts
 from .egress import EgressProxy, dialer
 from .errors import ClientNotAllowed, RateLimited, TenantUnknown
 from .pool import Pool
 from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
-from .rejections import RejectionLog
+from .rejections import RejectionCap, RejectionLog
 from .secret import SecretStore
 from .tls import name_allowed
 
@@ -68,11 +69,13 @@ class Tenant:
         *,
         players: tuple[float, int | None] | None,
         explain_every_s: float,
+        rejections: RejectionCap,
         share: int,
         now: float,
     ) -> None:
         """``players``: the rate and bucket size per client IP; ``share``: how many
-        processes split the rates (server.workers), each taking 1/share of them."""
+        processes split the rates (server.workers), each taking 1/share of them;
+        ``rejections``: the cap on explanations every tenant shares."""
         self.settings = settings
         self.name = settings.name
         self.api_id = settings.api_id
@@ -105,6 +108,7 @@ class Tenant:
                 self.plan,
                 explain_every_s,
                 lambda: secrets.rotated_at,
+                rejections,
                 tenant=self.name,
                 api_id=self.api_id,
             )
@@ -158,9 +162,11 @@ class Tenants:
         *,
         egress: EgressProxy | None,
         share: int,
+        counts: RequestCounts,
     ) -> None:
         """``secrets``: each tenant's, by name; ``share``: how many worker processes split
-        the rate limits."""
+        the rate limits (and the cap on explained rejections); ``counts``: where what the
+        cap leaves out is counted."""
         upstream = settings.upstream
         self.upstreams: dict[str, Upstream] = {}
         for url in [upstream.url, *map(settings.upstream_of, settings.every_tenant)]:
@@ -182,6 +188,9 @@ class Tenants:
             else None
         )
         now = time.monotonic()
+        self.rejections = RejectionCap(
+            *worker_share(settings.logging.explain_rejections_per_s, None, share), counts
+        )
         self.by_name = {
             t.name: Tenant(
                 t,
@@ -189,6 +198,7 @@ class Tenants:
                 secrets[t.name],
                 players=players,
                 explain_every_s=settings.logging.explain_rejections_every_s,
+                rejections=self.rejections,
                 share=share,
                 now=now,
             )
@@ -221,6 +231,7 @@ class Tenants:
         return tenant
 
     async def close(self) -> None:
-        """Close every upstream's pool."""
+        """Close every upstream's pool; say what the explanations' cap left out."""
+        self.rejections.summarise()
         for upstream in self.upstreams.values():
             await upstream.pool.close()

@@ -33,6 +33,7 @@ from .admin import Lifecycle, create_admin_app
 from .preflight import Preflight
 from .secret import SecretStore, secret_stores
 from .server import (
+    SKIP_DELAY_HINT,
     ShutdownSignals,
     bind,
     cancel_all,
@@ -148,6 +149,10 @@ class Supervisor:
                 "--log-format", self.log_format, "--worker", str(number),
                 "--link-fd", str(theirs.fileno()),
                 env=environ, pass_fds=(theirs.fileno(),),
+                # Its own session (uvloop has no process_group): a terminal's Ctrl-C
+                # reaches the supervisor only, which passes it on once; a worker that got
+                # it from both would take the first Ctrl-C as two and skip the drain delay.
+                start_new_session=True,
             )  # fmt: skip
         log.info("worker_spawned", worker=number, pid=process.pid)
         self.workers[number] = process
@@ -215,7 +220,7 @@ class Supervisor:
         A second signal (``hurry``) is passed on, so the workers skip their drain delay.
         """
         self.lifecycle.draining = True
-        log.info("draining", workers=len(self.workers))
+        log.info("draining", workers=len(self.workers), hint=SKIP_DELAY_HINT)
         self._signal_workers(signal.SIGTERM)
         hurried = asyncio.create_task(hurry.wait())
 

@@ -333,9 +333,16 @@ def test_without_a_default_tenant_signing_needs_no_api_id() -> None:
     assert [t.name for t in s.every_tenant] == ["brand-b"]
 
 
-def test_a_host_is_matched_without_case_or_port() -> None:
-    s = parse_settings(merged() | {"tenants": [{**BRAND_B, "hosts": ["B.svc:8443", "[::1]:80"]}]})
-    assert s.tenants[0].hosts == frozenset({"b.svc", "[::1]"})
+def test_a_host_is_matched_without_case_port_or_one_trailing_dot() -> None:
+    hosts = ["B.svc:8443", "[::1]:80", "c.svc.", "D.svc.:80"]
+    s = parse_settings(merged() | {"tenants": [{**BRAND_B, "hosts": hosts}]})
+    assert s.tenants[0].hosts == frozenset({"b.svc", "[::1]", "c.svc", "d.svc"})
+
+
+@pytest.mark.parametrize("host", ["b.svc..", ".", "b.svc.:80."])
+def test_a_host_with_more_than_the_roots_dot_is_refused(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\.hosts: not a host name"):
+        parse_settings(merged() | {"tenants": [{**BRAND_B, "hosts": [host]}]})
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,8 @@ def reference(history: list[Event], in_flight: int) -> str:
     }
     for count in c.COUNTERS:
         for key in count.zero_keys(TENANTS):
-            counters[count.attribute].labels(*(key if isinstance(key, tuple) else (key,)))
+            if count.labels:  # a counter without labels shows its one series by itself
+                counters[count.attribute].labels(*(key if isinstance(key, tuple) else (key,)))
     requests, responses = counters["requests"], counters["upstream_responses"]
     client_ip = counters["client_ip"]
     request_duration = Histogram(*c.REQUEST_DURATION, buckets=c.DURATION_BUCKETS, registry=registry)

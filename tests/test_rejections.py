@@ -1,11 +1,15 @@
 """Explaining Aleacc's refusals (gateway/rejections.py): the cause as a table, what the
-event may show, and the event read from the real log output of a gateway that Aleacc's
-stand-in refuses for each cause."""
+event may show, the cap over every path as a table on a hand-moved clock, and the event
+read from the real log output of a gateway that Aleacc's stand-in refuses for each cause
+and for a flood of distinct paths."""
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import io
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -13,14 +17,31 @@ import pytest
 from yarl import URL
 
 from gateway import signing
-from gateway.mock.upstream import DEMO_SECRET, MockSettings, create_mock_app, journal
-from gateway.rejections import explained_fields, likeliest_cause
+from gateway.counts import RequestCounts
+from gateway.mock.upstream import (
+    DEMO_API_ID,
+    DEMO_SECRET,
+    MockSettings,
+    create_mock_app,
+    journal,
+)
+from gateway.rejections import (
+    MAX_VALUE_BYTES,
+    SUMMARY_EVERY_S,
+    RejectionCap,
+    RejectionLog,
+    cut,
+    explained_fields,
+    likeliest_cause,
+)
 
 from .support import (
     SECRET_ENV,
     SESSION_ID,
     Mock,
     StartGateway,
+    StartProcess,
+    config_file,
     log_events,
     remember_sensitive,
     serve_app,
@@ -71,6 +92,109 @@ def test_the_explained_fields_hold_no_session_and_no_body() -> None:
     target = next(line for line in lines if line.startswith("path_and_query: "))
     assert target.endswith(" bytes, sha256 " + target.rsplit(" ", 1)[1])  # cut at 512
     assert len(target) < 700
+
+
+class Timers:
+    """The clock, moved by hand, and the callbacks the cap asked to run later."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending: list[tuple[float, Callable[[], None]]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def schedule(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self.pending.append((self.now + delay_s, callback))
+
+    def run_due(self) -> None:
+        due = [c for at, c in self.pending if at <= self.now]
+        self.pending = [(at, c) for at, c in self.pending if at > self.now]
+        for callback in due:
+            callback()
+
+
+@pytest.mark.parametrize(
+    ("per_s", "arrivals", "allowed", "summaries"),
+    [
+        # A bucket of one second's worth, then one event each 1/per_s.
+        (5, [0.0] * 8, [1] * 5 + [0] * 3, [3]),
+        (5, [0.0] * 5 + [0.2], [1] * 6, []),
+        (1, [0.0, 0.5, 1.0, 1.5, 2.5], [1, 0, 1, 0, 1], [1, 1]),
+        # A summary a second after the first left out, then only when more are.
+        (1, [0.0, 0.1, 0.2, 0.9, 3.0, 3.1], [1, 0, 0, 0, 1, 0], [3, 1]),
+        # Below one a second: the bucket holds one.
+        (0.1, [0.0, 5.0, 10.0, 10.5], [1, 0, 1, 0], [1, 1]),
+    ],
+)
+def test_the_cap_allows_per_s_and_sums_up_the_others(
+    per_s: float, arrivals: list[float], allowed: list[int], summaries: list[int], logs: io.StringIO
+) -> None:
+    timers, counts = Timers(), RequestCounts()
+    cap = RejectionCap(
+        per_s, max(1, math.ceil(per_s)), counts, clock=timers.clock, schedule=timers.schedule
+    )
+    seen = []
+    for at in arrivals:
+        timers.now = at
+        timers.run_due()
+        seen.append(int(cap.allow()))
+    timers.now += SUMMARY_EVERY_S
+    timers.run_due()
+    assert seen == allowed
+    assert timers.pending == []  # nothing left to say: no timer
+    events = log_events(logs, "upstream_rejections_suppressed")
+    assert [e["suppressed"] for e in events] == summaries
+    assert counts.rejections_suppressed == {(): len(allowed) - sum(allowed)}
+
+
+def test_100000_refusals_to_distinct_paths_write_a_bounded_log(logs: io.StringIO) -> None:
+    timers, counts = Timers(), RequestCounts()
+    cap = RejectionCap(5, 5, counts, clock=timers.clock, schedule=timers.schedule)
+    explain = RejectionLog(
+        signing.DEFAULT_PLAN,
+        10.0,
+        lambda: None,
+        cap,
+        tenant="default",
+        api_id=DEMO_API_ID,
+        clock=timers.clock,
+    )
+    signed = signing.Signed("not logged", "1", 1_800_000_000, b"")
+    for n in range(100_000):
+        timers.now = n / 10_000  # ten seconds of refusals
+        timers.run_due()
+        parts = signing.RequestParts("GET", "http", "h", f"/api/p{n}", {}, b"")
+        explain.rejected(403, parts, signed, None, 0.0, False)
+    timers.now += SUMMARY_EVERY_S
+    timers.run_due()
+    explained = log_events(logs, "upstream_rejected")
+    summed = log_events(logs, "upstream_rejections_suppressed")
+    assert 50 <= len(explained) <= 5 + 5 * 10
+    assert len(summed) <= 11
+    assert len(explained) + sum(e["suppressed"] for e in summed) == 100_000
+    assert counts.rejections_suppressed[()] == 100_000 - len(explained)
+    assert len(logs.getvalue()) < 200_000
+
+
+def utf8(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "x" * MAX_VALUE_BYTES, "x" * (MAX_VALUE_BYTES + 1), "é" * 7000, "\udcff" * 600],
+)
+def test_every_string_in_the_event_is_cut_at_512_bytes(value: str) -> None:
+    shown = cut({"path": value, "fields": [value, "short"], "scheme": {"separator": value}})
+    for one in (shown["path"], *shown["fields"], shown["scheme"]["separator"]):
+        assert len(utf8(one)) <= MAX_VALUE_BYTES
+    assert shown["fields"][1] == "short"
+    if len(utf8(value)) <= MAX_VALUE_BYTES:
+        assert shown["path"] == value
+    else:
+        digest = hashlib.sha256(utf8(value)).hexdigest()
+        assert shown["path"].endswith(f" ... ({len(utf8(value))} bytes, sha256 {digest})")
 
 
 async def refused(
@@ -161,3 +285,28 @@ async def test_explaining_can_be_turned_off(
     settings = settings_for(mock.url, logging={"explain_rejections_every_s": 0})
     assert await refused(start_gateway, settings, ["/echo"], environ=WRONG) == [403]
     assert log_events(logs, "upstream_rejected") == []
+
+
+async def test_a_flood_of_refused_paths_is_capped_summed_up_and_counted(
+    mock: Mock, gateway_process: StartProcess, tmp_path: Path
+) -> None:
+    # One explanation in a thousand seconds: every one after the first is left out.
+    env = {**WRONG, "ALEACC_GATEWAY_LOGGING_EXPLAIN_REJECTIONS_PER_S": "0.001"}
+    secret = tmp_path / "secret"
+    secret.write_text(WRONG[SECRET_ENV])
+    gateway = await gateway_process(config_file(tmp_path / "gw.toml", mock.url, secret), env)
+    long_path = "/p" + "x" * 7000
+    async with aiohttp.ClientSession() as client:
+        for path in [long_path, *(f"/p{n}" for n in range(29))]:
+            async with client.get(gateway.proxy.with_path(path)) as r:
+                assert r.status == 403
+        summary = await gateway.wait_for("upstream_rejections_suppressed")
+        async with client.get(gateway.admin / "metrics") as r:
+            metrics = await r.text()
+    (event,) = gateway.events("upstream_rejected")
+    # The first, with its 7,000-byte path cut like every field.
+    assert event["path"].startswith("/api/pxxx")
+    assert len(event["path"].encode()) <= MAX_VALUE_BYTES
+    assert all(len(line.encode()) <= MAX_VALUE_BYTES for line in event["fields"])
+    assert summary["suppressed"] == 29
+    assert "aleacc_gateway_rejections_suppressed_total 29.0" in metrics.splitlines()

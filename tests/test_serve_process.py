@@ -1,14 +1,18 @@
-"""``serve`` as a real process: draining on SIGTERM, one line for a busy port or a second
-instance, and no traceback when its log pipe closes."""
+"""``serve`` as a real process: draining on SIGTERM, a second signal (or Ctrl-C on a
+terminal) skipping the drain delay, one line for a busy port or a second instance, and no
+traceback when its log pipe closes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import signal
 import socket
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -188,4 +192,137 @@ async def test_drain_timeout_bounds_a_stuck_request(
                 (await pending).release()
     finally:
         test_over.set()
+        await runner.cleanup()
+
+
+# 19. A second signal during a long drain delay skips it, and the draining line says so.
+async def test_a_second_sigterm_skips_the_drain_delay(
+    gateway_process: StartProcess, tmp_path: Path, raw_upstream: RawUpstream
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(DEMO_SECRET)
+    config = config_file(
+        tmp_path / "gw.toml", raw_upstream.url, secret, server={"drain_delay_s": 3600}
+    )
+    gateway = await gateway_process(config)
+    gateway.signal(signal.SIGTERM)
+    draining = await gateway.wait_for("draining")
+    assert draining["delay_s"] == 3600
+    assert draining["hint"] == "a second SIGTERM or Ctrl-C skips the drain delay"
+    gateway.signal(signal.SIGTERM)
+    async with asyncio.timeout(60):  # a guard far below the hour's delay, not a measure
+        assert await gateway.exit_code() == 0
+    assert gateway.events("stopped")
+
+
+class PtyGateway:
+    """``serve`` on a terminal of its own (a pty), as a person at a shell runs it: Ctrl-C
+    is the terminal's, delivered to the foreground process group."""
+
+    def __init__(self, process: asyncio.subprocess.Process, master: int) -> None:
+        self.process = process
+        self._master = master
+        self.lines: list[dict[str, object]] = []
+        self._text = b""
+        self.output = b""  # everything the terminal showed, for a failure's message
+        self._changed = asyncio.Condition()
+        self._eof = False
+        asyncio.get_running_loop().add_reader(master, self._read)
+
+    @classmethod
+    async def start(cls, config: Path) -> PtyGateway:
+        master, terminal = os.openpty()
+
+        def controlling_terminal() -> None:  # in the child, before exec
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        # preexec_fn: the one way to give the child a controlling terminal; this test
+        # process starts no threads that it could deadlock.
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gateway", "serve", "--config", str(config)),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            preexec_fn=controlling_terminal,
+        )
+        os.close(terminal)
+        return cls(process, master)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._master, 65536)
+        except OSError:  # EIO: every process holding the terminal has gone
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._master)
+            self._eof = True
+        self._text += data
+        self.output += data
+        *complete, self._text = self._text.split(b"\n")
+        for raw in complete:
+            # The terminal echoes ^C before the next line, and ends lines with \r\n.
+            start = raw.find(b"{")
+            if start >= 0:
+                self.lines.append(json.loads(raw[start:].rstrip(b"\r")))
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    async def wait_for(self, name: str, count: int = 1) -> list[dict[str, object]]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.events(name)) >= count or self._eof)
+        assert len(self.events(name)) >= count, f"exited before {count} {name!r}: {self.output!r}"
+        return self.events(name)
+
+    def ctrl_c(self) -> None:
+        os.write(self._master, b"\x03")
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if not self._eof:
+            asyncio.get_running_loop().remove_reader(self._master)
+        os.close(self._master)
+
+
+async def test_ctrl_c_drains_workers_and_a_second_ctrl_c_hurries_them(
+    tmp_path: Path,
+) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    runner, upstream = await serve_handler(ok)
+    secret = tmp_path / "secret"
+    secret.write_bytes(DEMO_SECRET)
+    server: dict[str, float] = {"drain_delay_s": 3600, "workers": 2}
+    config = config_file(tmp_path / "gw.toml", upstream, secret, server=server)
+    config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{unused_port()}", 1))
+    gateway = await PtyGateway.start(config)
+    try:
+        (started,) = await gateway.wait_for("started")
+        gateway.ctrl_c()
+        await gateway.wait_for("draining", count=3)  # the supervisor and both workers
+        drains = gateway.events("draining")
+        assert all(d["hint"] == "a second SIGTERM or Ctrl-C skips the drain delay" for d in drains)
+        # One Ctrl-C is one signal to each worker: they drain, serving on through the delay.
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://{started['proxy']}/echo") as r,
+        ):
+            assert r.status == 200
+            assert r.headers["Connection"] == "close"
+        assert gateway.events("stopped") == []
+        gateway.ctrl_c()
+        async with asyncio.timeout(60):  # a guard far below the hour's delay, not a measure
+            assert await gateway.process.wait() == 0
+            await gateway.wait_for("stopped", count=3)
+    finally:
+        await gateway.close()
         await runner.cleanup()

@@ -131,6 +131,19 @@ async def test_host_chooses_the_tenant_and_its_own_credential_signs(
         assert gw.sample("aleacc_gateway_upstream_responses_total", tenant=tenant, status="200")
 
 
+async def test_a_fully_qualified_host_with_its_root_dot_is_the_same_tenant(
+    brands: Brands, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    # Brand B's own peers (loopback here) write its name fully qualified, with the root's dot.
+    b = brand_b(hosts=frozenset({B_HOST}), allowed_clients=networks("127.0.0.0/8"))
+    gw = await start_gateway(with_tenants(settings_for(brands.url), b), ENV)
+    for host in (B_HOST + ".", B_HOST.upper() + ".:8080"):
+        assert (await get(client, gw.url, host))[0] == 200
+    # Only one dot is the root's: with two it is no tenant's name, so the default's.
+    assert (await get(client, gw.url, B_HOST + ".."))[0] == 200
+    assert signed_by(brands) == [(B_ID, 200), (B_ID, 200), (DEMO_API_ID, 200)]
+
+
 async def test_a_tenants_own_listener_chooses_it_whatever_the_host(
     brands: Brands, start_gateway: StartGateway, client: aiohttp.ClientSession
 ) -> None:
