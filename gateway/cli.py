@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 
 from .commands import check_config, demo, learn, mock_upstream, probe, serve, sign
 
@@ -15,9 +16,12 @@ INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: every subcommand with its options."""
+    """The whole command line: ``--version`` and every subcommand with its options."""
     parser = argparse.ArgumentParser(
         prog="aleacc-gateway", description="Signing reverse proxy for the Aleacc Web API."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version('aleacc-gateway')}"
     )
     commands = parser.add_subparsers(required=True, dest="command", metavar="COMMAND")
     for command in COMMANDS:

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +49,12 @@ EXAMPLE_HEADER = (
     "Authorization: amx 12345678901234567890123456789012:"
     "pYEt3GtOHzf1Y16hb3fSlnbpGTB+cdXo6EEx9WgfR1w=:1:1433313039"
 )
+
+
+async def test_version_prints_the_installed_packages() -> None:
+    code, out, err = await run("--version")
+    assert (code, err) == (0, "")
+    assert out == f"aleacc-gateway {version('aleacc-gateway')}\n"
 
 
 async def test_check_config_accepts_the_examples() -> None:
