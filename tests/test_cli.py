@@ -15,12 +15,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from gateway import cli
 from gateway.mock.upstream import DEMO_SECRET
 
 from .support import (
+    GatewayProcess,
+    config_file,
     run_cli,
+    unused_port,
 )
 from .support import run_cli as run
 
@@ -241,6 +245,58 @@ async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_the_stand_in_serves_below_the_configs_base_path(tmp_path: Path) -> None:
+    # One config for both, as docs/signing.md has it: the gateway sends to .../api/x.
+    port = unused_port()
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(DEMO_SECRET)
+    config = config_file(
+        tmp_path / "gateway.toml", URL(f"http://127.0.0.1:{port}/api"), secret_file
+    )
+    mock = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "mock-upstream", "--config", str(config),
+        "--listen", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert mock.stdout is not None
+        started = json.loads(await mock.stdout.readline())
+        assert (started["event"], started["base_path"]) == ("mock_upstream_started", "/api")
+        # A gateway whose upstream.url lacks the path: the stand-in's 404 says what it serves.
+        elsewhere = tmp_path / "elsewhere.toml"
+        config_file(elsewhere, URL(f"http://127.0.0.1:{port}"), secret_file)
+        gateways = [await GatewayProcess.start(config), await GatewayProcess.start(elsewhere)]
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.post(gateways[0].proxy / "echo", data=b"hello") as r:
+                    assert r.status == 200, await r.text()
+                async with client.post(gateways[1].proxy / "echo", data=b"hello") as r:
+                    assert r.status == 404
+                    assert await r.json() == {"error": "not_found", "base_path": "/api"}
+        finally:
+            for gateway in gateways:
+                await gateway.kill()
+    finally:
+        mock.kill()
+        await mock.wait()
+
+
+async def test_an_explicit_base_path_wins_over_the_configs(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(DEMO_SECRET)
+    config = config_file(tmp_path / "gateway.toml", URL("http://127.0.0.1:1/api"), secret_file)
+    mock = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "mock-upstream", "--config", str(config),
+        "--base-path", "", "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert mock.stdout is not None
+        started = json.loads(await mock.stdout.readline())
+        assert started["base_path"] == ""
+    finally:
+        mock.kill()
+        await mock.wait()
 
 
 async def test_the_stand_in_on_a_busy_port_is_one_line() -> None:
