@@ -360,6 +360,37 @@ def test_check_config_reports_claims_two_tenants_share(tmp_path: Path, main: Mai
     assert "tenants[2].hosts: 'b.payments.svc' is also tenants[0].hosts's" in err
 
 
+@pytest.mark.parametrize(
+    ("tenant", "upstream"),
+    [
+        ((), "https://aleacc.example.com/api"),
+        (("--tenant", "brand-b"), "https://b.aleacc.example.com/api"),
+    ],
+    ids=["default", "brand-b"],
+)
+async def test_sign_takes_a_target_below_the_configs_upstream_url(
+    tmp_path: Path, tenant: tuple[str, ...], upstream: str
+) -> None:
+    config = str(tenants_config(tmp_path))
+    fixed = ("--request-id", "1", "--timestamp", "1433313039", "--explain")
+    signs = ("sign", "GET", "--config", config, *tenant, *fixed)
+    relative = await run(*signs, "/player/balance?a=1", env=TENANT_ENV)
+    absolute = await run(*signs, f"{upstream}/player/balance?a=1", env=TENANT_ENV)
+    assert relative[0] == 0, relative
+    assert relative == absolute
+    assert "path_and_query: /api/player/balance?a=1" in relative[1]
+
+
+def test_a_target_without_a_config_says_it_needs_one(main: Main) -> None:
+    credential = ("--api-id", "a", "--secret-env", "S")
+    code, out, err = main("sign", "GET", "/player/balance", *credential, env={"S": EXAMPLE_SECRET})
+    assert (code, out) == (2, "")
+    assert err == (
+        "sign: '/player/balance' is not an absolute http(s) URL "
+        "(a target like /player/balance needs --config)\n"
+    )
+
+
 def test_sign_with_a_tenants_credential(tmp_path: Path, main: Main) -> None:
     config = str(tenants_config(tmp_path))
     fixed = ("--request-id", "1", "--timestamp", "1433313039")
