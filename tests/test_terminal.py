@@ -59,8 +59,9 @@ async def test_ctrl_c_on_learn_is_one_line_and_ends_its_workers(
     terminal = await Terminal.start(*LEARN_ON_THE_SAMPLES, env=SECRET)
     terminals.append(terminal)
     await terminal.shows("searching")
-    # The command and its workers (one per core), all busy searching.
-    assert len(terminal.session()) == 1 + (os.cpu_count() or 1)
+    # The command and its workers, one per core, all busy searching (and, where
+    # multiprocessing starts workers through a fork server, that server).
+    assert len(terminal.session()) >= 1 + (os.cpu_count() or 1)
     terminal.type(CTRL_C)
     assert await terminal.ended() == 130
     assert lines_after(terminal, "searching") == ["learn: interrupted"]
