@@ -10,16 +10,21 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from gateway import cli
 from gateway.mock.upstream import DEMO_SECRET
 
 from .support import (
+    GatewayProcess,
+    config_file,
     run_cli,
+    unused_port,
 )
 from .support import run_cli as run
 
@@ -48,6 +53,12 @@ EXAMPLE_HEADER = (
     "Authorization: amx 12345678901234567890123456789012:"
     "pYEt3GtOHzf1Y16hb3fSlnbpGTB+cdXo6EEx9WgfR1w=:1:1433313039"
 )
+
+
+async def test_version_prints_the_installed_packages() -> None:
+    code, out, err = await run("--version")
+    assert (code, err) == (0, "")
+    assert out == f"aleacc-gateway {version('aleacc-gateway')}\n"
 
 
 async def test_check_config_accepts_the_examples() -> None:
@@ -281,6 +292,58 @@ async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
                 await process.wait()
 
 
+async def test_the_stand_in_serves_below_the_configs_base_path(tmp_path: Path) -> None:
+    # One config for both, as docs/signing.md has it: the gateway sends to .../api/x.
+    port = unused_port()
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(DEMO_SECRET)
+    config = config_file(
+        tmp_path / "gateway.toml", URL(f"http://127.0.0.1:{port}/api"), secret_file
+    )
+    mock = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "mock-upstream", "--config", str(config),
+        "--listen", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert mock.stdout is not None
+        started = json.loads(await mock.stdout.readline())
+        assert (started["event"], started["base_path"]) == ("mock_upstream_started", "/api")
+        # A gateway whose upstream.url lacks the path: the stand-in's 404 says what it serves.
+        elsewhere = tmp_path / "elsewhere.toml"
+        config_file(elsewhere, URL(f"http://127.0.0.1:{port}"), secret_file)
+        gateways = [await GatewayProcess.start(config), await GatewayProcess.start(elsewhere)]
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.post(gateways[0].proxy / "echo", data=b"hello") as r:
+                    assert r.status == 200, await r.text()
+                async with client.post(gateways[1].proxy / "echo", data=b"hello") as r:
+                    assert r.status == 404
+                    assert await r.json() == {"error": "not_found", "base_path": "/api"}
+        finally:
+            for gateway in gateways:
+                await gateway.kill()
+    finally:
+        mock.kill()
+        await mock.wait()
+
+
+async def test_an_explicit_base_path_wins_over_the_configs(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(DEMO_SECRET)
+    config = config_file(tmp_path / "gateway.toml", URL("http://127.0.0.1:1/api"), secret_file)
+    mock = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "mock-upstream", "--config", str(config),
+        "--base-path", "", "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert mock.stdout is not None
+        started = json.loads(await mock.stdout.readline())
+        assert started["base_path"] == ""
+    finally:
+        mock.kill()
+        await mock.wait()
+
+
 async def test_the_stand_in_on_a_busy_port_is_one_line() -> None:
     taken = socket.create_server(("127.0.0.1", 0))
     port = taken.getsockname()[1]
@@ -422,6 +485,37 @@ async def test_listener_clashes_are_config_problems_before_anything_binds(
         "",
         f"mock-upstream: {config}: --listen: '127.0.0.1:18082' overlaps tenants[0].listen's "
         "'0.0.0.0:18082': 0.0.0.0 takes port 18082 on every IPv4 address\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("tenant", "upstream"),
+    [
+        ((), "https://aleacc.example.com/api"),
+        (("--tenant", "brand-b"), "https://b.aleacc.example.com/api"),
+    ],
+    ids=["default", "brand-b"],
+)
+async def test_sign_takes_a_target_below_the_configs_upstream_url(
+    tmp_path: Path, tenant: tuple[str, ...], upstream: str
+) -> None:
+    config = str(tenants_config(tmp_path))
+    fixed = ("--request-id", "1", "--timestamp", "1433313039", "--explain")
+    signs = ("sign", "GET", "--config", config, *tenant, *fixed)
+    relative = await run(*signs, "/player/balance?a=1", env=TENANT_ENV)
+    absolute = await run(*signs, f"{upstream}/player/balance?a=1", env=TENANT_ENV)
+    assert relative[0] == 0, relative
+    assert relative == absolute
+    assert "path_and_query: /api/player/balance?a=1" in relative[1]
+
+
+def test_a_target_without_a_config_says_it_needs_one(main: Main) -> None:
+    credential = ("--api-id", "a", "--secret-env", "S")
+    code, out, err = main("sign", "GET", "/player/balance", *credential, env={"S": EXAMPLE_SECRET})
+    assert (code, out) == (2, "")
+    assert err == (
+        "sign: '/player/balance' is not an absolute http(s) URL "
+        "(a target like /player/balance needs --config)\n"
     )
 
 

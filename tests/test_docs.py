@@ -1,8 +1,10 @@
 """The documentation: its worked signing example is what the code prints and what openssl
-computes, its quick start is the README's, and every relative link in it resolves."""
+computes, its quick start is the README's, its command table has every option the
+parser has, and every relative link in it resolves."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -11,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from gateway import cli
 
 ROOT = Path(__file__).parent.parent
 SIGNING = (ROOT / "docs" / "signing.md").read_text()
@@ -77,3 +81,39 @@ def test_the_readme_is_a_landing_page() -> None:
     assert len(readme.encode()) <= 10 * 1024
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f"(docs/{page.name})" in readme, f"the README's map misses docs/{page.name}"
+
+
+def cli_options() -> dict[str, list[str]]:
+    """Each command's options as the parser has them ("" for the command itself): the
+    first long name of each (``-H/--header``: ``--header``), a positional in capitals."""
+
+    def names(parser: argparse.ArgumentParser) -> list[str]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            if action.help == argparse.SUPPRESS:
+                continue  # internal: the supervisor's arguments to its workers
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            found.append(longs[0] if longs else action.dest.upper())
+        return found
+
+    parser = cli.build_parser()
+    options = {"": names(parser)}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            options.update({name: names(sub) for name, sub in action.choices.items()})
+    return options
+
+
+def test_the_readmes_command_table_has_every_option_of_every_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^\| `aleacc-gateway ((?:[a-z][a-z-]*)?).*$", readme, re.M)
+    }
+    for command, options in cli_options().items():
+        assert command in rows, f"the README's command table has no row for {command!r}"
+        for option in options:
+            mentioned = re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", rows[command])
+            assert mentioned, f"the README's row for {command or 'aleacc-gateway'} lacks {option}"

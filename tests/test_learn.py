@@ -8,6 +8,7 @@ import shlex
 import time
 import tomllib
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +18,8 @@ from yarl import URL
 from gateway import signing
 from gateway.config import SigningSettings
 from gateway.discover import candidates
+from gateway.discover import learn as learning
+from gateway.discover.samples import parse_curl
 from gateway.mock.upstream import DEMO_API_ID, DEMO_SECRET, MockSettings, create_mock_app, journal
 
 from . import reference
@@ -408,3 +411,28 @@ async def test_probe_to_an_upstream_that_is_not_there_is_one_line(tmp_path: Path
     assert code == 1
     assert err.splitlines()[0].startswith("probe: http://127.0.0.1:9/api/echo: no answer (")
     assert "Traceback" not in err
+
+
+def test_progress_starts_before_the_first_part_and_any_order_gives_one_answer() -> None:
+    # One sample, where two kinds of scheme fit: an answer with some order to lose.
+    samples = [parse_curl((REPO / "config" / "samples" / "signin.curl").read_text(), "signin")]
+    heard: list[tuple[str, int]] = []
+
+    def backwards(
+        search: Callable[[learning.Part], tuple[int, learning.Found]], parts: list[learning.Part]
+    ) -> Iterator[tuple[int, learning.Found]]:
+        # A pool hands parts back as they finish: here the last one first.
+        for part in reversed(parts):
+            found = search(part)
+            heard.append(("finished", part[0]))
+            yield found
+
+    def progress(done: int, total: int) -> None:
+        heard.append(("progress", done))
+
+    result = learning.learn(samples, DEMO_SECRET, run=backwards, progress=progress, max_fields=6)
+    parts = len(heard) // 2
+    assert heard[:2] == [("progress", 0), ("finished", parts - 1)]
+    assert heard[-1] == ("progress", parts)
+    assert len(result.classes) == 2
+    assert result == learning.learn(samples, DEMO_SECRET, max_fields=6)

@@ -25,6 +25,8 @@ AUTH = (
     "amx 12345678901234567890123456789012:pYEt3GtOHzf1Y16hb3fSlnbpGTB+cdXo6EEx9WgfR1w=:1:1433313039"
 )
 SECRET = {"LEARN_SECRET": "12345678901234567890123456789012" * 2}
+NO_SPACE = "(whitespace before the colon or at the start of the line is not allowed in HTTP/1.1)"
+SESSION = "X-Player-Session-Id"
 
 
 def har(*entries: dict[str, object]) -> str:
@@ -54,6 +56,12 @@ async def learn_on(option: str, path: Path) -> tuple[int, str, str]:
         ("not-utf8.har", "--har", "not UTF-8 text (byte 0xff at offset 69)"),
         ("bad-chunked.raw", "--raw", "the chunked body is malformed (a chunk size line)"),
         ("entry-not-a-request.har", "--har", "entry 1 is not a HAR request"),
+        ("space-before-colon.raw", "--raw", f"line 2: 'Host ' is not a header name {NO_SPACE}"),
+        (
+            "nul-in-value.raw",
+            "--raw",
+            f"line 4: the value of {SESSION} holds a control character (0x00)",
+        ),
     ],
 )
 async def test_each_hostile_file_is_one_line_naming_it(

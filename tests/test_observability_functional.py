@@ -291,7 +291,7 @@ async def test_admin_paths_are_not_on_the_proxy_port(
 ) -> None:
     async with client.get(gateway.url / "metrics") as r:
         assert r.status == 404  # forwarded to the upstream, which has no such path
-        assert await r.json() == {"error": "not_found"}
+        assert await r.json() == {"error": "not_found", "base_path": "/api"}
 
 
 async def test_one_access_line_per_request_with_its_fields(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
+from multiprocessing import Pool
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..config import TenantSettings, base_path
 from ..discover.candidates import CANDIDATES
-from ..discover.learn import MAX_FIELDS, Found, LearnError, Result, Task, explain_first, learn
+from ..discover.learn import MAX_FIELDS, LearnError, Result, explain_first, learn
 from ..discover.samples import (
     MAX_FILE_BYTES,
     MAX_SAMPLES,
@@ -89,9 +89,19 @@ def run(args: argparse.Namespace) -> int:
             )
         secret, config_base = _secret(args)
         started = time.perf_counter()
-        with closing(_Progress()) as progress:
+        # The parts are independent and CPU-bound: one process per core, each part's
+        # answer taken as it finishes (the bar moves from the start; learn() puts the
+        # answers back in order). Leaving the block ends the workers, on Ctrl-C too.
+        with (
+            Pool(os.cpu_count() or 1, initializer=_leave_interrupts_to_the_parent) as workers,
+            closing(_Progress()) as progress,
+        ):
             result = learn(
-                samples, secret, run=_parallel, progress=progress, max_fields=args.max_fields
+                samples,
+                secret,
+                run=workers.imap_unordered,
+                progress=progress,
+                max_fields=args.max_fields,
             )
         elapsed = time.perf_counter() - started
     except (SampleError, LearnError, SecretError, ValueError) as exc:
@@ -151,14 +161,14 @@ def base_path_note(base: str, config_base: tuple[Path, str] | None) -> str:
     return f"{note} warning: {path}: upstream.url has {shown}, not {base}."
 
 
-def _parallel(search: Callable[[Task], Found], work: list[Task]) -> Iterable[Found]:
-    # The parts are independent and CPU-bound: one process per core.
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        yield from pool.map(search, work)
+def _leave_interrupts_to_the_parent() -> None:
+    # Ctrl-C reaches every process of the terminal's foreground group: the workers leave
+    # it to the command, which stops them, instead of each printing a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Progress:
-    """A progress bar on a terminal (stderr); nothing in a pipe."""
+    """A progress bar on a terminal (stderr), shown from the first call; nothing in a pipe."""
 
     def __init__(self) -> None:
         self._bar: tqdm[NoReturn] | None = None
@@ -167,7 +177,7 @@ class _Progress:
         if self._bar is None:
             self._bar = tqdm(total=total, disable=None, file=sys.stderr, unit="part",
                              desc="searching", leave=False)  # fmt: skip
-        self._bar.update(1)
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from ..config import listener_clashes, parse_listen
+from ..config import base_path, listener_clashes, parse_listen
 from ..logs import configure_logging
 from ..logs import flush as flush_logs
 from ..mock.upstream import DEMO_API_ID, DEMO_SECRET, Credential, MockSettings, create_mock_app
@@ -31,7 +31,11 @@ def add_parser(commands: Commands) -> None:
         type=Path,
         help="accept every tenant's api_id, secret and scheme from this gateway config",
     )
-    mock.add_argument("--base-path", default="", help="serve the API under this path, e.g. /api")
+    mock.add_argument(
+        "--base-path",
+        help="serve the API under this path, e.g. /api (default: --config's upstream.url's, "
+        "else none)",
+    )
     mock.add_argument(
         "--faults", action="store_true", help="obey X-Mock-Fault: delay=S,status=N,cut,reset"
     )
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
     credentials = [Credential(DEMO_API_ID, (DEMO_SECRET,))]
+    base = args.base_path
     if args.config is not None:
         settings = load_or_report(args.config)
         if settings is None:
@@ -66,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"mock-upstream: {args.config}: {clash}", file=sys.stderr)
         if clashes:
             return 2
+        if base is None:
+            # Where the gateway with this config sends its requests: below upstream.url's path.
+            base = base_path(settings.upstream.url)
         credentials = []
         for tenant in settings.every_tenant:
             try:
@@ -88,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         others=tuple(others),
         faults=args.faults,
         clock_offset_s=args.clock_offset_s,
-        base_path=args.base_path.rstrip("/"),
+        base_path=(base or "").rstrip("/"),
     )
     app = create_mock_app(mock)
     try:
@@ -97,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"mock-upstream: {exc}", file=sys.stderr)
         return 1
     log.info(
-        "mock_upstream_started", listen=format_address(sock.getsockname()[:2]), faults=args.faults
+        "mock_upstream_started",
+        listen=format_address(sock.getsockname()[:2]),
+        base_path=mock.base_path,
+        faults=args.faults,
     )
     flush_logs()  # whoever started the mock upstream may be waiting for this line
     web.run_app(app, sock=sock, print=None, access_log=None)

@@ -13,7 +13,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import signing
-from ..config import DEFAULT_TENANT, TenantSettings, base_path
+from ..config import DEFAULT_TENANT, TenantSettings, base_path, host_header
+from ..forwarding import upstream_path_and_query
 from ..secret import SecretError, load_key
 from .common import Commands, config_tenant, parse_toml_string
 
@@ -22,7 +23,11 @@ def add_parser(commands: Commands) -> None:
     """The ``sign`` subcommand's arguments."""
     sign = commands.add_parser("sign", help="sign one request offline and print the header")
     sign.add_argument("method")
-    sign.add_argument("url", help="the upstream URL, e.g. https://aleacc.example.com/api/x?a=1")
+    sign.add_argument(
+        "url",
+        help="the upstream URL, e.g. https://aleacc.example.com/api/x?a=1; with --config, "
+        "a target such as /player/balance?a=1 below its upstream.url",
+    )
     sign.add_argument("--config", type=Path, help="take api_id, secret and scheme from here")
     sign.add_argument("--tenant", metavar="NAME",
                       help="with --config: this tenant's (default: [signing]'s)")  # fmt: skip
@@ -61,10 +66,8 @@ def add_parser(commands: Commands) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the Authorization header (and with --explain the string to sign); 2 for bad input."""
     try:
-        api_id, key, plan, config_base = _signing_inputs(args)
-        url = URL(args.url, encoded=True)
-        if url.scheme not in ("http", "https") or not url.raw_host:
-            raise ValueError(f"{args.url!r} is not an absolute http(s) URL")
+        api_id, key, plan, upstream = _signing_inputs(args)
+        url = _absolute(args.url, upstream)
         headers: CIMultiDict[str] = CIMultiDict()
         for line in args.header:
             name, sep, value = line.partition(":")
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sign: {exc}", file=sys.stderr)
         return 2
     query = url.raw_query_string
+    config_base = base_path(upstream) if upstream is not None else ""
     base = (args.base_path if args.base_path is not None else config_base).rstrip("/")
     parts = signing.RequestParts(
         method=args.method.upper(),
@@ -103,12 +107,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan, str]:
-    """The api_id, the key, the compiled scheme and the config's upstream base path."""
-    base = ""
+def _absolute(target: str, upstream: URL | None) -> URL:
+    """The URL to sign: ``target`` itself, or a target below the config's upstream URL
+    (as the gateway would send a request for it)."""
+    if target.startswith("/") and upstream is not None:
+        path_and_query = upstream_path_and_query(base_path(upstream), target)
+        return URL(f"{upstream.scheme}://{host_header(upstream)}{path_and_query}", encoded=True)
+    url = URL(target, encoded=True)
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        where = " (a target like /player/balance needs --config)" if target.startswith("/") else ""
+        raise ValueError(f"{target!r} is not an absolute http(s) URL{where}")
+    return url
+
+
+def _signing_inputs(
+    args: argparse.Namespace,
+) -> tuple[str, bytes, signing.Plan, URL | None]:
+    """The api_id, the key, the compiled scheme and the config's upstream URL (the
+    tenant's; None without --config)."""
+    upstream = None
     if args.config is not None:
         settings, sign = config_tenant(args.config, args.tenant)
-        base = base_path(settings.upstream_of(sign))
+        upstream = settings.upstream_of(sign)
     elif args.tenant is not None:
         raise ValueError("--tenant needs --config")
     elif args.api_id and (args.secret_file or args.secret_env):
@@ -130,4 +150,4 @@ def _signing_inputs(args: argparse.Namespace) -> tuple[str, bytes, signing.Plan,
             overrides[name] = getattr(args, name)
     sign = dataclasses.replace(sign, scheme=dataclasses.replace(sign.scheme, **overrides))
     plan = signing.compile_scheme(sign.scheme)  # SchemeError is a ValueError
-    return sign.api_id, load_key(sign), plan, base
+    return sign.api_id, load_key(sign), plan, upstream

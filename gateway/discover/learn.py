@@ -447,7 +447,10 @@ def _preference(scheme: Scheme) -> tuple[int, ...]:
 
 
 Found = tuple[list[tuple[Atom, ...]], int]
-Runner = Callable[[Callable[[Task], Found], list[Task]], Iterable[Found]]
+# A part of the space and its place in the answer's order: a runner may give the parts
+# back in any order (as they finish), the answer is the same.
+Part = tuple[int, Task]
+Runner = Callable[[Callable[[Part], tuple[int, Found]], list[Part]], Iterable[tuple[int, Found]]]
 
 
 def learn(
@@ -460,20 +463,25 @@ def learn(
     """Search the whole space for ``samples``.
 
     ``run`` maps the search over the space's parts (the builtin ``map``, or a process
-    pool's); ``progress`` hears (parts done, parts in all) as they finish.
+    pool's, in any order); ``progress`` hears (parts done, parts in all) before the
+    first part starts and as each one finishes.
     """
     facts = read_facts(samples)
     pool = atoms(samples)
     work = tasks(secret, pool)
+    progress(0, len(work))
+    results: dict[int, Found] = {}
+    for index, found in run(_Searcher(samples, pool, facts, max_fields), list(enumerate(work))):
+        results[index] = found
+        progress(len(results), len(work))
     fits: list[Scheme] = []
     bases: dict[Scheme, str] = {}
     tried = 0
-    for done, (task, (found, count)) in enumerate(
-        zip(work, run(_Searcher(samples, pool, facts, max_fields), work), strict=True), 1
-    ):
-        progress(done, len(work))
+    # In the parts' own order, whatever order they finished in: the same answer each run.
+    for index, task in enumerate(work):
+        sequences, count = results[index]
         tried += count
-        for fit in found:
+        for fit in sequences:
             for sequence in widen(fit, pool):
                 scheme = scheme_of(sequence, task, facts)
                 fits.append(scheme)
@@ -494,8 +502,9 @@ class _Searcher:
     facts: Facts
     max_fields: int
 
-    def __call__(self, task: Task) -> tuple[list[tuple[Atom, ...]], int]:
-        return search(task, self.samples, self.pool, self.facts, self.max_fields)
+    def __call__(self, part: Part) -> tuple[int, Found]:
+        index, task = part
+        return index, search(task, self.samples, self.pool, self.facts, self.max_fields)
 
 
 def explain_first(scheme: Scheme, samples: Sequence[Sample], base_path: str = "") -> list[str]:

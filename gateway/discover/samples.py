@@ -293,11 +293,9 @@ def parse_raw(data: bytes, source: str, scheme: str = "https") -> Sample:
         raise SampleError(f"{source}: the first line is not 'METHOD /target HTTP/1.1'")
     method, target, _ = request_line
     headers: CIMultiDict[str] = CIMultiDict()
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name.strip():
-            raise SampleError(f"{source}: header line {name[:40]!r} is not 'Name: value'")
-        headers.add(name.strip(), value.strip())
+    for number, line in enumerate(lines[1:], 2):
+        name, value = _header_line(line, f"{source}: line {number}")
+        headers.add(name, value)
     codings = headers.get("Transfer-Encoding")
     if codings is not None:
         if codings.strip().lower() != "chunked" or "Content-Length" in headers:
@@ -314,6 +312,31 @@ def parse_raw(data: bytes, source: str, scheme: str = "https") -> Sample:
             raise SampleError(f"{source}: no Host header for the target {target[:40]!r}")
         target = f"{scheme}://{host}{target}"
     return _sample(source, method, target, headers, body)
+
+
+# RFC 9110 §5.1: a field name is a token. Whitespace before the colon (RFC 9112 §5.1)
+# or at the start of the line (a folded line, §5.2) is not part of a token either.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 9110 §5.5: no control character in a value but HTAB (NUL, CR and LF are named).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_line(line: str, where: str) -> tuple[str, str]:
+    """A raw request's header line as (name, value); SampleError for what HTTP/1.1 refuses."""
+    name, colon, value = line.partition(":")
+    if not colon or not name.strip():
+        raise SampleError(f"{where}: header line {name[:40]!r} is not 'Name: value'")
+    if not _FIELD_NAME.fullmatch(name):
+        # A server must refuse such a message, so Aleacc never signed one.
+        raise SampleError(
+            f"{where}: {name[:40]!r} is not a header name (whitespace before the colon or "
+            "at the start of the line is not allowed in HTTP/1.1)"
+        )
+    control = _CONTROL.search(value)
+    if control is not None:
+        byte = ord(control.group())
+        raise SampleError(f"{where}: the value of {name} holds a control character (0x{byte:02x})")
+    return name, value.strip(" \t")
 
 
 _CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,8})(;[^\r\n]*)?\r?$")

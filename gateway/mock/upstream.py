@@ -116,10 +116,19 @@ _Api = Callable[[web.Request, bytes], Awaitable[web.Response]]
 class Refused(Exception):
     """The mock upstream refuses the request with ``status`` and ``code``."""
 
-    def __init__(self, status: int, code: str) -> None:
+    def __init__(self, status: int, code: str, **detail: str) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
+        self.detail = detail  # more fields of the JSON body
+
+
+class NotFound(Refused):
+    """No such action below the base path, which the answer names: a gateway whose
+    upstream.url has another path gets nothing but this."""
+
+    def __init__(self, base_path: str) -> None:
+        super().__init__(404, "not_found", base_path=base_path or "/")
 
 
 def create_mock_app(settings: MockSettings, state: MockState | None = None) -> web.Application:
@@ -153,11 +162,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         secret_index = verify(request, body, request.app[VERIFIERS], settings, state)
         path = request.path
         if not path.startswith(settings.base_path + "/"):
-            raise Refused(404, "not_found")
+            raise NotFound(settings.base_path)
         path = path[len(settings.base_path) :]
         route = _ROUTES.get((request.method, path))
         if route is None:
-            raise Refused(404, "not_found")
+            raise NotFound(settings.base_path)
         api, needs_session = route
         if path.startswith("/player/") and not _client_ip(request):
             raise Refused(401, "missing_client_ip")
@@ -176,7 +185,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if "cut" in faults:
             return await _cut(request, response, secret_index)
     except Refused as exc:
-        response = _json({"error": exc.code}, exc.status)
+        response = _json({"error": exc.code, **exc.detail}, exc.status)
     _record(request, response.status, _error_of(response), secret_index)
     response.headers["Date"] = email.utils.formatdate(now(settings), usegmt=True)
     return response
