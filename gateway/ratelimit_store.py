@@ -238,19 +238,10 @@ class LimitStore:
             self._metrics.store_up.set(1 if self.up else 0)
 
     async def watch(self) -> None:
-        """Run for ever: while the store is down, try it with a growing pause; while up,
-        ask it now and then. Requests never wait on it while it is known down."""
+        """Run for ever: ask the store at once, then now and then while it is up, and
+        with a growing pause while it is down. Requests never wait on it while it is
+        known down."""
         while True:
-            if self.up:
-                self._down.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._down.wait(), HEALTH_EVERY_S)
-                if not self.up:
-                    continue  # a request saw it fail: start the pauses
-            else:
-                # Jittered, so the fleet's processes do not all come knocking at once.
-                await asyncio.sleep(self._backoff_s * random.uniform(0.5, 1.0))  # noqa: S311
-                self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
             try:
                 async with asyncio.timeout(max(self.timeout_s, 0.5)):
                     await self._client.ping()
@@ -258,6 +249,15 @@ class LimitStore:
                 self._went_down(error_reason(exc))
             else:
                 self._came_back()
+            if self.up:
+                self._down.clear()
+                # Woken early when a request sees it fail: then the pauses start.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._down.wait(), HEALTH_EVERY_S)
+            if not self.up:
+                # Jittered, so the fleet's processes do not all come knocking at once.
+                await asyncio.sleep(self._backoff_s * random.uniform(0.5, 1.0))  # noqa: S311
+                self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
 
     async def probe(self) -> tuple[str, float]:
         """Connect once: the server's version and one round trip's seconds (check-config).
