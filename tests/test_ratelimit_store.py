@@ -33,6 +33,9 @@ from .support import (
 RATE, BURST = 4.0, 3
 WINDOW_S = 1.5
 PLAYER = {"X-Forwarded-For": "203.0.113.9"}  # through a trusted proxy (loopback)
+# Where a test counts exact answers: a check that ran out of time on a loaded machine
+# would let a request through unchecked. The stalled-store test sets its own.
+PATIENT_MS = 2000
 
 
 async def assert_fleet_allows_the_rate_once(
@@ -62,7 +65,7 @@ def gateway_config(tmp_path: Path, upstream: URL, store: str, **tables: Any) -> 
         upstream,
         secret,
         signing=tables.get("signing"),
-        limits={"store_url": store, **tables.get("limits", {})},
+        limits={"store_url": store, "store_timeout_ms": PATIENT_MS, **tables.get("limits", {})},
         server=tables.get("server"),
     )
 
@@ -113,7 +116,7 @@ async def test_two_workers_share_one_bucket_not_half_each(
 
 def stored(store: RedisServer, **limits: Any) -> dict[str, Any]:
     """[limits] pointing at ``store``."""
-    return {"store_url": store.url, **limits}
+    return {"store_url": store.url, "store_timeout_ms": PATIENT_MS, **limits}
 
 
 async def status(
@@ -155,9 +158,11 @@ async def test_the_same_tenant_name_shares_a_bucket_and_another_name_does_not(
         ]
 
 
-async def wait_for_store(client: aiohttp.ClientSession, gw: Gateway, state: str) -> None:
+async def wait_for_store(
+    client: aiohttp.ClientSession, gw: Gateway, state: str, polls: int = 200
+) -> None:
     """Until /readyz (ready all along) says the store is ``state``: a bounded poll."""
-    for _ in range(200):
+    for _ in range(polls):
         async with client.get(gw.admin_url / "readyz") as response:
             assert response.status == 200
             if (await response.json())["rate_limit_store"]["state"] == state:
@@ -232,7 +237,7 @@ async def test_every_key_expires_and_none_holds_a_client_ip(
     client: aiohttp.ClientSession,
 ) -> None:
     store = await redis_server()
-    limits = {"store_url": store.unix_url, "player_rate_per_s": 1.0, "player_burst": 2}
+    limits = stored(store, store_url=store.unix_url, player_rate_per_s=1.0, player_burst=2)
     gw = await start_gateway(
         settings_for(raw_upstream.url, limits=limits, signing={"rate_per_s": 100})
     )
@@ -332,3 +337,19 @@ async def test_probe_store_says_why_it_cannot_connect(tmp_path: Path) -> None:
     plain = config_file(tmp_path / "plain.toml", URL("http://127.0.0.1:9"), tmp_path / "secret")
     code, _, err = await run_cli("check-config", "--config", str(plain), "--probe-store")
     assert (code, err) == (2, "--probe-store: limits.store_url is not set\n")
+
+
+async def test_readyz_names_a_store_never_reached_before_any_request(
+    raw_upstream: RawUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    limits = {"store_url": f"redis://127.0.0.1:{unused_port()}/0"}
+    gw = await start_gateway(
+        settings_for(raw_upstream.url, limits=limits, signing={"rate_per_s": 1.0})
+    )
+    # No request sent: the gateway asked at start (else only after HEALTH_EVERY_S, 5 s).
+    await wait_for_store(client, gw, "down", polls=40)
+    async with client.get(gw.admin_url / "readyz") as response:
+        body = await response.json()
+    assert (response.status, body["status"]) == (200, "ready")
+    assert body["rate_limit_store"]["reason"] == "refused"
+    assert gw.sample("aleacc_gateway_rate_limit_store_up") == 0
