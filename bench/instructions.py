@@ -5,6 +5,7 @@
     python bench/instructions.py --requests 2000
     python bench/instructions.py --tenants       # also GET to the last of 3 tenants by Host
     python bench/instructions.py --tracing       # also GET with tracing at ratio 1.0 and 0.1
+    python bench/instructions.py --limits        # also GET with rate limits, local and in Redis
 
 The wrk rows in bench/run.py measure CPU time, which moves by ±10 % from run to run on a
 shared 2-core machine: too much to see a step of a few microseconds. Here the gateway
@@ -30,7 +31,16 @@ import tempfile
 import threading
 from pathlib import Path
 
-from run import GET_PATH, POST_BODY, POST_PATH, Server, start_floor, start_gateway, start_nginx
+from run import (
+    GET_PATH,
+    POST_BODY,
+    POST_PATH,
+    Server,
+    start_floor,
+    start_gateway,
+    start_nginx,
+    start_redis,
+)
 
 SCENARIOS = {
     "GET": ("GET", GET_PATH, None, {}),
@@ -51,6 +61,12 @@ EXTRA_ROWS = {
     "tracing": [
         ("GET, tracing at 1.0", {"tracing": 1.0}, {}),
         ("GET, tracing at 0.1", {"tracing": 0.1}, {}),
+    ],
+    # A tenant's and a player's rate that never refuse: each request takes its tokens in
+    # the process, or in a local Redis (the gateway's side of the round trip only).
+    "limits": [
+        ("GET, local limits", {"limits": "local"}, {}),
+        ("GET, limits in Redis", {"limits": "redis"}, {}),
     ],
 }
 for _rows in EXTRA_ROWS.values():
@@ -121,6 +137,11 @@ def main() -> int:
         workdir = Path(tmp)
         upstream = start_nginx("upstream", "upstream.conf", workdir)
         servers: list[Server] = []
+        store = None
+        if args.limits:
+            redis = start_redis(workdir)
+            servers.append(redis)
+            store = f"redis://127.0.0.1:{redis.port}/0"
         results: dict[str, float] = {}
         floors: dict[str, float] = {}
         runs = [("gateway", {}, BASE_SCENARIOS)]
@@ -137,10 +158,12 @@ def main() -> int:
                     server = start_floor(upstream.port, wrapper)
                 else:
                     ratio = options.get("tracing")
+                    limits = options.get("limits")
                     server = start_gateway(
                         workdir, upstream.port, 1, wrapper=wrapper,
                         tenants=int(options.get("tenants", 1)),
                         tracing=(collector, ratio) if ratio is not None else None,
+                        limits=store if limits == "redis" else limits,
                     )  # fmt: skip
                 servers.append(server)
                 for scenario in scenarios:

@@ -222,16 +222,28 @@ def start_gateway(
     wrapper: tuple[str, ...] = (),
     tenants: int = 1,
     tracing: tuple[str, float] | None = None,
+    limits: str | None = None,
 ) -> Server:
     """The gateway as a process; ``wrapper``: a command to run it under (valgrind);
     ``tenants``: the default one and ``tenants - 1`` more, chosen by Host ``brand-N.bench``;
-    ``tracing``: an OTLP/HTTP collector's URL and the sample ratio."""
+    ``tracing``: an OTLP/HTTP collector's URL and the sample ratio; ``limits``: a tenant
+    and a player rate that never refuses, in the process ("local") or in the Redis at
+    this URL."""
     port, admin = free_port(), free_port()
     secret = workdir / "secret"
     secret.write_text(SECRET)
     name = f"gateway x{workers}" if workers > 1 else "gateway"
+    if limits:
+        name += " local limits" if limits == "local" else " redis limits"
     traced = f"-traced-{tracing[1]}" if tracing else ""
-    conf = workdir / f"gateway-{workers}{'-tls' if tls else ''}-{tenants}{traced}.toml"
+    limited = f"-limits-{'local' if limits == 'local' else 'redis'}" if limits else ""
+    conf = workdir / f"gateway-{workers}{'-tls' if tls else ''}-{tenants}{traced}{limited}.toml"
+    # The most a rate may be: every request takes a token, none is refused.
+    rates = (
+        "rate_per_s = 1000000\n" if limits else "",
+        "player_rate_per_s = 1000000\n" if limits else "",
+        f'store_url = "{limits}"\n' if limits and limits != "local" else "",
+    )
     tls_lines = f'tls_cert_file = "{tls[0]}"\ntls_key_file = "{tls[1]}"\n' if tls else ""
     tenant_tables = "".join(
         f'[[tenants]]\nname = "brand-{n}"\napi_id = "{API_ID[:-1]}{n}"\n'
@@ -242,8 +254,8 @@ def start_gateway(
         f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin}"\n'
         f"workers = {workers}\ndrain_delay_s = 0\n{tls_lines}"
         f'[upstream]\nurl = "http://127.0.0.1:{upstream_port}"\n'
-        f'[signing]\napi_id = "{API_ID}"\nsecret_file = "{secret}"\n'
-        "[limits]\nmax_connections = 4096\n"
+        f'[signing]\napi_id = "{API_ID}"\nsecret_file = "{secret}"\n{rates[0]}'
+        f"[limits]\nmax_connections = 4096\n{rates[1]}{rates[2]}"
         + (
             f'[tracing]\notlp_endpoint = "{tracing[0]}"\nsample_ratio = {tracing[1]}\n'
             if tracing
@@ -261,6 +273,23 @@ def start_gateway(
     if tls:
         return Server(f"{name} tls", port, process, "https")
     return Server(name, port, process)
+
+
+def start_redis(workdir: Path) -> Server:
+    """Debian's redis-server on a loopback port, nothing kept on disk: the local store."""
+    port = free_port()
+    options = {
+        "port": str(port),
+        "bind": "127.0.0.1",
+        "save": "",
+        "appendonly": "no",
+        "dir": str(workdir),
+        "logfile": str(workdir / "redis.log"),
+    }
+    arguments = [part for name, value in options.items() for part in (f"--{name}", value)]
+    process = subprocess.Popen(["redis-server", *arguments])
+    wait_for_port(port, process, "redis-server")
+    return Server("redis", port, process, "redis")
 
 
 def start_floor(upstream_port: int, wrapper: tuple[str, ...] = ()) -> Server:
@@ -586,6 +615,12 @@ def main() -> int:
         action="store_false",
         help="leave out the rows with TLS on the listener (gateway tls, nginx+njs tls)",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="add the rows with rate limits that never refuse: in the process (gateway "
+        "local limits) and in a local Redis (gateway redis limits)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 10 s soak")
     parser.add_argument(
         "--rows",
@@ -661,6 +696,14 @@ def main() -> int:
                     )
             if args.workers > 1 and want(f"gateway x{args.workers}"):
                 rows_servers.append(start_gateway(workdir, upstream.port, args.workers))
+            if args.limits:
+                if want("gateway local limits"):
+                    rows_servers.append(start_gateway(workdir, upstream.port, 1, limits="local"))
+                if want("gateway redis limits"):
+                    redis = start_redis(workdir)
+                    servers.append(redis)
+                    store = f"redis://127.0.0.1:{redis.port}/0"
+                    rows_servers.append(start_gateway(workdir, upstream.port, 1, limits=store))
             if args.floor and want(FLOOR):
                 rows_servers.append(start_floor(upstream.port))
             servers += rows_servers

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .ratelimit_store import LimitStore
 from .secret import SecretStore
 from .tls import CertificateStore
 
@@ -27,6 +28,7 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 SECRETS: web.AppKey[Mapping[str, SecretStore]] = web.AppKey("secrets")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CERTIFICATES: web.AppKey[CertificateStore | None] = web.AppKey("certificates")
+STORE: web.AppKey[LimitStore | None] = web.AppKey("store")
 
 
 def create_admin_app(
@@ -35,14 +37,17 @@ def create_admin_app(
     registry: CollectorRegistry,
     lifecycle: Lifecycle,
     certificates: CertificateStore | None = None,
+    store: LimitStore | None = None,
 ) -> web.Application:
-    """Build the admin application; whoever owns ``secrets`` (each tenant's, by name) and
-    ``certificates`` (the proxy listener's TLS files) keeps them fresh."""
+    """Build the admin application; whoever owns ``secrets`` (each tenant's, by name),
+    ``certificates`` (the proxy listener's TLS files) and ``store`` (the rate limits'
+    shared store) keeps them fresh."""
     app = web.Application()
     app[SECRETS] = secrets
     app[CERTIFICATES] = certificates
     app[REGISTRY] = registry
     app[LIFECYCLE] = lifecycle
+    app[STORE] = store
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -76,9 +81,15 @@ async def _readyz(request: web.Request) -> web.Response:
         reasons.append("draining")
     if lifecycle.workers_down:
         reasons.append(f"{lifecycle.workers_down} worker(s) restarting")
+    body: dict[str, object] = {"status": "not ready", "reasons": reasons} if reasons else {}
+    # Named, never a reason: a store down takes every gateway alike, and a fleet that
+    # goes unready together serves nobody; on_store_error says what requests get.
+    store = request.app[STORE]
+    if store is not None:
+        body["rate_limit_store"] = store.state()
     if reasons:
-        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response(body, status=503)
+    return web.json_response({"status": "ready", **body})
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -364,6 +364,42 @@ def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str]:
     return convert
 
 
+STORE_SCHEMES = ("redis", "rediss", "unix")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _store_url(value: Any) -> str:
+    example = "like 'redis://redis.cache:6379/0' or 'unix:///run/redis/redis.sock'"
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string {example}")
+    try:
+        url = URL(value, encoded=True)
+        url.port  # noqa: B018 - an out-of-range port raises here
+    except ValueError:
+        raise ValueError(f"must be a URL {example}") from None
+    if url.scheme not in STORE_SCHEMES:
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, {example}")
+    # A password in the URL would be in the file, the environment and every log of it.
+    if url.raw_password is not None or "password" in url.query:
+        raise ValueError(
+            "must not carry a password: put it in limits.store_password_file or "
+            "limits.store_password_env"
+        )
+    if url.scheme == "unix" and url.raw_path in ("", "/"):
+        raise ValueError(f"needs the socket's path, {example}")
+    if url.scheme != "unix" and not url.raw_host:
+        raise ValueError(f"needs a host, {example}")
+    if url.scheme != "unix" and not re.fullmatch(r"/?\d*", url.raw_path):
+        raise ValueError(f"the path can only be a database number, {example}")
+    return value  # as written: yarl would shorten unix:///path to unix:/path
+
+
+def _key_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not _KEY_PREFIX.match(value):
+        raise ValueError("must be 1 to 64 of A-Z, a-z, 0-9, '_', '.', ':' and '-'")
+    return value
+
+
 _ROUTE = re.compile(r"^(\*|[A-Z]+) (/[\x21-\x7e]*)$")
 
 
@@ -654,7 +690,7 @@ class AccessSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsSettings:
-    """Sizes and deadlines on the callers' side."""
+    """Sizes, deadlines and rate limits on the callers' side, and where the buckets are kept."""
 
     max_body_bytes: int = key(
         _int_range(0, 1 << 30), "larger request bodies get 413, also when chunked", 1024 * 1024
@@ -690,6 +726,45 @@ class LimitsSettings:
     )
     player_burst: int | None = use(
         Key(_BURST.convert, "the player bucket's size", "`player_rate_per_s`, at least 1"), None
+    )
+    store_url: str | None = key(
+        _store_url,
+        "keep every bucket in this Redis, one for the whole fleet (every worker and gateway "
+        "pointing at it): `redis://host:6379/0`, `rediss://` (TLS) or `unix:///path.sock`; "
+        "a user name may be in it, never a password (docs/tenants.md)",
+        None,
+        shown="each process its own",
+    )
+    store_password_file: Path | None = key(
+        _path, "a file holding the store's password; read at start", None
+    )
+    store_password_env: str | None = key(
+        _env_name, "instead of `store_password_file`: the variable holding it", None
+    )
+    store_ca_file: Path | None = key(
+        _path,
+        "PEM CA certificate(s) a `rediss://` store's certificate is verified against",
+        None,
+        shown="the system's CAs",
+    )
+    store_timeout_ms: int = key(
+        _int_range(1, 10_000),
+        "how long a request may wait for the store (connecting included); then "
+        "`on_store_error` applies",
+        50,
+    )
+    store_key_prefix: str = key(
+        _key_prefix,
+        "the start of every key in the store: `<prefix>:tenant:<name>`, "
+        "`<prefix>:player:<name>:<keyed hash of the client IP>`",
+        "aleacc-gateway",
+    )
+    on_store_error: str = key(
+        _one_of(("allow", "refuse")),
+        "when the store cannot answer in time: `allow` the request (counted in "
+        "`aleacc_gateway_rate_limit_store_errors_total`) or `refuse` it (503 "
+        "`rate_limit_store_unavailable`); while the store is down it is not waited on",
+        "allow",
     )
 
 
@@ -969,10 +1044,16 @@ def _overrides(
     as TOML would give it). A variable that names no key is a problem; one that a
     ``secret_env`` names holds a secret, not a setting."""
     declared = {d.variable: d for t, section in tables() for d in declared_keys(section, t)}
-    secrets = {environ.get(environment.variable("signing", "secret_env"))}
+    secrets = {
+        environ.get(environment.variable("signing", "secret_env")),
+        environ.get(environment.variable("limits", "store_password_env")),
+    }
     for table in [data.get("signing", {}), *data.get("tenants", [])]:
         if isinstance(table, Mapping):
             secrets.add(table.get("secret_env"))
+    limits = data.get("limits", {})
+    if isinstance(limits, Mapping):
+        secrets.add(limits.get("store_password_env"))
     overrides: dict[str, dict[str, tuple[str, Any]]] = {}
     for variable in sorted(environ):
         if not variable.startswith(environment.PREFIX) or variable in secrets:
@@ -1102,6 +1183,7 @@ def validate(found: Found, invalid: set[str], tenants: list[dict[str, Any]]) -> 
         problems.append("signing.api_id: required with a secret_file or secret_env")
     problems += _burst_needs_rate("signing", sign, "rate_per_s", "burst")
     problems += _burst_needs_rate("limits", found["limits"], "player_rate_per_s", "player_burst")
+    problems += _store_problems(found["limits"], invalid)
     scheme = signing.Scheme(**_parts(_SCHEME_KEYS, sign))
     problems += [f"signing.fields: {problem}" for problem in signing.scheme_problems(scheme)]
     if "allowed_client_names" in found["access"] and "tls_client_ca_file" not in server:
@@ -1152,6 +1234,21 @@ def _one_secret(table: str, values: Mapping[str, Any], invalid: set[str]) -> lis
     }:
         return []
     return [f"{table}: set exactly one of secret_file and secret_env"]
+
+
+def _store_problems(limits: Mapping[str, Any], invalid: set[str]) -> list[str]:
+    """The store's password has one source, and the store's keys need its URL."""
+    if "store_url" not in limits:
+        if "limits.store_url" in invalid:
+            return []
+        others = ("store_password_file", "store_password_env", "store_ca_file")
+        return [f"limits.{name}: needs limits.store_url" for name in others if name in limits]
+    problems = []
+    if "store_password_file" in limits and "store_password_env" in limits:
+        problems.append("limits: set store_password_file or store_password_env, not both")
+    if "store_ca_file" in limits and not limits["store_url"].startswith("rediss:"):
+        problems.append("limits.store_ca_file: needs a rediss:// store_url")
+    return problems
 
 
 def _burst_needs_rate(table: str, values: Mapping[str, Any], rate: str, burst: str) -> list[str]:

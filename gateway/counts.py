@@ -46,6 +46,7 @@ CLOSE_REASONS = ("overloaded", "not_allowed", "idle_timeout", "header_timeout", 
 TLS_REFUSALS = ("handshake", "name")
 RELOAD_RESULTS = ("loaded", "error")
 RATE_LIMIT_SCOPES = ("tenant", "player")
+STORE_ERRORS = ("timeout", "refused", "auth", "other")
 SPAN_DROPS = ("queue_full", "export_failed")
 DEFAULT_TENANTS = ("default",)
 
@@ -106,6 +107,10 @@ COUNTERS = (
     Count("clock_disagreements", "aleacc_gateway_clock_disagreements",
           "Upstream Date offsets that disagreed with the recent ones: the clock "
           "correction was held.", ()),
+    Count("store_errors", "aleacc_gateway_rate_limit_store_errors",
+          "Requests not checked against the rate-limit store (let through or refused, as "
+          "limits.on_store_error says), by reason: timeout, refused, auth or other.",
+          ("reason",), STORE_ERRORS),
 )  # fmt: skip
 REQUEST_DURATION = (
     "aleacc_gateway_request_duration_seconds",
@@ -114,6 +119,10 @@ REQUEST_DURATION = (
 UPSTREAM_DURATION = (
     "aleacc_gateway_upstream_duration_seconds",
     "Time from sending upstream to the upstream's response headers.",
+)
+STORE_DURATION = (
+    "aleacc_gateway_rate_limit_store_duration_seconds",
+    "Round trips to the rate-limit store (limits.store_url), answered or timed out.",
 )
 IN_FLIGHT = ("aleacc_gateway_in_flight_requests", "Requests being handled now.")
 
@@ -157,6 +166,8 @@ class RequestCounts:
         "secret_reloads",
         "signing_failures",
         "spans_dropped",
+        "store_duration",
+        "store_errors",
         "tls_refusals",
         "tls_reloads",
         "upstream_duration",
@@ -181,10 +192,12 @@ class RequestCounts:
         # Added to from the span exporter's thread: its keys all exist from the start,
         # so a fold or a scrape iterating over it never meets a new one.
         self.spans_dropped: dict[str, int] = {}
+        self.store_errors: dict[str, int] = {}
         for count in COUNTERS:
             getattr(self, count.attribute).update(dict.fromkeys(count.zero_keys(tenants), 0))
         self.request_duration = Durations()
         self.upstream_duration = Durations()
+        self.store_duration = Durations()
 
     def record(
         self,
@@ -228,6 +241,7 @@ class CountsCollector(Collector):
             yield family
         yield _histogram(*REQUEST_DURATION, counts.request_duration)
         yield _histogram(*UPSTREAM_DURATION, counts.upstream_duration)
+        yield _histogram(*STORE_DURATION, counts.store_duration)
         yield GaugeMetricFamily(*IN_FLIGHT, value=counts.in_flight)
 
 
@@ -265,6 +279,9 @@ class SharedCounts:
         self._upstream_duration = Histogram(
             *UPSTREAM_DURATION, buckets=DURATION_BUCKETS, registry=registry
         )
+        self._store_duration = Histogram(
+            *STORE_DURATION, buckets=DURATION_BUCKETS, registry=registry
+        )
         self._in_flight = Gauge(*IN_FLIGHT, registry=registry, multiprocess_mode="livesum")
 
     def fold(self) -> None:
@@ -274,6 +291,7 @@ class SharedCounts:
             _fold_counter(counter, getattr(counts, attribute), getattr(folded, attribute))
         _fold_histogram(self._request_duration, counts.request_duration, folded.request_duration)
         _fold_histogram(self._upstream_duration, counts.upstream_duration, folded.upstream_duration)
+        _fold_histogram(self._store_duration, counts.store_duration, folded.store_duration)
         self._in_flight.set(counts.in_flight)
 
 

@@ -77,6 +77,11 @@ class RateLimited(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimitStoreUnavailable(GatewayError):
+    status, code = 503, "rate_limit_store_unavailable"
+    message = "the rate limits cannot be checked now; retry later"
+
+
 class BodyTooLarge(GatewayError):
     status, code, message = 413, "body_too_large", "request body exceeds the configured limit"
 

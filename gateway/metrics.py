@@ -33,8 +33,10 @@ class Metrics:
         *,
         shared: bool = False,
         tenants: tuple[str, ...] = DEFAULT_TENANTS,
+        store: bool = False,
     ) -> None:
-        """``tenants``: the names whose zero series are shown from the start."""
+        """``tenants``: the names whose zero series are shown from the start; ``store``:
+        the buckets are in a shared store (limits.store_url), whose state is a gauge."""
         self.registry = registry
         self.counts = RequestCounts(tenants)
         self._shared = SharedCounts(self.counts, registry, tenants) if shared else None
@@ -59,6 +61,19 @@ class Metrics:
             "When the listener's certificate expires, as a Unix time.",
             registry=registry,
             multiprocess_mode="livemostrecent",
+        )
+
+        # Only with a store: a 0 from every gateway without one would read as "down".
+        self.store_up = (
+            Gauge(
+                "aleacc_gateway_rate_limit_store_up",
+                "1 while the rate-limit store answers, 0 while it is known down.",
+                registry=registry,
+                # Any live worker that cannot reach the store makes it 0.
+                multiprocess_mode="livemin",
+            )
+            if store
+            else None
         )
 
     def fold(self) -> None:

@@ -1,9 +1,9 @@
 """What ``check-config`` and ``serve`` share: the files a valid configuration names,
 loaded once, with every problem and warning found on the way.
 
-The settings are already valid (config.py); here the secret, the listener's TLS pair
-and the egress proxy's credentials are read. ``serve`` hands what was loaded on to the
-gateway instead of reading the files again.
+The settings are already valid (config.py); here the secret, the listener's TLS pair,
+the egress proxy's credentials and the rate-limit store's password are read. ``serve``
+hands what was loaded on to the gateway instead of reading the files again.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from . import tls
 from .config import Settings
 from .egress import EgressError, EgressFileMissing, EgressProxy, egress_proxy
+from .ratelimit_store import StoreConfigError, StorePasswordMissing, store_password
 from .secret import SecretInvalid, SecretUnavailable, load_key
 
 
@@ -23,10 +24,10 @@ from .secret import SecretInvalid, SecretUnavailable, load_key
 class Preflight:
     """What was loaded, and what stands in the way.
 
-    ``problems``: the configuration cannot work. ``missing``: a TLS or egress file not
-    there (yet): ``serve`` cannot start, ``check-config`` (run where it is not mounted)
-    warns. ``secret_missing``: a tenant's secret is not there (yet): ``serve`` starts
-    unready.
+    ``problems``: the configuration cannot work. ``missing``: a TLS or egress file, or
+    the store's password, not there (yet): ``serve`` cannot start, ``check-config`` (run
+    where it is not mounted) warns. ``secret_missing``: a tenant's secret is not there
+    (yet): ``serve`` starts unready.
     """
 
     settings: Settings
@@ -35,6 +36,7 @@ class Preflight:
     secret_missing: list[str] = field(default_factory=list)
     certificate: tls.Loaded | None = None
     egress: EgressProxy | None = None
+    store_password: str | None = None
 
 
 def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Preflight:
@@ -71,7 +73,14 @@ def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Pr
         missing.append(str(exc))
     except EgressError as exc:
         problems.append(str(exc))
-    return Preflight(settings, problems, missing, secret_missing, certificate, egress)
+    password = None
+    try:
+        password = store_password(settings.limits, environ)
+    except StorePasswordMissing as exc:
+        missing.append(str(exc))
+    except StoreConfigError as exc:
+        problems.append(str(exc))
+    return Preflight(settings, problems, missing, secret_missing, certificate, egress, password)
 
 
 def otel_installed() -> bool:

@@ -59,6 +59,7 @@ from .forwarding import (
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
 from .pool import framed_head
+from .ratelimit_store import LimitStore
 from .response import Response
 from .secret import SecretStore
 from .skew import SkewWatch
@@ -107,11 +108,14 @@ class Proxy:
         egress: EgressProxy | None = None,
         clock: Clock = time.time,
         share: int = 1,
+        store: LimitStore | None = None,
     ) -> None:
         """``secrets``: each tenant's, by name; ``share``: how many worker processes
-        split the rate limits."""
+        split the rate limits; ``store``: where the buckets are kept for the fleet."""
         upstream, limits = settings.upstream, settings.limits
-        self.tenants = Tenants(settings, secrets, egress=egress, share=share, counts=metrics.counts)
+        self.tenants = Tenants(
+            settings, secrets, egress=egress, share=share, counts=metrics.counts, store=store
+        )
         self.pool = self.tenants.upstreams[str(upstream.url)].pool  # upstream.url's
         self._only = self.tenants.only
         # The label of a request refused before its tenant was known.
@@ -239,6 +243,8 @@ class Proxy:
         exchange.client_ip_source = client_ip.source
         if tenant.guarded:  # its own allowlist and rate limits: checked before the body
             tenant.admit(request.remote, client_names(request), client_ip.address, time.monotonic())
+            if tenant.shared is not None:  # the fleet's buckets: one round trip to the store
+                await tenant.shared.take(client_ip.address)
         body = await self._read_body(request, exchange) if request.body_exists else b""
 
         # What the scheme signs of the headers: the end-to-end lines it names, as sent,

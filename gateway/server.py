@@ -25,6 +25,7 @@ from .logs import flush_periodically
 from .metrics import Metrics
 from .preflight import Preflight
 from .proxy import Clock, Proxy
+from .ratelimit_store import LimitStore, store_password
 from .reloading import ReloadResult
 from .secret import SecretStore, secret_stores
 from .tls import CertificateStore
@@ -167,8 +168,22 @@ class GatewayServer:
         self.settings = settings
         self.worker = worker
         self.registry = registry or CollectorRegistry()
+        limits = settings.limits
         self.metrics = Metrics(
-            self.registry, shared=worker, tenants=tuple(t.name for t in settings.every_tenant)
+            self.registry,
+            shared=worker,
+            tenants=tuple(t.name for t in settings.every_tenant),
+            store=limits.store_url is not None,
+        )
+        # StoreConfigError here: the password cannot be read (serve's pre-flight says so first).
+        self.store = (
+            LimitStore(
+                limits,
+                loaded.store_password if loaded else store_password(limits, environ),
+                self.metrics,
+            )
+            if limits.store_url is not None
+            else None
         )
         self.lifecycle = Lifecycle()
         self.secrets = secret_stores(settings, environ, self._secret_reloaded)
@@ -193,12 +208,14 @@ class GatewayServer:
             egress=loaded.egress if loaded else egress_proxy(settings.upstream, environ),
             clock=clock,
             share=settings.server.workers if worker else 1,
+            store=self.store,
         )
         self.admin_app = create_admin_app(
             secrets=self.secrets,
             registry=self.registry,
             lifecycle=self.lifecycle,
             certificates=self.certificates,
+            store=self.store,
         )
         self._runners: list[web.BaseRunner] = []
         self._listeners: list[asyncio.Server] = []
@@ -251,6 +268,8 @@ class GatewayServer:
             self.certificates,
             self.metrics.fold if self.worker else None,
         )
+        if self.store is not None:
+            self._tasks.append(asyncio.create_task(self.store.watch(), name="rate-limit-store"))
         server = self.proxy.server()
         # shutdown_timeout: how long stop() lets in-flight requests finish.
         drain_s = self.settings.server.drain_timeout_s
@@ -340,3 +359,5 @@ class GatewayServer:
         self._runners.clear()
         await self.proxy.close()
         await cancel_all(self._tasks)
+        if self.store is not None:
+            await self.store.close()

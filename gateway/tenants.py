@@ -25,6 +25,7 @@ from .egress import EgressProxy, dialer
 from .errors import ClientNotAllowed, RateLimited, TenantUnknown
 from .pool import Pool
 from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
+from .ratelimit_store import LimitStore, SharedBuckets, bucket
 from .rejections import RejectionCap, RejectionLog
 from .secret import SecretStore
 from .tls import name_allowed
@@ -58,6 +59,7 @@ class Tenant:
         "rejections",
         "secrets",
         "settings",
+        "shared",
         "upstream",
     )
 
@@ -72,10 +74,12 @@ class Tenant:
         rejections: RejectionCap,
         share: int,
         now: float,
+        store: LimitStore | None = None,
     ) -> None:
         """``players``: the rate and bucket size per client IP; ``share``: how many
         processes split the rates (server.workers), each taking 1/share of them;
-        ``rejections``: the cap on explanations every tenant shares."""
+        ``rejections``: the cap on explanations every tenant shares; ``store``: the buckets
+        are kept there instead, whole, for the whole fleet."""
         self.settings = settings
         self.name = settings.name
         self.api_id = settings.api_id
@@ -91,17 +95,32 @@ class Tenant:
             else None
         )
         self.client_names = settings.client_names
+        limited = settings.rate_per_s is not None or players is not None
+        # In the store (one round trip, awaited by the proxy), else in this process.
+        self.shared = (
+            SharedBuckets(
+                store,
+                self.name,
+                secrets,
+                bucket(settings.rate_per_s, settings.burst),
+                bucket(*players) if players is not None else None,
+            )
+            if store is not None and limited
+            else None
+        )
+        local = store is None
         self.rate = (
             TokenBucket(*worker_share(settings.rate_per_s, settings.burst, share), now)
-            if settings.rate_per_s is not None
+            if settings.rate_per_s is not None and local
             else None
         )
         self.players = (
-            PlayerBuckets(*worker_share(*players, share)) if players is not None else None
+            PlayerBuckets(*worker_share(*players, share)) if players is not None and local else None
         )
-        # One attribute the request path tests: is there anything for admit() to check?
+        # One attribute the request path tests: is there anything to check before the body?
         self.guarded = any(
-            x is not None for x in (self.allowed, self.client_names, self.rate, self.players)
+            x is not None
+            for x in (self.allowed, self.client_names, self.rate, self.players, self.shared)
         )
         self.rejections = (
             RejectionLog(
@@ -163,10 +182,12 @@ class Tenants:
         egress: EgressProxy | None,
         share: int,
         counts: RequestCounts,
+        store: LimitStore | None = None,
     ) -> None:
         """``secrets``: each tenant's, by name; ``share``: how many worker processes split
         the rate limits (and the cap on explained rejections); ``counts``: where what the
-        cap leaves out is counted."""
+        cap leaves out is counted; ``store``: where the buckets are kept, when not in the
+        process."""
         upstream = settings.upstream
         self.upstreams: dict[str, Upstream] = {}
         for url in [upstream.url, *map(settings.upstream_of, settings.every_tenant)]:
@@ -201,6 +222,7 @@ class Tenants:
                 rejections=self.rejections,
                 share=share,
                 now=now,
+                store=store,
             )
             for t in settings.every_tenant
         }

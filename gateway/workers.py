@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from .admin import Lifecycle, create_admin_app
 from .preflight import Preflight
+from .ratelimit_store import LimitStore
 from .secret import SecretStore, secret_stores
 from .server import (
     SKIP_DELAY_HINT,
@@ -77,6 +78,7 @@ class Supervisor:
         settings = loaded.settings
         self.settings = settings
         self._certificate = loaded.certificate
+        self._store_password = loaded.store_password
         self.config = config
         self.log_format = log_format
         # Until a worker reports that it listens, it counts as down (readiness 503).
@@ -95,6 +97,11 @@ class Supervisor:
         tls = self.settings.server.tls
         certificates = CertificateStore(tls, loaded=self._certificate) if tls else None
         tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s, certificates)
+        # Only for /readyz too: the workers check their requests with their own.
+        limits = self.settings.limits
+        store = LimitStore(limits, self._store_password) if limits.store_url else None
+        if store is not None:
+            tasks.append(asyncio.create_task(store.watch(), name="rate-limit-store"))
         try:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
@@ -103,6 +110,7 @@ class Supervisor:
                 registry=registry,
                 lifecycle=self.lifecycle,
                 certificates=certificates,
+                store=store,
             )
             runner = web.AppRunner(admin, access_log=None)
             await runner.setup()
@@ -137,6 +145,8 @@ class Supervisor:
             for number in list(self._links):
                 self._forget(number)
             await cancel_all(tasks)
+            if store is not None:
+                await store.close()
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     async def _spawn(self, number: int, environ: dict[str, str]) -> None:

@@ -14,7 +14,8 @@ import shutil
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 from yarl import URL
 
 from gateway import signing
@@ -473,12 +475,12 @@ def config_file(
     secret_file: Path,
     server: dict[str, float] | None = None,
     signing: dict[str, float] | None = None,
-    limits: dict[str, float] | None = None,
+    limits: Mapping[str, float | str] | None = None,
 ) -> Path:
     """A gateway config on free loopback ports pointing at ``upstream``."""
 
-    def lines(values: dict[str, float] | None) -> str:
-        return "".join(f"{key} = {value}\n" for key, value in (values or {}).items())
+    def lines(values: Mapping[str, float | str] | None) -> str:
+        return "".join(f"{key} = {json.dumps(value)}\n" for key, value in (values or {}).items())
 
     path.write_text(
         '[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
@@ -490,6 +492,92 @@ def config_file(
         + lines(limits)
     )
     return path
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port and a Unix socket: the real store."""
+
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        self.directory = directory
+        self.password = password
+        self.port = unused_port()
+        self.socket = directory / "redis.sock"
+        self.process: asyncio.subprocess.Process | None = None
+        self._log: asyncio.Task[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket}"
+
+    async def start(self) -> None:
+        """Start it (again, on the same port and socket): return once it accepts."""
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "unixsocket": str(self.socket),
+            "unixsocketperm": "700",
+            "save": "",
+            "appendonly": "no",
+            "dir": str(self.directory),
+            "logfile": "",  # to stdout, which says when it is ready
+            **({"requirepass": self.password} if self.password else {}),
+        }
+        arguments = [part for name, value in options.items() for part in (f"--{name}", value)]
+        self.process = await asyncio.create_subprocess_exec(
+            system_tool("redis-server"), *arguments, stdout=asyncio.subprocess.PIPE
+        )
+        stdout = self.process.stdout
+        assert stdout is not None
+        async with asyncio.timeout(30):  # a guard, not a wait
+            while b"Ready to accept connections" not in (line := await stdout.readline()):
+                assert line, "redis-server exited before it was ready"
+        self._log = asyncio.create_task(stdout.read())  # read on: its output never blocks it
+
+    async def kill(self) -> None:
+        """SIGKILL: the store gone at once, as a crashed one is."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if self._log is not None:
+            await self._log
+
+    def client(self) -> Redis:
+        """A client of its own, to look into the store (or stall it)."""
+        return Redis(
+            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True
+        )
+
+    async def time(self) -> float:
+        """The store's clock, the one its buckets run on, in seconds."""
+        async with self.client() as client:
+            seconds, micros = await client.time()
+        return int(seconds) + int(micros) / 1_000_000
+
+
+StartRedis = Callable[..., Awaitable[RedisServer]]
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[StartRedis]:
+    """Start redis-servers (``password``: with one); each is killed after the test."""
+    started: list[tuple[RedisServer, str]] = []
+
+    async def start(password: str | None = None) -> RedisServer:
+        # A short directory: a Unix socket's path is at most 107 bytes.
+        directory = tempfile.mkdtemp(prefix="aleacc-redis-")
+        server = RedisServer(Path(directory), password)
+        started.append((server, directory))
+        await server.start()
+        return server
+
+    yield start
+    for server, directory in started:
+        await server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- shared by several test modules

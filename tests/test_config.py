@@ -501,6 +501,62 @@ def test_player_burst_needs_a_player_rate() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        (
+            {"store_url": "redis://:hunter2@redis:6379/0"},
+            "limits.store_url: must not carry a password",
+        ),
+        ({"store_url": "redis://u:hunter2@redis"}, "limits.store_url: must not carry a password"),
+        ({"store_url": "redis://redis?password=x"}, "limits.store_url: must not carry a password"),
+        ({"store_url": "http://redis:6379"}, "limits.store_url: must be a redis://, rediss://"),
+        ({"store_url": "redis:///0"}, "limits.store_url: needs a host"),
+        ({"store_url": "redis://redis/cache"}, "limits.store_url: the path can only be a database"),
+        ({"store_url": "unix://"}, "limits.store_url: needs the socket's path"),
+        ({"store_url": "redis://redis:99999"}, "limits.store_url: must be a URL"),
+        ({"store_password_file": "/p"}, "limits.store_password_file: needs limits.store_url"),
+        ({"store_ca_file": "/ca.pem"}, "limits.store_ca_file: needs limits.store_url"),
+        (
+            {"store_url": "redis://redis", "store_password_file": "/p", "store_password_env": "P"},
+            "limits: set store_password_file or store_password_env, not both",
+        ),
+        (
+            {"store_url": "redis://redis", "store_ca_file": "/ca.pem"},
+            "limits.store_ca_file: needs a rediss:// store_url",
+        ),
+        ({"store_timeout_ms": 0}, "limits.store_timeout_ms: 0 must be from 1 to 10000"),
+        ({"store_key_prefix": "a b"}, "limits.store_key_prefix: must be 1 to 64 of"),
+        ({"on_store_error": "deny"}, "limits.on_store_error: 'deny' must be one of"),
+    ],
+)
+def test_each_store_problem_names_its_key(limits: dict[str, object], expected: str) -> None:
+    found = problems(merged(limits=limits))
+    assert any(p.startswith(expected) for p in found), found
+    assert not any("hunter2" in p for p in found)  # a password is never echoed
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://redis.cache:6379/0", "rediss://ops@redis.cache", "unix:///run/redis.sock"]
+)
+def test_a_store_url_without_a_password_is_taken(url: str) -> None:
+    limits = parse_settings(merged(limits={"store_url": url})).limits
+    assert (str(limits.store_url), limits.store_timeout_ms, limits.on_store_error) == (
+        url,
+        50,
+        "allow",
+    )
+    assert limits.store_key_prefix == "aleacc-gateway"
+
+
+def test_the_store_password_variable_is_not_taken_for_a_setting() -> None:
+    data = merged(
+        limits={"store_url": "redis://redis", "store_password_env": "ALEACC_GATEWAY_REDIS"}
+    )
+    environ = {"ALEACC_GATEWAY_REDIS": "pw", "TEST_SECRET": "x" * 64}
+    assert parse_settings(data, environ).limits.store_password_env == "ALEACC_GATEWAY_REDIS"
+
+
 # ---------------------------------------------------------------- the environment
 
 ENV_ONLY = {

@@ -76,6 +76,7 @@ def reference(history: list[Event], in_flight: int) -> str:
     upstream_duration = Histogram(
         *c.UPSTREAM_DURATION, buckets=c.DURATION_BUCKETS, registry=registry
     )
+    Histogram(*c.STORE_DURATION, buckets=c.DURATION_BUCKETS, registry=registry)
     Gauge(*c.IN_FLIGHT, registry=registry).set(in_flight)
     for event in history:
         requests.labels(event.tenant, event.method, str(event.status)).inc()

@@ -1,6 +1,7 @@
 """deploy/kubernetes/components: each secret source added to each overlay renders, its
-core objects validate, and the gateway reads the secret where the component puts it.
-Also the standalone spread, the sidecar's HPA and the Kyverno example."""
+core objects validate, and the gateway reads the secret where the component puts it; the
+Redis component points the gateway at a store with its password from a Secret. Also the
+standalone spread, the sidecar's HPA and the Kyverno example."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .test_deploy_kubernetes import (
 )
 
 COMPONENTS = sorted(p.name for p in (KUBERNETES / "components").iterdir())
+SECRET_SOURCES = [c for c in COMPONENTS if c != "redis-limits"]
 
 
 def render_with(overlay: str, component: str, tmp_path: Path) -> list[Obj]:
@@ -64,11 +66,11 @@ def pod_and_settings(objects: list[Obj]) -> tuple[Obj, Obj, Any]:
     return pod, gateway, settings
 
 
-def test_there_are_three_components() -> None:
-    assert COMPONENTS == ["external-secrets", "secrets-store-csi", "vault-agent"]
+def test_there_are_four_components() -> None:
+    assert COMPONENTS == ["external-secrets", "redis-limits", "secrets-store-csi", "vault-agent"]
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", SECRET_SOURCES)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_component_renders_with_each_overlay(
     overlay: str, component: str, tmp_path: Path
@@ -111,6 +113,31 @@ def test_each_component_renders_with_each_overlay(
         assert "aleacc-api-secret" not in secrets
         token = volumes[annotations["vault.hashicorp.com/agent-service-account-token-volume-name"]]
         assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "vault"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_redis_component_points_every_overlay_at_the_store(
+    overlay: str, tmp_path: Path
+) -> None:
+    objects = render_with(overlay, "redis-limits", tmp_path)
+    for obj in objects:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
+    pod, gateway, settings = pod_and_settings(objects)
+    limits = settings.limits
+    assert limits.store_url.startswith("redis://")
+    # The password from a Secret mounted as a directory; never in the URL or a value.
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {Path(m["mountPath"]): m for m in gateway["volumeMounts"]}
+    volume = volumes[mounts[limits.store_password_file.parent]["name"]]
+    assert volume["secret"]["secretName"] == "aleacc-redis-password"
+    assert [item["path"] for item in volume["secret"]["items"]] == [limits.store_password_file.name]
+    assert not [e for e in gateway["env"] if "PASSWORD" in e["name"] and "FILE" not in e["name"]]
+    # Where the overlay restricts egress, Redis's port is let through.
+    for policy in of_kind(objects, "NetworkPolicy"):
+        ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+        assert 6379 in ports
+    assert bool(of_kind(objects, "NetworkPolicy")) == overlay.startswith("standalone")
 
 
 def test_no_checksum_annotation_turns_a_rotation_into_a_rollout() -> None:

@@ -11,7 +11,7 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .support import Gateway, system_tool
+from .support import Gateway, Mock, StartGateway, StartRedis, settings_for, system_tool
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "aleacc-gateway.rules.yml"
@@ -49,6 +49,7 @@ def test_alerts_have_severity_summary_and_runbook() -> None:
         "AleaccGatewayRateLimited",
         "AleaccGatewaySecretReloadFailed",
         "AleaccGatewayCertificateExpiresSoon",
+        "AleaccGatewayRateLimitStoreDown",
     }
     for alert in alerts:
         assert alert["labels"]["severity"] in ("critical", "warning")  # type: ignore[index]
@@ -67,7 +68,12 @@ def test_recording_rules_cover_the_ratios_and_latency() -> None:
         assert name in recorded
 
 
-async def test_rules_and_dashboard_name_only_exported_metrics(gateway: Gateway) -> None:
+async def test_rules_and_dashboard_name_only_exported_metrics(
+    mock: Mock, start_gateway: StartGateway, redis_server: StartRedis
+) -> None:
+    # With a rate-limit store: its gauge is exported only then.
+    store = await redis_server()
+    gateway = await start_gateway(settings_for(mock.url, limits={"store_url": store.url}))
     exported = await exported_series(gateway)
     named_in_rules = set(METRIC.findall(RULES.read_text()))
     dashboard = json.loads(DASHBOARD.read_text())
@@ -91,6 +97,9 @@ async def test_rules_and_dashboard_name_only_exported_metrics(gateway: Gateway) 
         "aleacc_gateway_clock_skew_seconds",
         "aleacc_gateway_clock_correction_seconds",
         "aleacc_gateway_rate_limited",
+        "aleacc_gateway_rate_limit_store_up",
+        "aleacc_gateway_rate_limit_store_errors",
+        "aleacc_gateway_rate_limit_store_duration_seconds",
     ):
         assert family in families, family
 

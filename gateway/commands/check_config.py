@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
+import sys
 from datetime import UTC, datetime
+
+from redis.exceptions import RedisError
 
 from .. import tls
 from ..config import (
@@ -17,7 +21,8 @@ from ..config import (
     effective_toml,
     read_settings,
 )
-from ..preflight import preflight
+from ..preflight import Preflight, preflight
+from ..ratelimit_store import LimitStore, error_reason
 from .common import Commands, config_option, report, source
 
 
@@ -30,12 +35,18 @@ def add_parser(commands: Commands) -> None:
         action="store_true",
         help="print the configuration in force as TOML, each value's origin in a comment",
     )
+    check.add_argument(
+        "--probe-store",
+        action="store_true",
+        help="also connect to limits.store_url once: its version and a round trip's time "
+        "(exit 2 when it cannot be reached)",
+    )
     check.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """0 with ``ok``, each warning on a line of its own, and the tenants found; 1 with
-    every problem listed."""
+    every problem listed; with ``--probe-store``, 2 when the store cannot be reached."""
     try:
         effective = read_settings(args.config, os.environ)
     except ConfigError as exc:
@@ -65,6 +76,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"  warning: {warning}")
     for tenant in settings.every_tenant:
         print(f"  tenant {tenant.name} (api_id {tenant.api_id}): {chosen_by(settings, tenant)}")
+    return probe_store(loaded) if args.probe_store else 0
+
+
+# Connecting (and TLS) included: longer than a request may wait, as nothing else waits here.
+PROBE_TIMEOUT_S = 5.0
+
+
+def probe_store(loaded: Preflight) -> int:
+    """Connect to the store once and say what answered: 0, or 2 with why not."""
+    limits = loaded.settings.limits
+    if limits.store_url is None:
+        print("--probe-store: limits.store_url is not set", file=sys.stderr)
+        return 2
+    if (limits.store_password_file or limits.store_password_env) and not loaded.store_password:
+        print(f"store {limits.store_url}: its password is not there to try", file=sys.stderr)
+        return 2
+
+    async def probe() -> tuple[str, float]:
+        store = LimitStore(limits, loaded.store_password)
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                return await store.probe()
+        finally:
+            await store.close()
+
+    try:
+        version, latency = asyncio.run(probe())
+    except (RedisError, OSError, TimeoutError) as exc:
+        reason = error_reason(exc)
+        detail = str(exc).strip() or type(exc).__name__
+        print(f"store {limits.store_url}: cannot use it ({reason}): {detail}", file=sys.stderr)
+        return 2
+    print(f"store {limits.store_url}: Redis {version}, round trip {latency * 1000:.1f} ms")
     return 0
 
 
