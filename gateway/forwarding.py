@@ -1,4 +1,5 @@
-"""Pure rules for what crosses the gateway: which targets are accepted, which headers pass.
+"""Pure rules for what crosses the gateway: which targets are accepted, where they go,
+which headers pass.
 
 Nothing here does I/O; the proxy applies these to each request and response.
 """
@@ -8,12 +9,13 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
+from yarl import URL
 
-from .config import Route
 from .errors import BadRequest
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies still meet.
@@ -187,6 +189,17 @@ def _tokens(values: list[bytes]) -> set[bytes]:
     return {token.strip().lower() for value in values for token in value.split(b",")} - {b""}
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One allowed route: a method (or ``*``) and a path pattern (``*`` matches anything)."""
+
+    method: str
+    pattern: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.pattern}"
+
+
 def route_allowed(routes: Sequence[Route] | None, method: str, raw_target: str) -> bool:
     """Whether ``method`` on the target's decoded path matches an allowed route.
 
@@ -215,6 +228,31 @@ def upstream_path_and_query(base_path: str, raw_target: str) -> str:
     path, _, query = raw_target.partition("?")
     joined = base_path + path
     return f"{joined}?{query}" if query else joined
+
+
+def host_header(url: URL) -> str:
+    """The Host header sent to ``url`` (and signed as ``host``)."""
+    host = (url.raw_host or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return host if url.is_default_port() else f"{host}:{url.port}"
+
+
+def base_path(url: URL) -> str:
+    """The URL's raw path without a trailing ``/`` ("" for the root)."""
+    return url.raw_path.rstrip("/")
+
+
+def host_name(value: str) -> str:
+    """A Host header's name as tenants are matched on it: lower case, without a port or
+    the root's trailing dot."""
+    host = value.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    name, sep, port = host.rpartition(":")
+    name = name if sep and port.isdigit() else host
+    # "b.example." is b.example fully qualified (RFC 1034 §3.1): one host, one tenant.
+    return name.removesuffix(".")
 
 
 # W3C Trace Context §3.2: version, trace-id, parent-id, trace-flags, lowercase hex.

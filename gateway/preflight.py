@@ -1,7 +1,7 @@
 """What ``check-config`` and ``serve`` share: the files a valid configuration names,
 loaded once, with every problem and warning found on the way.
 
-The settings are already valid (config.py); here the secret, the listener's TLS pair,
+The settings are already valid (gateway/config); here the secret, the listener's TLS pair,
 the egress proxy's credentials and the rate-limit store's password are read. ``serve``
 hands what was loaded on to the gateway instead of reading the files again.
 """

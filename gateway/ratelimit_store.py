@@ -154,7 +154,7 @@ class LimitStore:
         """``metrics``: where errors, round trips and the state are counted (none: the
         supervisor's, which only reports the state in /readyz)."""
         assert limits.store_url is not None  # noqa: S101 - built only with a store
-        self.url = limits.store_url  # never with a password (config.py refuses one)
+        self.url = limits.store_url  # never with a password (the config refuses one)
         self.timeout_s = limits.store_timeout_ms / 1000
         self.refuse = limits.on_store_error == "refuse"
         self.prefix = limits.store_key_prefix

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 from . import signing
 from .client_ip import TrustedNetworks, parse_address
-from .config import DEFAULT_TENANT, Settings, TenantSettings, base_path, host_header, host_name
+from .config import DEFAULT_TENANT, Settings, TenantSettings
 from .counts import RequestCounts
 from .egress import EgressProxy, dialer
 from .errors import ClientNotAllowed, RateLimited, TenantUnknown
+from .forwarding import base_path, host_header, host_name
 from .pool import Pool
 from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
 from .ratelimit_store import LimitStore, SharedBuckets, bucket

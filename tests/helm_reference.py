@@ -1,5 +1,5 @@
 """The Helm chart's generated parts: the schema of its ``settings`` values from the key
-declarations in gateway/config.py, and the values table in docs/operations.md from its
+declarations in gateway/config/settings.py, and the values table in docs/operations.md from its
 values.schema.json. ``python -m tests.helm_reference`` (scripts/generate-docs) writes both;
 tests/test_helm.py fails while either is stale."""
 

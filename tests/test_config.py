@@ -17,9 +17,8 @@ from gateway.config import (
     TenantSettings,
     declared_keys,
     effective_toml,
-    load_settings,
-    parse_config,
-    parse_settings,
+    load_file,
+    load_mapping,
     reference,
     tables,
 )
@@ -41,17 +40,17 @@ def merged(**tables: dict[str, object]) -> dict[str, object]:
 
 def problems(data: dict[str, object]) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_settings(data)
+        load_mapping(data)
     return info.value.problems
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_examples_are_valid(path: Path) -> None:
-    load_settings(path)
+    load_file(path)
 
 
 def test_defaults() -> None:
-    s = parse_settings(MINIMAL)
+    s = load_mapping(MINIMAL).settings
     assert str(s.server.listen) == "127.0.0.1:8080"
     assert str(s.server.admin_listen) == "127.0.0.1:9090"
     assert (s.upstream.connect_timeout_s, s.upstream.timeout_s, s.upstream.retries) == (5, 30, 1)
@@ -61,7 +60,7 @@ def test_defaults() -> None:
     assert s.signing.scheme == signing.Scheme()  # Aleacc's scheme (docs/signing.md)
     assert s.signing.scheme.secret_encoding == "hex"
     assert s.signing.scheme.request_id_format == "hex32"
-    decimal = parse_settings(merged(signing={"request_id_format": "decimal"}))
+    decimal = load_mapping(merged(signing={"request_id_format": "decimal"})).settings
     assert decimal.signing.scheme.request_id_format == "decimal"
     assert s.limits.max_body_bytes == 1048576
     assert [str(n) for n in s.access.allowed_clients] == ["127.0.0.0/8", "::1/128"]
@@ -79,7 +78,7 @@ def test_defaults() -> None:
     ],
 )
 def test_upstream_host_and_base_path(url: str, host: str, base: str) -> None:
-    s = parse_settings(merged(upstream={"url": url}))
+    s = load_mapping(merged(upstream={"url": url})).settings
     assert (s.upstream.host_header, s.upstream.base_path) == (host, base)
 
 
@@ -164,16 +163,16 @@ def test_each_problem_names_its_key(tables: dict[str, dict[str, object]], expect
 
 def test_tls_settings() -> None:
     server: dict[str, object] = {"tls_cert_file": "/t/tls.crt", "tls_key_file": "/t/tls.key"}
-    assert parse_settings(MINIMAL).server.tls is None
-    tls = parse_settings(merged(server=server)).server.tls
+    assert load_mapping(MINIMAL).settings.server.tls is None
+    tls = load_mapping(merged(server=server)).settings.server.tls
     assert tls is not None
     assert (tls.files, tls.client_ca_file) == ((Path("/t/tls.crt"), Path("/t/tls.key")), None)
-    mtls = parse_settings(
+    mtls = load_mapping(
         merged(
             server={**server, "tls_client_ca_file": "/t/ca.crt"},
             access={"allowed_client_names": ["a", "spiffe://x/y"]},
         )
-    )
+    ).settings
     assert mtls.server.tls is not None
     assert mtls.server.tls.files[2] == Path("/t/ca.crt")
     assert mtls.access.allowed_client_names == frozenset({"a", "spiffe://x/y"})
@@ -194,7 +193,7 @@ def test_every_bad_field_expression_is_its_own_problem() -> None:
 
 def test_the_old_layout_is_a_configuration() -> None:
     old = ["api_id", "request_id", "timestamp", "method", "path_and_query", "content_type", "body"]
-    s = parse_settings(merged(signing={"fields": old, "secret_encoding": "utf-8"}))
+    s = load_mapping(merged(signing={"fields": old, "secret_encoding": "utf-8"})).settings
     assert s.signing.scheme == signing.Scheme(fields=tuple(old), secret_encoding="utf-8")
 
 
@@ -222,17 +221,17 @@ def test_all_problems_are_reported_at_once() -> None:
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
-        load_settings(tmp_path / "missing.toml")
+        load_file(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
-        load_settings(bad)
+        load_file(bad)
 
 
 def test_readme_config_block_matches_the_sidecar_example() -> None:
     readme = (CONFIG_DIR.parent / "README.md").read_text()
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
-    parse_settings(tomllib.loads(block))
+    load_mapping(tomllib.loads(block))
 
 
 def test_the_reference_page_is_generated_from_the_declarations() -> None:
@@ -287,7 +286,7 @@ def test_a_range_is_refused_in_the_words_of_the_reference(table: str, name: str)
         data = merged(**({} if table == "tenants" else {table: values}))
         data |= {"tenants": [{**BRAND_B, **values}]} if table == "tenants" else {}
         try:
-            parse_settings(data)
+            load_mapping(data)
         except ConfigError as exc:
             return [p for p in exc.problems if p.startswith(f"{label}.{name}:")]
         return []
@@ -314,9 +313,9 @@ BRAND_B = {"name": "brand-b", "api_id": "b-id", "secret_env": "B", "hosts": ["b.
 
 def test_tenants_take_signings_scheme_unless_they_set_their_own() -> None:
     own = {**BRAND_B, "name": "brand-c", "hosts": ["c.svc"], "signature_encoding": "hex"}
-    s = parse_settings(
+    s = load_mapping(
         merged(signing={"separator": "\n", "timestamp_unit": "ms"}) | {"tenants": [BRAND_B, own]}
-    )
+    ).settings
     b, c = s.tenants
     assert (b.scheme.separator, b.scheme.timestamp_unit) == ("\n", "ms")
     assert b.scheme.signature_encoding == "base64"
@@ -328,21 +327,21 @@ def test_tenants_take_signings_scheme_unless_they_set_their_own() -> None:
 
 def test_without_a_default_tenant_signing_needs_no_api_id() -> None:
     data = {"upstream": MINIMAL["upstream"], "tenants": [BRAND_B]}
-    s = parse_settings(data)
+    s = load_mapping(data).settings
     assert s.default_tenant is None
     assert [t.name for t in s.every_tenant] == ["brand-b"]
 
 
 def test_a_host_is_matched_without_case_port_or_one_trailing_dot() -> None:
     hosts = ["B.svc:8443", "[::1]:80", "c.svc.", "D.svc.:80"]
-    s = parse_settings(merged() | {"tenants": [{**BRAND_B, "hosts": hosts}]})
+    s = load_mapping(merged() | {"tenants": [{**BRAND_B, "hosts": hosts}]}).settings
     assert s.tenants[0].hosts == frozenset({"b.svc", "[::1]", "c.svc", "d.svc"})
 
 
 @pytest.mark.parametrize("host", ["b.svc..", ".", "b.svc.:80."])
 def test_a_host_with_more_than_the_roots_dot_is_refused(host: str) -> None:
     with pytest.raises(ConfigError, match=r"tenants\[0\]\.hosts: not a host name"):
-        parse_settings(merged() | {"tenants": [{**BRAND_B, "hosts": [host]}]})
+        load_mapping(merged() | {"tenants": [{**BRAND_B, "hosts": [host]}]})
 
 
 @pytest.mark.parametrize(
@@ -430,7 +429,7 @@ def test_every_listener_clash_is_a_problem(
         for i, listen in enumerate(tenant_listens)
     ]
     try:
-        parse_settings(data)
+        load_mapping(data)
         found = []
     except ConfigError as exc:
         found = exc.problems
@@ -540,7 +539,7 @@ def test_each_store_problem_names_its_key(limits: dict[str, object], expected: s
     "url", ["redis://redis.cache:6379/0", "rediss://ops@redis.cache", "unix:///run/redis.sock"]
 )
 def test_a_store_url_without_a_password_is_taken(url: str) -> None:
-    limits = parse_settings(merged(limits={"store_url": url})).limits
+    limits = load_mapping(merged(limits={"store_url": url})).settings.limits
     assert (str(limits.store_url), limits.store_timeout_ms, limits.on_store_error) == (
         url,
         50,
@@ -554,7 +553,7 @@ def test_the_store_password_variable_is_not_taken_for_a_setting() -> None:
         limits={"store_url": "redis://redis", "store_password_env": "ALEACC_GATEWAY_REDIS"}
     )
     environ = {"ALEACC_GATEWAY_REDIS": "pw", "TEST_SECRET": "x" * 64}
-    assert parse_settings(data, environ).limits.store_password_env == "ALEACC_GATEWAY_REDIS"
+    assert load_mapping(data, environ).settings.limits.store_password_env == "ALEACC_GATEWAY_REDIS"
 
 
 # ---------------------------------------------------------------- the environment
@@ -567,7 +566,7 @@ ENV_ONLY = {
 
 
 def test_every_required_key_can_come_from_the_environment() -> None:
-    s = parse_settings({}, ENV_ONLY)
+    s = load_mapping({}, ENV_ONLY).settings
     assert (str(s.upstream.url), s.signing.api_id, s.signing.secret_env) == (
         "https://aleacc.example.com/api",
         "abc",
@@ -593,11 +592,11 @@ def test_every_required_key_can_come_from_the_environment() -> None:
     ],
 )  # fmt: skip
 def test_a_variable_is_read_as_its_key_would_be(variable: str, text: str, read: Any) -> None:
-    assert read(parse_settings(MINIMAL, {variable: text}))
+    assert read(load_mapping(MINIMAL, {variable: text}).settings)
 
 
 def test_the_environment_overrides_the_file_and_says_so() -> None:
-    effective = parse_config(merged(server={"workers": 2, "listen": "127.0.0.1:8080"}),
+    effective = load_mapping(merged(server={"workers": 2, "listen": "127.0.0.1:8080"}),
                              {"ALEACC_GATEWAY_SERVER_WORKERS": "3"})  # fmt: skip
     assert effective.settings.server.workers == 3
     assert effective.origins["server.workers"] == "environment ALEACC_GATEWAY_SERVER_WORKERS"
@@ -607,7 +606,7 @@ def test_the_environment_overrides_the_file_and_says_so() -> None:
 
 def test_a_bad_value_names_its_variable() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_settings(
+        load_mapping(
             MINIMAL,
             {
                 "ALEACC_GATEWAY_SERVER_WORKERS": "99",
@@ -632,7 +631,7 @@ def test_a_variable_that_names_no_key_is_a_problem() -> None:
     }
     data = merged(signing={"secret_env": "ALEACC_GATEWAY_API_SECRET"})
     with pytest.raises(ConfigError) as info:
-        parse_settings(data, environ)
+        load_mapping(data, environ)
     assert info.value.problems == [
         "ALEACC_GATEWAY_COLOUR: no such setting",
         "ALEACC_GATEWAY_SERVER_WORKER: no such setting "
@@ -650,11 +649,11 @@ def test_the_effective_configuration_reads_back_as_the_same_settings() -> None:
         "tenants": [{**BRAND_B, "signature_encoding": "hex"}]
     }
     environ = {"ALEACC_GATEWAY_LIMITS_PLAYER_RATE_PER_S": "5"}
-    effective = parse_config(data, environ)
+    effective = load_mapping(data, environ)
     text = effective_toml(effective)
     assert "player_rate_per_s = 5.0  # environment ALEACC_GATEWAY_LIMITS_PLAYER_RATE_PER_S" in text
     assert 'separator = "\\t"  # file' in text
     assert 'signature_encoding = "hex"  # file' in text
     assert 'timestamp_unit = "s"  # [signing]' in text
     assert "# proxy_url is not set (default)" in text
-    assert parse_settings(tomllib.loads(text)) == effective.settings
+    assert load_mapping(tomllib.loads(text)).settings == effective.settings

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import parse_settings
+from gateway.config import load_mapping
 
 from .test_deploy_kubernetes import (
     CRD_KINDS,
@@ -62,7 +62,7 @@ def pod_and_settings(objects: list[Obj]) -> tuple[Obj, Obj, Any]:
     gateway = gateway_container(pod["spec"])
     (config_map,) = of_kind(objects, "ConfigMap")
     environ = {e["name"]: e["value"] for e in gateway.get("env", []) if "value" in e}
-    settings = parse_settings(tomllib.loads(config_map["data"]["gateway.toml"]), environ)
+    settings = load_mapping(tomllib.loads(config_map["data"]["gateway.toml"]), environ).settings
     return pod, gateway, settings
 
 

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import Settings, parse_settings
+from gateway.config import Settings, load_mapping
 
 KUBERNETES = Path(__file__).parent.parent / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir())
@@ -57,7 +57,7 @@ def gateway_container(pod: Obj) -> Obj:
 
 def gateway_settings(objects: list[Obj]) -> Settings:
     (config_map,) = of_kind(objects, "ConfigMap")
-    return parse_settings(tomllib.loads(config_map["data"]["gateway.toml"]))
+    return load_mapping(tomllib.loads(config_map["data"]["gateway.toml"])).settings
 
 
 def test_there_are_four_overlays() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from gateway.config import load_settings, parse_settings
+from gateway.config import load_file, load_mapping
 from gateway.mock.upstream import DEMO_API_ID, DEMO_SECRET, journal
 
 from .support import SECRET_ENV, Mock, StartProcess, config_file, run_cli
@@ -59,7 +59,7 @@ async def test_check_config_shows_the_configuration_in_force(tmp_path: Path) -> 
     assert DEMO_SECRET.decode() not in out
     assert "timeout_s = 30.0  # default" in out
     # What it prints is a configuration file with the same settings.
-    assert parse_settings(tomllib.loads(out)) == load_settings(config, env)
+    assert load_mapping(tomllib.loads(out)).settings == load_file(config, env).settings
 
 
 async def test_a_list_nested_too_deeply_is_one_problem_naming_the_variable(

@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import AccessSettings, Settings, parse_settings
+from gateway.config import AccessSettings, Settings, load_mapping
 
 from .helm_reference import CHART, OPERATIONS, ROOT, SCHEMA, generated_schema, operations_page
 from .test_deploy_kubernetes import VERSIONS, Obj, gateway_container, of_kind
@@ -115,7 +115,7 @@ def environ_of(gateway: Obj) -> dict[str, str]:
 
 def settings_of(objects: list[Obj]) -> Settings:
     gateway = gateway_container(deployment_of(objects)["spec"]["template"]["spec"])
-    return parse_settings(tomllib.loads(config_of(objects)), environ_of(gateway))
+    return load_mapping(tomllib.loads(config_of(objects)), environ_of(gateway)).settings
 
 
 def test_the_examples_are_the_layouts_documented() -> None:

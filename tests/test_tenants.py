@@ -25,7 +25,7 @@ from gateway.config import (
     SigningSettings,
     TenantSettings,
     TlsSettings,
-    load_settings,
+    load_file,
 )
 from gateway.mock.upstream import (
     DEMO_API_ID,
@@ -387,7 +387,7 @@ async def test_the_stand_in_given_a_config_verifies_every_tenant(
     try:
         assert stand_in.stdout is not None
         assert json.loads(await stand_in.stdout.readline())["event"] == "mock_upstream_started"
-        gw = await start_gateway(load_settings(config), ENV)
+        gw = await start_gateway(load_file(config).settings, ENV)
         for host in (B_HOST, C_HOST, "gw"):
             assert (await get(client, gw.url, host))[0] == 200
         assert gw.sample("aleacc_gateway_upstream_responses_total", tenant="brand-c", status="200")

@@ -19,7 +19,7 @@ from ..config import (
     Settings,
     TenantSettings,
     effective_toml,
-    read_settings,
+    load_file,
 )
 from ..preflight import Preflight, preflight
 from ..ratelimit_store import LimitStore, error_reason
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """0 with ``ok``, each warning on a line of its own, and the tenants found; 1 with
     every problem listed; with ``--probe-store``, 2 when the store cannot be reached."""
     try:
-        effective = read_settings(args.config, os.environ)
+        effective = load_file(args.config, os.environ)
     except ConfigError as exc:
         report(args.config, exc.problems)
         return 1

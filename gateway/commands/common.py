@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import TypeAlias
 
-from ..config import DEFAULT_TENANT, ConfigError, Settings, TenantSettings, load_settings
+from ..config import DEFAULT_TENANT, ConfigError, Settings, TenantSettings, load_file
 
 # What each command's add_parser() adds itself to.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -38,7 +38,7 @@ def load_or_report(path: Path | None) -> Settings | None:
     """The settings in ``path`` (None: none) with the environment's ALEACC_GATEWAY_*
     variables over them, or None after printing every problem to stderr."""
     try:
-        return load_settings(path, os.environ)
+        return load_file(path, os.environ).settings
     except ConfigError as exc:
         report(path, exc.problems)
         return None
@@ -49,7 +49,7 @@ def config_tenant(path: Path, name: str | None) -> tuple[Settings, TenantSetting
     called ``name`` (None: the default); ValueError, naming the file, for a problem of
     either (sign, probe and learn print it as their one line)."""
     try:
-        settings = load_settings(path, os.environ)
+        settings = load_file(path, os.environ).settings
         return settings, settings.tenant(name or DEFAULT_TENANT)
     except ConfigError as exc:
         raise ValueError(f"{path}: " + "; ".join(exc.problems)) from None

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from ..config import TenantSettings, base_path
+from ..config import TenantSettings
 from ..discover.candidates import CANDIDATES
 from ..discover.learn import MAX_FIELDS, LearnError, Result, explain_first, learn
 from ..discover.samples import (
@@ -33,6 +33,7 @@ from ..discover.samples import (
     parse_raw,
     usable,
 )
+from ..forwarding import base_path
 from ..secret import SecretError, read_secret
 from .common import Commands, config_tenant
 

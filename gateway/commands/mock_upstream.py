@@ -9,7 +9,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from ..config import base_path, listener_clashes, parse_listen
+from ..config import listener_clashes, parse_listen
+from ..forwarding import base_path
 from ..logs import configure_logging
 from ..logs import flush as flush_logs
 from ..mock.upstream import DEMO_API_ID, DEMO_SECRET, Credential, MockSettings, create_mock_app

@@ -13,8 +13,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import signing
-from ..config import DEFAULT_TENANT, TenantSettings, base_path, host_header
-from ..forwarding import upstream_path_and_query
+from ..config import DEFAULT_TENANT, TenantSettings
+from ..forwarding import base_path, host_header, upstream_path_and_query
 from ..secret import SecretError, load_key
 from .common import Commands, config_tenant, parse_toml_string
 

@@ -18,8 +18,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import signing
-from ..config import Settings, TenantSettings, base_path, host_header
-from ..forwarding import upstream_path_and_query
+from ..config import Settings, TenantSettings
+from ..forwarding import base_path, host_header, upstream_path_and_query
 from .candidates import CANDIDATES, INCOMING_LABEL
 
 FOUND, NONE = 0, 1
