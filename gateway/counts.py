@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .config import DEFAULT_TENANT
 from .errors import FAULT_KINDS
 
 # From 100 µs (the gateway's own overhead) to a minute (a slow upstream call).
@@ -48,7 +49,6 @@ RELOAD_RESULTS = ("loaded", "error")
 RATE_LIMIT_SCOPES = ("tenant", "player")
 STORE_ERRORS = ("timeout", "refused", "auth", "other")
 SPAN_DROPS = ("queue_full", "export_failed")
-DEFAULT_TENANTS = ("default",)
 
 
 class Count(NamedTuple):
@@ -175,7 +175,7 @@ class RequestCounts:
         "upstream_responses",
     )
 
-    def __init__(self, tenants: tuple[str, ...] = DEFAULT_TENANTS) -> None:
+    def __init__(self, tenants: tuple[str, ...] = (DEFAULT_TENANT,)) -> None:
         self.in_flight = 0
         self.requests: dict[tuple[str, str, int], int] = {}  # (tenant, method label, status)
         self.upstream_responses: dict[tuple[str, int], int] = {}

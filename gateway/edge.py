@@ -21,8 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .client_ip import TrustedNetworks, parse_address
 from .errors import ClientNotAllowed, error_body
-from .tls import client_names as certificate_names
-from .tls import name_allowed
+from .tls import certificate_names, name_allowed
 
 log = structlog.get_logger("aleacc_gateway")
 

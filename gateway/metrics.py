@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from .counts import DEFAULT_TENANTS, CountsCollector, RequestCounts, SharedCounts
+from .config import DEFAULT_TENANT
+from .counts import CountsCollector, RequestCounts, SharedCounts
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
@@ -32,7 +33,7 @@ class Metrics:
         registry: CollectorRegistry,
         *,
         shared: bool = False,
-        tenants: tuple[str, ...] = DEFAULT_TENANTS,
+        tenants: tuple[str, ...] = (DEFAULT_TENANT,),
         store: bool = False,
     ) -> None:
         """``tenants``: the names whose zero series are shown from the start; ``store``:

@@ -101,7 +101,7 @@ def expiry_problems(not_after: datetime.datetime, now: datetime.datetime) -> tup
     return "", ""
 
 
-def client_names(peercert: dict[str, Any] | None) -> tuple[str, ...]:
+def certificate_names(peercert: dict[str, Any] | None) -> tuple[str, ...]:
     """A client certificate's identities: its DNS and URI SANs (SPIFFE ids are URIs),
     or its subject's common name when it has no such SAN."""
     if not peercert:
