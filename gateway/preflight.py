@@ -1,9 +1,9 @@
 """What ``check-config`` and ``serve`` share: the files a valid configuration names,
 loaded once, with every problem and warning found on the way.
 
-The settings are already valid (gateway/config); here the secret, the listener's TLS pair,
-the egress proxy's credentials and the rate-limit store's password are read. ``serve``
-hands what was loaded on to the gateway instead of reading the files again.
+The settings are already valid (gateway/config); here the secrets, the listener's TLS
+pair, the egress proxy's credentials and the rate-limit store's password are read.
+``serve`` hands what was loaded on to the gateway instead of reading the files again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from . import tls
 from .config import Settings
 from .egress import EgressError, EgressFileMissing, EgressProxy, egress_proxy
 from .ratelimit_store import StoreConfigError, StorePasswordMissing, store_password
-from .secret import SecretInvalid, SecretUnavailable, load_key
+from .secret import LoadedKey, SecretInvalid, SecretUnavailable, loaded_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,7 @@ class Preflight:
     certificate: tls.Loaded | None = None
     egress: EgressProxy | None = None
     store_password: str | None = None
+    keys: dict[str, LoadedKey] = field(default_factory=dict)  # by tenant name
 
 
 def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Preflight:
@@ -45,9 +46,10 @@ def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Pr
     missing: list[str] = []
     secret_missing: list[str] = []
     certificate = egress = None
+    keys: dict[str, LoadedKey] = {}
     for tenant in settings.every_tenant:
         try:
-            load_key(tenant, environ)
+            keys[tenant.name] = loaded_key(tenant, environ)
         except SecretInvalid as exc:
             # There, but it cannot be the key: a configuration error.
             problems.append(f"{settings.table_of(tenant)}: {exc}")
@@ -80,7 +82,9 @@ def preflight(settings: Settings, environ: Mapping[str, str] = os.environ) -> Pr
         missing.append(str(exc))
     except StoreConfigError as exc:
         problems.append(str(exc))
-    return Preflight(settings, problems, missing, secret_missing, certificate, egress, password)
+    return Preflight(
+        settings, problems, missing, secret_missing, certificate, egress, password, keys
+    )
 
 
 def otel_installed() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings, TenantSettings
@@ -52,6 +53,22 @@ def load_key(settings: TenantSettings, environ: Mapping[str, str] = os.environ) 
         raise SecretInvalid(f"{secret_source(settings)} {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedKey:
+    """A tenant's HMAC key as it was read, and its file just before (None: from the
+    environment, or a file that could not be stat()ed)."""
+
+    key: bytes
+    stamp: FileStamp | None
+
+
+def loaded_key(settings: TenantSettings, environ: Mapping[str, str] = os.environ) -> LoadedKey:
+    """The key, for a store to start from; raises as ``load_key``. The file is stamped
+    before it is read, so a change after the read is seen at the next poll."""
+    stamp = file_stamp(settings.secret_file) if settings.secret_file is not None else None
+    return LoadedKey(load_key(settings, environ), stamp)
+
+
 def secret_source(settings: TenantSettings) -> str:
     """Where the secret comes from, for messages: never its value."""
     if settings.secret_env is not None:
@@ -83,7 +100,9 @@ class SecretStore(Reloading):
         settings: TenantSettings,
         environ: Mapping[str, str] = os.environ,
         on_reload: OnReload | None = None,
+        loaded: LoadedKey | None = None,
     ) -> None:
+        """``loaded``: the key already read (serve's pre-flight); else it is read here."""
         super().__init__(on_reload)
         self._settings = settings
         self._environ = environ
@@ -92,7 +111,10 @@ class SecretStore(Reloading):
         # When a new secret last replaced the one in use (time.monotonic()); None: never.
         self.rotated_at: float | None = None
         self.problem: str | None = None
-        self.refresh(force=True)
+        if loaded is None:
+            self.refresh(force=True)
+        else:
+            self._take(loaded.key, loaded.stamp)
 
     @property
     def current(self) -> bytes | None:
@@ -120,6 +142,10 @@ class SecretStore(Reloading):
             # Keep the stamp unchanged so a file fixed in place is retried next poll.
             self.problem = str(exc)
             return self._report("error", str(exc))
+        return self._take(value, stamp)
+
+    def _take(self, value: bytes, stamp: FileStamp | None) -> ReloadResult:
+        """``value`` read from the file as ``stamp`` says it was: the current key."""
         self._stamp = stamp
         self.problem = None
         if value == self._secret:
@@ -134,13 +160,16 @@ def secret_stores(
     settings: Settings,
     environ: Mapping[str, str] = os.environ,
     on_reload: Callable[[str, ReloadResult, str | None], None] | None = None,
+    loaded: Mapping[str, LoadedKey] | None = None,
 ) -> dict[str, SecretStore]:
-    """A store for every tenant's secret, by tenant name; ``on_reload`` hears which."""
+    """A store for every tenant's secret, by tenant name; ``on_reload`` hears which.
+    ``loaded``: the keys already read, by tenant name (the others are read here)."""
     return {
         tenant.name: SecretStore(
             tenant,
             environ,
             None if on_reload is None else _for_tenant(on_reload, tenant.name),
+            (loaded or {}).get(tenant.name),
         )
         for tenant in settings.every_tenant
     }

@@ -163,8 +163,8 @@ class GatewayServer:
         worker: bool = False,
         loaded: Preflight | None = None,
     ) -> None:
-        """``loaded``: what serve's pre-flight read (the TLS pair, the egress proxy); else
-        it is read here, and what cannot be used raises TlsError or EgressError."""
+        """``loaded``: what serve's pre-flight read (the secrets, the TLS pair, the egress
+        proxy); else it is read here, and what cannot be used raises TlsError or EgressError."""
         self.settings = settings
         self.worker = worker
         self.registry = registry or CollectorRegistry()
@@ -186,7 +186,9 @@ class GatewayServer:
             else None
         )
         self.lifecycle = Lifecycle()
-        self.secrets = secret_stores(settings, environ, self._secret_reloaded)
+        self.secrets = secret_stores(
+            settings, environ, self._secret_reloaded, loaded.keys if loaded else None
+        )
         tls = settings.server.tls
         # TlsError here: the first pair cannot be used, a configuration error.
         self.certificates = (

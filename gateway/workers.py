@@ -79,6 +79,7 @@ class Supervisor:
         self.settings = settings
         self._certificate = loaded.certificate
         self._store_password = loaded.store_password
+        self._keys = loaded.keys
         self.config = config
         self.log_format = log_format
         # Until a worker reports that it listens, it counts as down (readiness 503).
@@ -93,7 +94,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT, then drain every worker; 0 if all left cleanly."""
         metrics_dir = tempfile.mkdtemp(prefix="aleacc-gateway-metrics-")
         # Only for /readyz here: the workers sign and serve TLS with their own.
-        secrets = secret_stores(self.settings)
+        secrets = secret_stores(self.settings, loaded=self._keys)
         tls = self.settings.server.tls
         certificates = CertificateStore(tls, loaded=self._certificate) if tls else None
         tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s, certificates)

@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 
 from gateway.mock.upstream import DEMO_SECRET, MockSettings, create_mock_app, journal
+from gateway.preflight import preflight
+from gateway.server import GatewayServer
 
 from .support import (
     SENSITIVE,
@@ -51,6 +53,28 @@ def kubernetes_secret_dir(root: Path, value: bytes, generation: str) -> None:
 
 
 NEW_SECRET = b"0123456789abcdef" * 4  # a rotated key, 64 hex characters
+
+
+async def test_serve_signs_with_the_secret_its_preflight_read(tmp_path: Path) -> None:
+    """The secret file is read once at start (what the pre-flight checked is what signs),
+    and a change after that read is seen at the next poll."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(DEMO_SECRET)
+    settings = settings_for(
+        "http://127.0.0.1:1", signing={"secret_file": secret, "secret_env": None}
+    )
+    loaded = preflight(settings, {})
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(NEW_SECRET)
+    os.replace(replacement, secret)  # after the pre-flight's read, before the server's
+    server = GatewayServer(settings, environ={}, loaded=loaded)
+    try:
+        store = server.secrets["default"]
+        assert store.current == bytes.fromhex(DEMO_SECRET.decode())
+        assert store.refresh() == "loaded"
+        assert store.current == bytes.fromhex(NEW_SECRET.decode())
+    finally:
+        await server.stop()
 
 
 async def test_readiness_recovers_when_the_secret_file_comes_back_unchanged(
