@@ -17,7 +17,7 @@ def reference() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "<!-- Generated from gateway/config.py by scripts/generate-docs: edit the declarations",
+        "<!-- Generated from gateway/config/settings.py by scripts/generate-docs: edit the declarations",
         "     there, not this page. A test fails when the two differ. -->",
         "",
         "One TOML file, given to `serve` and `check-config` with `--config`. Unknown tables or",
