@@ -41,6 +41,7 @@ from .support import (
     ANY_PORT,
     ENVIRON,
     SENSITIVE,
+    Pki,
     StartGateway,
     StartProcess,
     config_file,
@@ -51,7 +52,6 @@ from .support import (
     settings_for,
     unused_port,
 )
-from .test_tls import Pki, pki  # noqa: F401 - the fixture
 
 B_ID, B_SECRET, B_HOST = "brand-b-api-id", b"bb" * 32, "aleacc-brand-b.payments.svc"
 C_ID, C_SECRET, C_HOST = "brand-c-api-id", b"cc" * 32, "aleacc-brand-c.payments.svc"
@@ -200,7 +200,7 @@ async def tls_get(port: int, context: ssl.SSLContext, host: str) -> tuple[int, s
 async def test_client_certificates_choose_tenants_and_cannot_cross(
     brands: Brands,
     start_gateway: StartGateway,
-    pki: Pki,  # noqa: F811 - the fixture
+    pki: Pki,
 ) -> None:
     settings = with_tenants(
         settings_for(brands.url),
