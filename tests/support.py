@@ -1,4 +1,6 @@
-"""Real servers on loopback: the stand-in, the gateway, and raw upstreams that record bytes."""
+"""Helpers the tests import: real servers on loopback (the stand-in, the gateway, raw
+upstreams that record bytes, a gateway process, a redis-server), settings, and checks.
+The fixtures that start and stop them are in conftest.py."""
 
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ import shutil
 import socket
 import ssl
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
@@ -40,20 +42,15 @@ from gateway.config import (
     SigningSettings,
     UpstreamSettings,
 )
-from gateway.logs import configure_logging
 from gateway.mock.upstream import (
     DEMO_API_ID,
     DEMO_SECRET,
-    STATE,
-    MockSettings,
-    create_mock_app,
-    journal,
 )
 from gateway.server import Bound, GatewayServer, bind
 
 from . import reference
 from .reference import RefRequest, RefScheme
-from .wire import Relay, check_framing
+from .wire import Relay
 
 ANY_PORT = ListenAddress("127.0.0.1", 0)
 SECRET_ENV = "TEST_ALEACC_SECRET"
@@ -64,20 +61,6 @@ SIGNATURE = re.compile(r"[A-Za-z0-9+/]{43}=")
 # Values this test put on the wire that must never show up in a log line: filled in by
 # the upstream fixtures from what they received, checked by `logs` after every test.
 SENSITIVE: set[str] = set()
-
-
-@pytest.fixture(autouse=True)
-def logs() -> Iterator[io.StringIO]:
-    """Every test's log output, checked afterwards for secrets, sessions and signatures."""
-    buffer = io.StringIO()
-    configure_logging("json", stream=buffer, cache=False)
-    SENSITIVE.clear()
-    SENSITIVE.update({DEMO_SECRET.decode(), SESSION_ID})
-    yield buffer
-    text = buffer.getvalue()
-    leaked = sorted(value for value in SENSITIVE if value and value in text)
-    assert not leaked, f"sensitive values in the logs: {leaked}\n{text}"
-    assert not SIGNATURE.search(text), "a signature in the logs"
 
 
 def log_events(buffer: io.StringIO, event: str, start: int = 0) -> list[dict[str, Any]]:
@@ -208,63 +191,11 @@ class Gateway:
 StartGateway = Callable[..., Awaitable[Gateway]]
 
 
-@pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
-    """Start gateways for ``settings``; all are stopped after the test."""
-    started: list[GatewayServer] = []
-
-    async def start(settings: Settings, environ: dict[str, str] | None = None) -> Gateway:
-        registry = CollectorRegistry()
-        server = GatewayServer(
-            settings, registry=registry, environ=ENVIRON if environ is None else environ
-        )
-        started.append(server)
-        return Gateway(server, await server.start(), registry)
-
-    yield start
-    for server in started:
-        await server.stop()
-
-
 @dataclass
 class Mock:
     app: web.Application
     url: URL
     relay: Relay
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[Mock]:
-    """The Aleacc stand-in under /api, faults enabled, behind a recording relay.
-
-    Afterwards every byte the gateway sent it is parsed again with h11: as many clean
-    messages as the stand-in answered requests, no more.
-    """
-    app = create_mock_app(MockSettings(faults=True, base_path="/api"))
-    runner, url = await serve_app(app)
-    relay = await Relay(("127.0.0.1", url.port or 0)).start()
-    yield Mock(app, URL(f"http://127.0.0.1:{relay.port}/api"), relay)
-    await relay.close()
-    await runner.cleanup()
-    for seen in journal(app):
-        remember_sensitive(seen.authorization, seen.session_id)
-    # As many messages as the stand-in's own parser received, no more.
-    assert sum(check_framing(bytes(s)) for s in relay.streams) == app[STATE].received
-
-
-@pytest.fixture
-async def gateway(mock: Mock, start_gateway: StartGateway) -> Gateway:
-    """A gateway in front of the stand-in, with default settings."""
-    return await start_gateway(settings_for(mock.url))
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    """A caller that sees bytes as sent: no decompression, no cookies kept."""
-    async with aiohttp.ClientSession(
-        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-    ) as session:
-        yield session
 
 
 @dataclass
@@ -330,7 +261,7 @@ class RawUpstream:
     open_writers: set[asyncio.StreamWriter] = field(default_factory=set)
     streams: list[bytes] = field(default_factory=list)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.open_writers.add(writer)
         try:
@@ -372,18 +303,6 @@ async def tcp_server(
         for writer in list(open_writers):  # a held connection ends its handler
             writer.close()
         await server.wait_closed()
-
-
-@pytest.fixture
-async def raw_upstream() -> AsyncIterator[RawUpstream]:
-    upstream = RawUpstream()
-    async with tcp_server(upstream._handle, upstream.open_writers) as upstream.url:
-        yield upstream
-    for recorded in upstream.requests:
-        for value in recorded.header("Authorization"):
-            remember_sensitive(value, None)
-    for stream in upstream.streams:
-        assert check_framing(stream) == 1
 
 
 class GatewayProcess:
@@ -449,24 +368,6 @@ class GatewayProcess:
 
 
 StartProcess = Callable[..., Awaitable[GatewayProcess]]
-
-
-@pytest.fixture
-async def gateway_process() -> AsyncIterator[StartProcess]:
-    """Start ``serve`` processes; each is killed after the test if still running."""
-    started: list[GatewayProcess] = []
-
-    async def start(config: Path | None, env: dict[str, str] | None = None) -> GatewayProcess:
-        process = await GatewayProcess.start(config, env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        await process.kill()
-        text = json.dumps(process.lines)
-        leaked = sorted(value for value in SENSITIVE if value and value in text)
-        assert not leaked, f"sensitive values in a gateway's log: {leaked}"
 
 
 def config_file(
@@ -561,23 +462,37 @@ class RedisServer:
 StartRedis = Callable[..., Awaitable[RedisServer]]
 
 
-@pytest.fixture
-async def redis_server() -> AsyncIterator[StartRedis]:
-    """Start redis-servers (``password``: with one); each is killed after the test."""
-    started: list[tuple[RedisServer, str]] = []
+@dataclass
+class Pki:
+    """A CA, the listener's files, and a client trust store for the listener."""
 
-    async def start(password: str | None = None) -> RedisServer:
-        # A short directory: a Unix socket's path is at most 107 bytes.
-        directory = tempfile.mkdtemp(prefix="aleacc-redis-")
-        server = RedisServer(Path(directory), password)
-        started.append((server, directory))
-        await server.start()
-        return server
+    ca: trustme.CA
+    cert: Path
+    key: Path
+    client_ca: Path
+    root: Path
 
-    yield start
-    for server, directory in started:
-        await server.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+    def issue_server(self, ca: trustme.CA | None = None) -> trustme.LeafCert:
+        """A new server certificate for 127.0.0.1, written over the listener's files."""
+        leaf = (ca or self.ca).issue_cert("127.0.0.1", "localhost")
+        self.write(leaf)
+        return leaf
+
+    def write(self, leaf: trustme.LeafCert) -> None:
+        # As cert-manager's Secret mount does it: both files swapped at once.
+        staged = self.root / "staged"
+        staged.mkdir(exist_ok=True)
+        (staged / "tls.crt").write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+        (staged / "tls.key").write_bytes(leaf.private_key_pem.bytes())
+        (staged / "tls.crt").replace(self.cert)
+        (staged / "tls.key").replace(self.key)
+
+    def client_context(self, leaf: trustme.LeafCert | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        if leaf is not None:
+            leaf.configure_cert(context)
+        return context
 
 
 # ---------------------------------------------------------------- shared by several test modules

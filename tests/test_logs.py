@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
+import subprocess
+import sys
 
 import pytest
 import structlog
 
-from gateway.logs import PIPE_BUF, AccessLog, _LineSink, configure_logging, line_chunks
+from gateway.logs import PIPE_BUF, AccessLog, configure_logging, line_chunks
 
 
 @pytest.mark.parametrize("line_length", [1, 99, 100, 4095, 4096, 5000])
@@ -25,19 +26,24 @@ def test_chunks_end_at_line_ends_and_fit_a_pipe_write(line_length: int) -> None:
             assert chunk.endswith(b"\n")  # a line is never split across writes
 
 
-def test_the_sink_writes_every_line_to_its_descriptor() -> None:
-    read, write = os.pipe()
-    sink = _LineSink(write)
-    lines = [f'{{"n": {i}, "pad": "{"p" * (i % 200)}"}}\n' for i in range(200)]
-    for line in lines:
-        sink.write(line)
-    sink.flush()
-    os.close(write)
-    received = b""
-    while chunk := os.read(read, 65536):
-        received += chunk
-    os.close(read)
-    assert received.decode() == "".join(lines)
+def test_the_sink_writes_every_line_to_stdout_at_flush_and_at_exit() -> None:
+    # A process whose logging goes to its stdout, a pipe here, as a worker's does: 200
+    # lines of many lengths, flushed, and one more that only the exit writes out.
+    script = (
+        "from gateway.logs import AccessLog, configure_logging, flush\n"
+        "configure_logging('json')\n"
+        "access = AccessLog()\n"
+        "for n in range(200):\n"
+        "    access.write({'n': n, 'pad': 'p' * (n % 200 * 7)})\n"
+        "flush()\n"
+        "access.write({'n': 200, 'pad': ''})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [(line["n"], line["pad"]) for line in lines] == [
+        (n, "p" * (n % 200 * 7)) for n in range(201)
+    ]
+    assert done.stderr == b""
 
 
 def test_a_line_orjson_refuses_is_still_written_as_valid_json() -> None:

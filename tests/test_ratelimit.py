@@ -38,6 +38,26 @@ def test_player_buckets_forget_the_least_recently_seen_first() -> None:
 
 
 @pytest.mark.parametrize(
+    ("capacity", "addresses"),
+    [
+        (1, 2),  # each new address forgets the one before
+        (3, 3),  # exactly full: nothing forgotten yet
+        (3, 4),
+        (100, 10_000),  # a flood of distinct addresses, a hundred times the capacity
+    ],
+)
+def test_player_buckets_never_hold_more_than_their_capacity(capacity: int, addresses: int) -> None:
+    players = PlayerBuckets(rate=1.0, size=1, capacity=capacity)
+    # Each address is new, or forgotten: every one finds a full bucket.
+    assert all(players.take(f"198.18.{n >> 8}.{n & 255}", 0.0) == 0.0 for n in range(addresses))
+    assert len(players) == min(capacity, addresses)
+    # The most recently seen ones are those kept: each is empty now.
+    kept = range(addresses - len(players), addresses)
+    assert all(players.take(f"198.18.{n >> 8}.{n & 255}", 0.0) > 0 for n in kept)
+    assert len(players) == min(capacity, addresses)
+
+
+@pytest.mark.parametrize(
     ("rate", "burst", "share", "expected"),
     [
         (100.0, None, 1, (100.0, 100)),

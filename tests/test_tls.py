@@ -27,6 +27,7 @@ from .support import (
     Gateway,
     GatewayProcess,
     Mock,
+    Pki,
     RawUpstream,
     StartGateway,
     config_file,
@@ -39,49 +40,6 @@ from .test_observability_functional import wait_for_status
 from .test_pool import until
 
 POLL_S = 0.05
-
-
-@dataclasses.dataclass
-class Pki:
-    """A CA, the listener's files, and a client trust store for the listener."""
-
-    ca: trustme.CA
-    cert: Path
-    key: Path
-    client_ca: Path
-    root: Path
-
-    def issue_server(self, ca: trustme.CA | None = None) -> trustme.LeafCert:
-        """A new server certificate for 127.0.0.1, written over the listener's files."""
-        leaf = (ca or self.ca).issue_cert("127.0.0.1", "localhost")
-        self.write(leaf)
-        return leaf
-
-    def write(self, leaf: trustme.LeafCert) -> None:
-        # As cert-manager's Secret mount does it: both files swapped at once.
-        staged = self.root / "staged"
-        staged.mkdir(exist_ok=True)
-        (staged / "tls.crt").write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
-        (staged / "tls.key").write_bytes(leaf.private_key_pem.bytes())
-        (staged / "tls.crt").replace(self.cert)
-        (staged / "tls.key").replace(self.key)
-
-    def client_context(self, leaf: trustme.LeafCert | None = None) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        if leaf is not None:
-            leaf.configure_cert(context)
-        return context
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    ca = trustme.CA()
-    client_ca = tmp_path / "client-ca.pem"
-    ca.cert_pem.write_to_path(str(client_ca))
-    pki = Pki(ca, tmp_path / "tls.crt", tmp_path / "tls.key", client_ca, tmp_path)
-    pki.issue_server()
-    return pki
 
 
 async def start_tls_gateway(
