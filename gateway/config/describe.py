@@ -17,8 +17,8 @@ def reference() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "<!-- Generated from gateway/config/settings.py by scripts/generate-docs: edit the declarations",
-        "     there, not this page. A test fails when the two differ. -->",
+        "<!-- Generated from gateway/config/settings.py by scripts/generate-docs: edit the",
+        "     declarations there, not this page. A test fails when the two differ. -->",
         "",
         "One TOML file, given to `serve` and `check-config` with `--config`. Unknown tables or",
         "keys and bad values stop the start-up, all reported at once, each with its key",
