@@ -252,21 +252,68 @@ def connection_tokens(headers: MultiMapping[str]) -> set[str]:
 
 # Never passed to the caller: hop-by-hop fields, and the id the gateway sets itself.
 _NOT_TO_CALLER = HOP_BY_HOP | {"x-request-id"}
-# An answer sent whole: aiohttp sets Content-Length again from the body, same value.
+# An answer sent whole: its Content-Length is framed anew from the body, same value.
 _NOT_TO_CALLER_WHOLE = _NOT_TO_CALLER | {"content-length"}
 
 
-def downstream_headers(
-    upstream: CIMultiDictProxy[str], request_id: str, *, whole: bool = False
-) -> CIMultiDict[str]:
-    """The upstream response's headers for the caller: hop-by-hop removed, our id added;
-    ``whole``: the answer is sent in one piece, framed anew (its Content-Length too)."""
-    drop = _NOT_TO_CALLER_WHOLE if whole else _NOT_TO_CALLER
+def _dropped(upstream: CIMultiDictProxy[str], drop: frozenset[str]) -> frozenset[str]:
+    """``drop`` and the fields the upstream's Connection lines name (RFC 9110 §7.6.1)."""
     named = connection_tokens(upstream)
-    if not named <= drop:  # "Connection: keep-alive" (the usual one) names nothing new
-        drop = drop | named
+    if named <= drop:  # "Connection: keep-alive" (the usual one) names nothing new
+        return drop
+    return drop | named
+
+
+def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The upstream response's headers for the caller: hop-by-hop removed, our id added."""
+    drop = _dropped(upstream, _NOT_TO_CALLER)
     headers: CIMultiDict[str] = CIMultiDict(
         [(name, value) for name, value in upstream.items() if name.lower() not in drop]
     )
     headers.add("X-Request-Id", request_id)
     return headers
+
+
+# What aiohttp refuses in a status line or header (RFC 9110 §5.5): a control other than
+# HTAB. llhttp already refuses them in the upstream's header lines, not in its reason.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def whole_answer_head(
+    version: tuple[int, int],
+    status: int,
+    reason: str,
+    upstream: CIMultiDictProxy[str],
+    request_id: str,
+    body_length: int,
+    *,
+    keep_alive: bool,
+    date: str,
+    server: str,
+) -> bytes:
+    """The head of an answer sent whole, byte for byte as aiohttp's ``web.Response`` frames
+    it (the caller's version in the status line; the upstream's headers less hop-by-hop
+    ones and its Content-Length; X-Request-Id; Content-Length; where the upstream sent
+    none, a Content-Type for a body, ``date`` and ``server``; Connection as RFC 9112 §9.3
+    asks of the version). ValueError for a control character in the reason."""
+    if _CONTROL.search(reason) is not None:
+        raise ValueError("a control character in the upstream's reason phrase")
+    drop = _dropped(upstream, _NOT_TO_CALLER_WHOLE)
+    lines = [f"HTTP/{version[0]}.{version[1]} {status} {reason}"]
+    lines += [f"{name}: {value}" for name, value in upstream.items() if name.lower() not in drop]
+    lines.append("X-Request-Id: " + request_id)
+    lines.append(f"Content-Length: {body_length}")
+    if body_length and ("content-type" in drop or "Content-Type" not in upstream):
+        lines.append("Content-Type: application/octet-stream")
+    if "date" in drop or "Date" not in upstream:
+        lines.append("Date: " + date)
+    if "server" in drop or "Server" not in upstream:
+        lines.append("Server: " + server)
+    if keep_alive:
+        if version == (1, 0):
+            lines.append("Connection: keep-alive")
+    elif version == (1, 1):
+        lines.append("Connection: close")
+    lines += ("", "")
+    # As aiohttp writes text: UTF-8, the lone surrogates of undecodable bytes left out.
+    return "\r\n".join(lines).encode("utf-8", "ignore")
