@@ -168,7 +168,10 @@ class Connection(asyncio.Protocol):
     def start(self, response: Response, head: bytes, body: bytes) -> None:
         assert self.transport is not None  # noqa: S101 - set on connect
         self._response = response
-        self._parser = ResponseParser(response)
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = ResponseParser()
+        parser.begin(response)
         if body:
             self.transport.writelines((head, body))
         else:
@@ -196,14 +199,17 @@ class Connection(asyncio.Protocol):
         self._registry.discard(self)
         if self._response is not None:
             self._response.connection_lost()
+        self._drop_parser()
 
     def release(self, reusable: bool) -> None:
         """Its answer is finished with: back to the pool (Response.release)."""
+        self._response = None
+        self._pool.done(self, reusable)  # closes the connection unless it is reusable
+
+    def _drop_parser(self) -> None:
         if self._parser is not None:
             self._parser.close()
-        self._response = None
-        self._parser = None
-        self._pool.done(self, reusable)
+            self._parser = None
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -214,6 +220,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
+        self._drop_parser()
         if self.transport is not None and not self.closed:
             self.closed = True
             self._registry.discard(self)

@@ -179,27 +179,40 @@ class Response:
 
 
 class ResponseParser:
-    """llhttp's callbacks for one answer, with the head's bounds; feeds its Response."""
+    """llhttp's callbacks for the answers on one connection, with each head's bounds;
+    feeds the current answer's Response.
 
-    def __init__(self, response: Response) -> None:
-        self._response = response
+    One per connection, not per answer: llhttp parses a keep-alive connection's answers
+    one after another, and a connection is only reused after a complete, clean answer
+    (Response.release), when the parser is ready for the next one.
+    """
+
+    def __init__(self) -> None:
+        self._response: Response | None = None
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._reason = b""
-        self._raw_headers: list[tuple[str, str]] = []
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._received_early = 0
         self._head_bytes = 0
         self._interim = 0
         self._final = False
 
+    def begin(self, response: Response) -> None:
+        """The next bytes are ``response``'s."""
+        self._response = response
+        self._received_early = self._head_bytes = self._interim = 0
+        self._final = False
+
     def close(self) -> None:
         """Let go of llhttp's parser, which holds this object: no cycle left for the GC."""
         self._parser = None
+        self._response = None
 
     def feed(self, data: bytes) -> bool:
         """Parse ``data``; False when the answer is malformed or its head too large (the
         response has failed, and the connection must close)."""
         response, parser = self._response, self._parser
-        if parser is None:
+        if parser is None or response is None:
             return False
         try:
             parser.feed_data(data)
@@ -218,7 +231,7 @@ class ResponseParser:
     # ---------------------------------------------------------------- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._response.complete:
+        if self._response is None or self._response.complete:
             # A second answer to one request: stop here; the connection is closed.
             raise UpstreamFault("protocol", sent=True)
         self._reason = b""
@@ -229,12 +242,12 @@ class ResponseParser:
         self._count_head(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        if len(self._raw_headers) == MAX_HEADERS:
-            raise UpstreamFault("protocol", sent=True)
-        self._raw_headers.append(
-            (name.decode("ascii", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        # Kept as bytes, decoded once the head is whole (on_headers_complete); the size
+        # is counted here, not in a call to _count_head: this runs for every header line.
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES or len(self._raw_headers) == MAX_HEADERS:
+            raise UpstreamFault("protocol", sent=True)  # the parser stops; a 502 follows
+        self._raw_headers.append((name, value))
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -256,16 +269,22 @@ class ResponseParser:
                 raise UpstreamFault("protocol", sent=True)
             return
         self._final = True
-        self._response.head_received(
-            status,
-            self._reason.decode("latin-1"),
-            CIMultiDict(self._raw_headers),
-            bool(parser.should_keep_alive()),
+        response = self._response
+        assert response is not None  # noqa: S101 - on_message_begin checked it
+        headers = CIMultiDict(
+            [
+                (name.decode("ascii", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self._raw_headers
+            ]
+        )
+        response.head_received(
+            status, self._reason.decode("latin-1"), headers, bool(parser.should_keep_alive())
         )
 
     def on_body(self, data: bytes) -> None:
-        self._response.body_received(data)
+        if self._response is not None:
+            self._response.body_received(data)
 
     def on_message_complete(self) -> None:
-        if self._final:  # not the end of an interim answer
+        if self._final and self._response is not None:  # not the end of an interim answer
             self._response.message_complete()

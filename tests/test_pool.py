@@ -142,6 +142,18 @@ async def test_keep_alive_connections_are_reused_and_each_request_is_signed_afre
     assert [r.body for r in scripted.requests] == [b'{"a":1}'] * 5
 
 
+async def test_each_answer_on_a_kept_alive_connection_has_its_own_head_bounds(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    """One parser per connection: what one answer's head counted is not the next one's."""
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 400) for i in range(100))  # ~41 KB
+    scripted.answer = lambda n: b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 2\r\n\r\nok"
+    gw = await start(start_gateway, scripted)
+    for _ in range(3):  # 123 KB of heads in all, over MAX_HEAD_BYTES; each under it
+        assert await get(client, gw) == (200, b"ok")
+    assert scripted.connections == 1
+
+
 async def test_an_answer_with_connection_close_is_not_reused(
     scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
 ) -> None:
