@@ -25,6 +25,7 @@ import trustme
 from aiohttp import web
 from yarl import URL
 
+from gateway.pool import Slots
 from gateway.response import MAX_HEAD_BYTES, MAX_HEADERS
 
 from .support import (
@@ -493,3 +494,22 @@ async def test_a_slow_upstream_call_does_not_hold_up_others(
             assert await r.text() == "/slow"
     finally:
         await runner.cleanup()
+
+
+async def test_a_slot_handed_to_a_waiter_that_gives_up_goes_to_the_next() -> None:
+    slots = Slots(1)
+    assert slots.take_free()
+    first, second = asyncio.create_task(slots.wait()), asyncio.create_task(slots.wait())
+    await asyncio.sleep(0)  # both are waiting
+    slots.release()  # handed to the first...
+    first.cancel()  # ...which gives up before it runs
+    [outcome] = await asyncio.gather(first, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    await second  # the slot went on to the second
+    assert not slots.take_free()
+    second_waiter = asyncio.create_task(slots.wait())
+    await asyncio.sleep(0)
+    second_waiter.cancel()  # a waiter cancelled before any release leaves no trace
+    await asyncio.gather(second_waiter, return_exceptions=True)
+    slots.release()
+    assert slots.take_free()
