@@ -530,7 +530,7 @@ class Proxy:
             request.version,
             status,
             upstream.reason,
-            upstream.headers,
+            upstream.raw_headers,
             exchange.request_id,
             len(body),
             keep_alive=keep_alive,

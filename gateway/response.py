@@ -10,6 +10,7 @@ the pool it goes back to, are in pool.py.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Protocol
 
 import httptools
@@ -25,6 +26,10 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 # Interim (1xx) answers before the final one, at most: more is an upstream gone wrong.
 MAX_INTERIM = 8
+# A control other than HTAB, which aiohttp would refuse to frame in a status line.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# An answer's headers until its head is in: one empty mapping for all.
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 class Stream(Protocol):
@@ -46,7 +51,9 @@ class Response:
         self.head_request = method == "HEAD"
         self.status = 0
         self.reason = ""
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        # The header lines as received (names and values as bytes), in order.
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.complete = False
         self.headers_in = False
@@ -104,12 +111,18 @@ class Response:
     # ---------------------------------------------------------------- from the parser
 
     def head_received(
-        self, status: int, reason: str, headers: CIMultiDict[str], keep_alive: bool
+        self,
+        status: int,
+        reason: str,
+        headers: CIMultiDict[str],
+        keep_alive: bool,
+        raw_headers: list[tuple[bytes, bytes]],
     ) -> None:
         """The final answer's head (interim ones never get here). Raises UpstreamFault."""
         self.status = status
         self.reason = reason
         self.headers = CIMultiDictProxy(headers)
+        self.raw_headers = raw_headers
         self._keep_alive = keep_alive
         codings = headers.get("Transfer-Encoding")
         if codings is not None and codings.replace(" ", "").lower() != "chunked":
@@ -268,6 +281,10 @@ class ResponseParser:
             if self._interim > MAX_INTERIM:
                 raise UpstreamFault("protocol", sent=True)
             return
+        if _CONTROL.search(self._reason) is not None:
+            # llhttp lets a reason phrase carry controls that no header line may (RFC
+            # 9110 §5.5); relayed, they would reach the caller's parser.
+            raise UpstreamFault("protocol", sent=True)
         self._final = True
         response = self._response
         assert response is not None  # noqa: S101 - on_message_begin checked it
@@ -278,7 +295,11 @@ class ResponseParser:
             ]
         )
         response.head_received(
-            status, self._reason.decode("latin-1"), headers, bool(parser.should_keep_alive())
+            status,
+            self._reason.decode("latin-1"),
+            headers,
+            bool(parser.should_keep_alive()),
+            self._raw_headers,
         )
 
     def on_body(self, data: bytes) -> None:

@@ -418,7 +418,7 @@ async def test_a_pool_wait_is_not_a_connect_and_is_not_retried(
         await runner.cleanup()
 
 
-# 7. Status codes outside 100-599, and endless interim answers: 502 at once.
+# 7. Status codes outside 100-599, endless interim answers, a control in the reason: 502.
 @pytest.mark.parametrize(
     "answer",
     [
@@ -426,8 +426,10 @@ async def test_a_pool_wait_is_not_a_connect_and_is_not_retried(
         b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 600 Big\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 O\x7fK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     ],
-    ids=["099", "000", "600", "nine-interim"],
+    ids=["099", "000", "600", "nine-interim", "control-in-reason", "control-streamed"],
 )
 async def test_an_invalid_upstream_status_is_502(
     raw_upstream: RawUpstream, start_gateway: StartGateway, answer: bytes
