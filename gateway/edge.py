@@ -287,6 +287,40 @@ class GatewayProtocol(RequestHandler):
         return response
 
 
+class SentAnswer(web.StreamResponse):
+    """An answer already written whole to the connection (``send_whole``): aiohttp's own
+    prepare() and write_eof(), which it calls after the handler, find it sent."""
+
+    _eof_sent = True
+
+    def __init__(self, status: int, keep_alive: bool) -> None:
+        # Not StreamResponse.__init__: the headers and state it makes would never be read.
+        self._status = status
+        self._reason = ""
+        self._keep_alive = keep_alive
+
+
+async def send_whole(
+    request: web.BaseRequest, data: bytes, status: int, keep_alive: bool, timeout_s: float
+) -> web.StreamResponse:
+    """Write a whole framed answer in one piece, where aiohttp's Response and StreamWriter
+    would make a headers object, frame it and buffer it first. ConnectionResetError if the
+    caller has gone; TimeoutError if it takes none of the bytes for ``timeout_s``."""
+    protocol = request.protocol
+    transport = protocol.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the caller has gone")
+    # handle_error reads it: once bytes are out, a second answer would corrupt the stream.
+    request.writer.output_size += len(data)
+    transport.write(data)
+    if protocol.writing_paused:
+        # The caller reads slower than we write: wait as StreamWriter.drain() does, but not
+        # for ever, or a caller that never reads holds its connection and task.
+        async with asyncio.timeout(timeout_s):
+            await protocol._drain_helper()
+    return SentAnswer(status, keep_alive)
+
+
 def mark_request_started(request: web.BaseRequest) -> None:
     """Tell the connection its request headers are in (no-op on other protocols)."""
     protocol = request.protocol

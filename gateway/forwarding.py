@@ -290,16 +290,13 @@ def connection_tokens(headers: MultiMapping[str]) -> set[str]:
 
 # Never passed to the caller: hop-by-hop fields, and the id the gateway sets itself.
 _NOT_TO_CALLER = HOP_BY_HOP | {"x-request-id"}
-# An answer sent whole: aiohttp sets Content-Length again from the body, same value.
+# An answer sent whole: its Content-Length is framed anew from the body, same value.
 _NOT_TO_CALLER_WHOLE = _NOT_TO_CALLER | {"content-length"}
 
 
-def downstream_headers(
-    upstream: CIMultiDictProxy[str], request_id: str, *, whole: bool = False
-) -> CIMultiDict[str]:
-    """The upstream response's headers for the caller: hop-by-hop removed, our id added;
-    ``whole``: the answer is sent in one piece, framed anew (its Content-Length too)."""
-    drop = _NOT_TO_CALLER_WHOLE if whole else _NOT_TO_CALLER
+def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The upstream response's headers for the caller: hop-by-hop removed, our id added."""
+    drop = _NOT_TO_CALLER
     named = connection_tokens(upstream)
     if not named <= drop:  # "Connection: keep-alive" (the usual one) names nothing new
         drop = drop | named
@@ -308,3 +305,72 @@ def downstream_headers(
     )
     headers.add("X-Request-Id", request_id)
     return headers
+
+
+# Never passed to the caller in an answer sent whole, as bytes (the names as llhttp
+# gives them, lower-cased).
+_NOT_IN_WHOLE = frozenset(name.encode("ascii") for name in _NOT_TO_CALLER_WHOLE)
+# The usual Connection values, which name nothing the lines above do not drop already.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+
+def whole_answer_head(
+    version: tuple[int, int],
+    status: int,
+    reason: str,
+    upstream: Sequence[tuple[bytes, bytes]],
+    request_id: str,
+    body_length: int,
+    *,
+    keep_alive: bool,
+    date: str,
+    server: str,
+) -> bytes:
+    """The head of an answer sent whole, byte for byte as aiohttp's ``web.Response`` frames
+    it (the caller's version in the status line; the upstream's header lines, as
+    received, less hop-by-hop ones and its Content-Length; X-Request-Id; Content-Length;
+    where the upstream sent none, a Content-Type for a body, ``date`` and ``server``;
+    Connection as RFC 9112 §9.3 asks of the version). The reason and lines hold no
+    controls but HTAB: llhttp and response.py refuse an answer with any."""
+    # aiohttp writes text as UTF-8; the reason came as Latin-1 (response.py).
+    lines = [f"HTTP/{version[0]}.{version[1]} {status} {reason}".encode()]
+    names: list[bytes] = []  # of the lines kept, lower-case
+    connection: list[bytes] = []
+    for name, value in upstream:
+        lower = name.lower()
+        if lower in _NOT_IN_WHOLE:
+            if lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                connection.append(value)
+            continue
+        names.append(lower)
+        # Not ASCII: as aiohttp wrote the text it was decoded to, without the bytes that
+        # are not UTF-8 (the lone surrogates they decode to).
+        lines.append(name + b": " + (value if value.isascii() else _as_written(value)))
+    if connection:
+        named = {
+            token.strip().lower().encode("utf-8", "surrogateescape")
+            for token in _decoded(b",".join(connection)).split(",")
+        }
+        if not named <= _NOT_IN_WHOLE:
+            kept = [(n, line) for n, line in zip(names, lines[1:], strict=True) if n not in named]
+            lines[1:] = [line for _, line in kept]
+            names = [n for n, _ in kept]
+    lines.append(b"X-Request-Id: " + request_id.encode())
+    lines.append(b"Content-Length: %d" % body_length)
+    if body_length and b"content-type" not in names:
+        lines.append(b"Content-Type: application/octet-stream")
+    if b"date" not in names:
+        lines.append(b"Date: " + date.encode())
+    if b"server" not in names:
+        lines.append(b"Server: " + server.encode())
+    if keep_alive:
+        if version == (1, 0):
+            lines.append(b"Connection: keep-alive")
+    elif version == (1, 1):
+        lines.append(b"Connection: close")
+    lines += (b"", b"")
+    return b"\r\n".join(lines)
+
+
+def _as_written(value: bytes) -> bytes:
+    return value.decode("utf-8", "surrogateescape").encode("utf-8", "ignore")

@@ -76,7 +76,7 @@ class Pool:
         self._dialer = dialer
         self._timeout_s = timeout_s
         self._idle_timeout_s = idle_timeout_s
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = Slots(max_connections)
         self._idle: deque[Connection] = deque()
         self.connections: set[Connection] = set()  # open ones, busy or idle
 
@@ -89,7 +89,8 @@ class Pool:
 
         The caller must ``release()`` the answer. Raises UpstreamFault.
         """
-        await self._acquire_slot()
+        if not self._slots.take_free():
+            await self._wait_for_slot()
         try:
             connection = self._reuse() or await self._dialer.open(self._new_connection)
         except BaseException:
@@ -111,15 +112,12 @@ class Pool:
     def _new_connection(self) -> Connection:
         return Connection(self)
 
-    async def _acquire_slot(self) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()
-            return
+    async def _wait_for_slot(self) -> None:
         # Every connection is busy: wait at most timeout_s for one. Not a connect: its
         # own kind, and never retried (UpstreamFault.retryable).
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._slots.acquire()
+                await self._slots.wait()
         except TimeoutError:
             raise UpstreamFault("pool_timeout", sent=False) from None
 
@@ -148,6 +146,49 @@ class Pool:
             connection.close()
 
 
+class Slots:
+    """At most ``size`` holders at a time; the others wait, first come first served.
+
+    What asyncio.Semaphore does, without its cost when a slot is free (its locked()
+    scans the waiters, and acquire() is a coroutine even when it need not wait): the
+    pool takes a slot for every request (bench/README.md has the figure).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_free(self) -> bool:
+        """Take a slot if one is free and nobody waits for one before us."""
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Wait for a slot: ``release()`` hands it over directly."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.cancelled():
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            else:  # handed a slot just as the wait was given up: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first waiter still waiting, else to the free ones."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; feeds what it reads to the current answer's parser."""
 
@@ -168,7 +209,10 @@ class Connection(asyncio.Protocol):
     def start(self, response: Response, head: bytes, body: bytes) -> None:
         assert self.transport is not None  # noqa: S101 - set on connect
         self._response = response
-        self._parser = ResponseParser(response)
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = ResponseParser()
+        parser.begin(response)
         if body:
             self.transport.writelines((head, body))
         else:
@@ -196,14 +240,17 @@ class Connection(asyncio.Protocol):
         self._registry.discard(self)
         if self._response is not None:
             self._response.connection_lost()
+        self._drop_parser()
 
     def release(self, reusable: bool) -> None:
         """Its answer is finished with: back to the pool (Response.release)."""
+        self._response = None
+        self._pool.done(self, reusable)  # closes the connection unless it is reusable
+
+    def _drop_parser(self) -> None:
         if self._parser is not None:
             self._parser.close()
-        self._response = None
-        self._parser = None
-        self._pool.done(self, reusable)
+            self._parser = None
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -214,6 +261,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
+        self._drop_parser()
         if self.transport is not None and not self.closed:
             self.closed = True
             self._registry.discard(self)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from . import signing
@@ -27,11 +29,13 @@ from .client_ip import TrustedNetworks, derive_client_ip
 from .config import DEFAULT_TENANT, Settings
 from .counts import add
 from .edge import (
+    SentAnswer,
     client_name,
     client_names,
     listener_tenant,
     mark_request_finished,
     mark_request_started,
+    send_whole,
 )
 from .egress import EgressProxy
 from .errors import (
@@ -55,6 +59,7 @@ from .forwarding import (
     screen_headers,
     trace_id,
     upstream_path_and_query,
+    whole_answer_head,
 )
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
@@ -469,7 +474,7 @@ class Proxy:
             and request.method != "HEAD"
             and upstream.status not in (204, 304)
         ):
-            return await self._relay_whole(upstream, exchange)
+            return await self._relay_whole(request, upstream, exchange)
         headers = downstream_headers(upstream.headers, exchange.request_id)
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
@@ -515,7 +520,9 @@ class Proxy:
         add(self._counts.upstream_errors, kind)
         return kind
 
-    async def _relay_whole(self, upstream: Response, exchange: Exchange) -> web.Response:
+    async def _relay_whole(
+        self, request: web.BaseRequest, upstream: Response, exchange: Exchange
+    ) -> web.StreamResponse:
         assert exchange.request_id is not None  # noqa: S101 - set by _send
         try:
             body = await upstream.read()
@@ -523,11 +530,33 @@ class Proxy:
             # Nothing has been sent yet, so a cut or stalled body is an honest 502/504.
             kind = self._body_fault(fault)
             raise (UpstreamTimeout if kind == "timeout" else UpstreamUnavailable)(kind) from None
-        headers = downstream_headers(upstream.headers, exchange.request_id, whole=True)
-        exchange.bytes_out = len(body)
-        return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=body
+        upstream.release()  # all in: the connection serves others while the caller reads
+        status = upstream.status
+        # While draining, each answer closes its connection so keep-alive callers
+        # reconnect, through the Service, to an instance that is staying.
+        keep_alive = request.keep_alive and not self._lifecycle.draining
+        head = whole_answer_head(
+            request.version,
+            status,
+            upstream.reason,
+            upstream.raw_headers,
+            exchange.request_id,
+            len(body),
+            keep_alive=keep_alive,
+            date=rfc822_formatted_time(),
+            server=SERVER_SOFTWARE,
         )
+        exchange.bytes_out = len(body)
+        try:
+            return await send_whole(request, head + body, status, keep_alive, self._send_timeout_s)
+        except ConnectionError:
+            exchange.error = "client_disconnected"
+            return SentAnswer(499, keep_alive=False)  # nothing sent: 499 is for the record
+        except TimeoutError:
+            exchange.error = "client_send_timeout"
+            add(self._counts.connections_closed, "send_timeout")
+            _abort(request)
+            return SentAnswer(status, keep_alive=False)
 
 
 async def read_body(request: web.BaseRequest, limit: int, exchange: Exchange) -> bytes:

@@ -10,6 +10,7 @@ the pool it goes back to, are in pool.py.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Protocol
 
 import httptools
@@ -25,6 +26,10 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 # Interim (1xx) answers before the final one, at most: more is an upstream gone wrong.
 MAX_INTERIM = 8
+# A control other than HTAB, which aiohttp would refuse to frame in a status line.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# An answer's headers until its head is in: one empty mapping for all.
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 class Stream(Protocol):
@@ -46,7 +51,9 @@ class Response:
         self.head_request = method == "HEAD"
         self.status = 0
         self.reason = ""
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        # The header lines as received (names and values as bytes), in order.
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.complete = False
         self.headers_in = False
@@ -104,12 +111,18 @@ class Response:
     # ---------------------------------------------------------------- from the parser
 
     def head_received(
-        self, status: int, reason: str, headers: CIMultiDict[str], keep_alive: bool
+        self,
+        status: int,
+        reason: str,
+        headers: CIMultiDict[str],
+        keep_alive: bool,
+        raw_headers: list[tuple[bytes, bytes]],
     ) -> None:
         """The final answer's head (interim ones never get here). Raises UpstreamFault."""
         self.status = status
         self.reason = reason
         self.headers = CIMultiDictProxy(headers)
+        self.raw_headers = raw_headers
         self._keep_alive = keep_alive
         codings = headers.get("Transfer-Encoding")
         if codings is not None and codings.replace(" ", "").lower() != "chunked":
@@ -179,27 +192,40 @@ class Response:
 
 
 class ResponseParser:
-    """llhttp's callbacks for one answer, with the head's bounds; feeds its Response."""
+    """llhttp's callbacks for the answers on one connection, with each head's bounds;
+    feeds the current answer's Response.
 
-    def __init__(self, response: Response) -> None:
-        self._response = response
+    One per connection, not per answer: llhttp parses a keep-alive connection's answers
+    one after another, and a connection is only reused after a complete, clean answer
+    (Response.release), when the parser is ready for the next one.
+    """
+
+    def __init__(self) -> None:
+        self._response: Response | None = None
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._reason = b""
-        self._raw_headers: list[tuple[str, str]] = []
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._received_early = 0
         self._head_bytes = 0
         self._interim = 0
         self._final = False
 
+    def begin(self, response: Response) -> None:
+        """The next bytes are ``response``'s."""
+        self._response = response
+        self._received_early = self._head_bytes = self._interim = 0
+        self._final = False
+
     def close(self) -> None:
         """Let go of llhttp's parser, which holds this object: no cycle left for the GC."""
         self._parser = None
+        self._response = None
 
     def feed(self, data: bytes) -> bool:
         """Parse ``data``; False when the answer is malformed or its head too large (the
         response has failed, and the connection must close)."""
         response, parser = self._response, self._parser
-        if parser is None:
+        if parser is None or response is None:
             return False
         try:
             parser.feed_data(data)
@@ -218,7 +244,7 @@ class ResponseParser:
     # ---------------------------------------------------------------- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._response.complete:
+        if self._response is None or self._response.complete:
             # A second answer to one request: stop here; the connection is closed.
             raise UpstreamFault("protocol", sent=True)
         self._reason = b""
@@ -229,12 +255,12 @@ class ResponseParser:
         self._count_head(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        if len(self._raw_headers) == MAX_HEADERS:
-            raise UpstreamFault("protocol", sent=True)
-        self._raw_headers.append(
-            (name.decode("ascii", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        # Kept as bytes, decoded once the head is whole (on_headers_complete); the size
+        # is counted here, not in a call to _count_head: this runs for every header line.
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES or len(self._raw_headers) == MAX_HEADERS:
+            raise UpstreamFault("protocol", sent=True)  # the parser stops; a 502 follows
+        self._raw_headers.append((name, value))
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -255,17 +281,31 @@ class ResponseParser:
             if self._interim > MAX_INTERIM:
                 raise UpstreamFault("protocol", sent=True)
             return
+        if _CONTROL.search(self._reason) is not None:
+            # llhttp lets a reason phrase carry controls that no header line may (RFC
+            # 9110 §5.5); relayed, they would reach the caller's parser.
+            raise UpstreamFault("protocol", sent=True)
         self._final = True
-        self._response.head_received(
+        response = self._response
+        assert response is not None  # noqa: S101 - on_message_begin checked it
+        headers = CIMultiDict(
+            [
+                (name.decode("ascii", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self._raw_headers
+            ]
+        )
+        response.head_received(
             status,
             self._reason.decode("latin-1"),
-            CIMultiDict(self._raw_headers),
+            headers,
             bool(parser.should_keep_alive()),
+            self._raw_headers,
         )
 
     def on_body(self, data: bytes) -> None:
-        self._response.body_received(data)
+        if self._response is not None:
+            self._response.body_received(data)
 
     def on_message_complete(self) -> None:
-        if self._final:  # not the end of an interim answer
+        if self._final and self._response is not None:  # not the end of an interim answer
             self._response.message_complete()

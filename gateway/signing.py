@@ -517,9 +517,36 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 
 
+class _HexIds:
+    """Random UUID4s as 32 hex characters, made 256 at a time from one 4 KiB os.urandom
+    read: one mask over a big integer and one hex() per batch, a list pop per id,
+    instead of an integer's masks and formatting per id."""
+
+    _IDS = 256
+    _CLEAR = sum((_UUID4_CLEAR & (1 << 128) - 1) << 128 * i for i in range(_IDS))
+    _SET = sum(_UUID4_SET << 128 * i for i in range(_IDS))
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        # A forked worker must not hand out its parent's (or a sibling's) ids.
+        os.register_at_fork(after_in_child=self._ids.clear)
+
+    def take(self) -> str:
+        ids = self._ids
+        if not ids:
+            size = self._IDS * 16
+            value = int.from_bytes(os.urandom(size), "big") & self._CLEAR | self._SET
+            text = value.to_bytes(size, "big").hex()
+            ids.extend([text[i : i + 32] for i in range(0, size * 2, 32)])
+        return ids.pop()
+
+
+_hex_ids = _HexIds()
+
+
 def new_request_id() -> str:
     """A fresh request id: a random UUID4 as 32 lowercase hex characters."""
-    return format((_random.take(16) & _UUID4_CLEAR) | _UUID4_SET, "032x")
+    return _hex_ids.take()
 
 
 def new_decimal_request_id() -> str:

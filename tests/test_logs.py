@@ -89,7 +89,7 @@ def test_the_access_line_is_the_line_structlog_renders(
     fields = {**ACCESS_FIELDS, **odd}
     with structlog.contextvars.bound_contextvars(**({"worker": worker} if worker else {})):
         structlog.get_logger("test").info("request", **fields)
-        AccessLog().write(fields)
+        AccessLog().write(dict(fields))  # the dict becomes the line's: event, timestamp
     by_structlog, direct = (json.loads(line) for line in buffer.getvalue().splitlines())
     assert direct == {**by_structlog, "timestamp": direct["timestamp"]}
     context = ["worker"] if worker else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.logs import session_tag
 from gateway.mock.demo import metrics_summary
 from gateway.mock.upstream import DEMO_SECRET, MockSettings, create_mock_app
 
@@ -325,6 +327,44 @@ async def test_one_access_line_per_request_with_its_fields(
         502, "upstream_unavailable", None,
     )  # fmt: skip
     assert failed["session"] is None
+
+
+async def test_the_access_line_of_a_request_is_the_same_line_as_ever(
+    gateway: Gateway, mock: Mock, client: aiohttp.ClientSession, logs: io.StringIO
+) -> None:
+    """Every key and value, in order, for one proxied request (the line as written
+    through structlog before the access line was rendered on its own)."""
+    headers = {
+        "X-Player-Session-Id": SESSION_ID,
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    }
+    url = (gateway.url / "echo").with_query(q="1")
+    async with client.post(url, data=b"123", headers=headers) as r:
+        assert r.status == 200
+        request_id, size = r.headers["X-Request-Id"], len(await r.read())
+    [line] = log_events(logs, "request")
+    assert isinstance(line["duration_ms"], float)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line["timestamp"])
+    line["duration_ms"] = line["timestamp"] = "*"
+    assert list(line.items()) == [
+        ("level", "info"),
+        ("request_id", request_id),
+        ("tenant", "default"),
+        ("method", "POST"),
+        ("path", "/echo"),
+        ("status", 200),
+        ("upstream_status", 200),
+        ("duration_ms", "*"),
+        ("client_ip", "127.0.0.1"),
+        ("client_name", None),
+        ("bytes_in", 3),
+        ("bytes_out", size),
+        ("error", None),
+        ("session", session_tag(SESSION_ID)),
+        ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("event", "request"),
+        ("timestamp", "*"),
+    ]
 
 
 async def test_the_access_line_carries_a_valid_traceparents_trace_id(

@@ -25,6 +25,7 @@ import trustme
 from aiohttp import web
 from yarl import URL
 
+from gateway.pool import Slots
 from gateway.response import MAX_HEAD_BYTES, MAX_HEADERS
 
 from .support import (
@@ -140,6 +141,18 @@ async def test_keep_alive_connections_are_reused_and_each_request_is_signed_afre
     assert scripted.connections == 1
     assert len({r.header("Authorization")[0] for r in scripted.requests}) == 5
     assert [r.body for r in scripted.requests] == [b'{"a":1}'] * 5
+
+
+async def test_each_answer_on_a_kept_alive_connection_has_its_own_head_bounds(
+    scripted: ScriptedUpstream, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    """One parser per connection: what one answer's head counted is not the next one's."""
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 400) for i in range(100))  # ~41 KB
+    scripted.answer = lambda n: b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 2\r\n\r\nok"
+    gw = await start(start_gateway, scripted)
+    for _ in range(3):  # 123 KB of heads in all, over MAX_HEAD_BYTES; each under it
+        assert await get(client, gw) == (200, b"ok")
+    assert scripted.connections == 1
 
 
 async def test_an_answer_with_connection_close_is_not_reused(
@@ -405,7 +418,7 @@ async def test_a_pool_wait_is_not_a_connect_and_is_not_retried(
         await runner.cleanup()
 
 
-# 7. Status codes outside 100-599, and endless interim answers: 502 at once.
+# 7. Status codes outside 100-599, endless interim answers, a control in the reason: 502.
 @pytest.mark.parametrize(
     "answer",
     [
@@ -413,8 +426,10 @@ async def test_a_pool_wait_is_not_a_connect_and_is_not_retried(
         b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 600 Big\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 O\x7fK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     ],
-    ids=["099", "000", "600", "nine-interim"],
+    ids=["099", "000", "600", "nine-interim", "control-in-reason", "control-streamed"],
 )
 async def test_an_invalid_upstream_status_is_502(
     raw_upstream: RawUpstream, start_gateway: StartGateway, answer: bytes
@@ -487,3 +502,22 @@ async def test_a_slow_upstream_call_does_not_hold_up_others(
             assert await r.text() == "/slow"
     finally:
         await runner.cleanup()
+
+
+async def test_a_slot_handed_to_a_waiter_that_gives_up_goes_to_the_next() -> None:
+    slots = Slots(1)
+    assert slots.take_free()
+    first, second = asyncio.create_task(slots.wait()), asyncio.create_task(slots.wait())
+    await asyncio.sleep(0)  # both are waiting
+    slots.release()  # handed to the first...
+    first.cancel()  # ...which gives up before it runs
+    [outcome] = await asyncio.gather(first, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    await second  # the slot went on to the second
+    assert not slots.take_free()
+    second_waiter = asyncio.create_task(slots.wait())
+    await asyncio.sleep(0)
+    second_waiter.cancel()  # a waiter cancelled before any release leaves no trace
+    await asyncio.gather(second_waiter, return_exceptions=True)
+    slots.release()
+    assert slots.take_free()

@@ -307,11 +307,11 @@ class LimitsSettings:
         "closed (also the rest of a request pipelined behind one that was answered)",
         5.0,
     )
-    # So a reader that never reads cannot hold an upstream connection.
+    # So a reader that never reads cannot hold a connection, a task or an upstream connection.
     send_timeout_s: float = key(
         values.seconds,
-        "a caller that takes no bytes of a streamed answer for this long is cut, and the "
-        "upstream connection closed",
+        "a caller that takes no bytes of an answer for this long is cut (and, for a streamed "
+        "answer, the upstream connection closed)",
         30.0,
     )
     player_rate_per_s: float | None = key(
