@@ -176,8 +176,20 @@ class _Progress:
 
     def __call__(self, done: int, total: int) -> None:
         if self._bar is None:
-            self._bar = tqdm(total=total, disable=None, file=sys.stderr, unit="part",
-                             desc="searching", leave=False)  # fmt: skip
+            # Ctrl-C while tqdm draws the bar would leave it on the screen with nothing to
+            # clear it: the signal waits until the bar is ours to close.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                self._bar = tqdm(
+                    total=total,
+                    disable=None,
+                    file=sys.stderr,
+                    unit="part",
+                    desc="searching",
+                    leave=False,
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
