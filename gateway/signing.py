@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,9 +35,7 @@ DEFAULT_FIELDS: tuple[str, ...] = (
 SECRET_ENCODINGS = ("hex", "utf-8", "base64")
 SIGNATURE_ENCODINGS = ("base64", "hex")
 TIMESTAMP_UNITS = ("s", "ms")
-# hex32: 32 lowercase hex characters (a random UUID4); decimal: a random integer from 1 to
-# 2^31 - 1, for a server that parses the id as a signed 32-bit integer (Aleacc's example
-# uses 1); uuid: the 36-character UUID4 with dashes.
+# The request id's forms: gateway/request_ids.py makes and recognizes each.
 REQUEST_ID_FORMATS = ("hex32", "decimal", "uuid")
 
 HEADER_FIELD_PREFIX = "header:"
@@ -363,11 +360,6 @@ class Plan:
             bytes.hex if hex_sig else lambda d: base64.b64encode(d).decode("ascii")
         )
 
-    @property
-    def new_request_id(self) -> Callable[[], str]:
-        """The scheme's request id maker: a fresh id per call."""
-        return _REQUEST_IDS[self.scheme.request_id_format]
-
     def timestamp(self, clock_s: float) -> int:
         """The header's timestamp for a clock reading in seconds."""
         return int(clock_s * 1000) if self._ms else int(clock_s)
@@ -489,72 +481,6 @@ def compile_scheme(scheme: Scheme) -> Plan:
 def authorization(api_id: str, sig: str, request_id: str, timestamp: int) -> str:
     """The ``Authorization`` header value."""
     return f"{SCHEME} {api_id}:{sig}:{request_id}:{timestamp}"
-
-
-class _RandomPool:
-    """os.urandom read 4 KiB at a time: one getrandom syscall per 256 request ids."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._offset = 0
-        # A forked worker must not hand out its parent's (or a sibling's) bytes.
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._buffer, self._offset = b"", 0
-
-    def take(self, size: int) -> int:
-        """``size`` fresh random bytes, as a big-endian integer."""
-        if self._offset + size > len(self._buffer):
-            self._buffer, self._offset = os.urandom(4096), 0
-        value = int.from_bytes(self._buffer[self._offset : self._offset + size], "big")
-        self._offset += size
-        return value
-
-
-_random = _RandomPool()
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
-
-
-def new_request_id() -> str:
-    """A fresh request id: a random UUID4 as 32 lowercase hex characters."""
-    return format((_random.take(16) & _UUID4_CLEAR) | _UUID4_SET, "032x")
-
-
-def new_decimal_request_id() -> str:
-    """A fresh request id: a random integer from 1 to 2^31 - 1, in decimal."""
-    while True:
-        value = _random.take(4) & 0x7FFFFFFF
-        if value:  # 0 is left out: a server may take it for "no id"
-            return str(value)
-
-
-def new_uuid_request_id() -> str:
-    """A fresh request id: a random UUID4 with dashes (36 characters)."""
-    value = new_request_id()
-    return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
-
-
-_REQUEST_IDS: dict[str, Callable[[], str]] = {
-    "hex32": new_request_id,
-    "decimal": new_decimal_request_id,
-    "uuid": new_uuid_request_id,
-}
-_DECIMAL_ID = re.compile(r"^[1-9][0-9]{0,9}$")
-_UUID_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_HEX32_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def request_id_format(request_id: str) -> str | None:
-    """The format a request id has (``decimal``, ``uuid``, ``hex32``), None for others."""
-    if _DECIMAL_ID.match(request_id) and int(request_id) < 2**31:
-        return "decimal"
-    if _UUID_ID.match(request_id):
-        return "uuid"
-    if _HEX32_ID.match(request_id):
-        return "hex32"
-    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import signing
+from . import request_ids, signing
 from .client_ip import TrustedNetworks, parse_address
 from .config import DEFAULT_TENANT, Settings, TenantSettings, base_path, host_header, host_name
 from .counts import RequestCounts
@@ -87,7 +87,7 @@ class Tenant:
         self.secrets = secrets
         # Compiled once: the request path runs the plan, never re-parses the scheme.
         self.plan = signing.compile_scheme(settings.scheme)
-        self.new_request_id = self.plan.new_request_id
+        self.new_request_id = request_ids.MAKERS[settings.scheme.request_id_format]
         self._credentials: signing.Credentials | None = None
         self.allowed = (
             TrustedNetworks(settings.allowed_clients)

@@ -8,9 +8,6 @@ Every expected signature was computed outside this code, with openssl:
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import uuid
 
 import pytest
 from hypothesis import given
@@ -321,29 +318,6 @@ def test_verify_is_the_inverse_of_sign() -> None:
         assert not plan.verify(tampered, key, auth)
 
 
-def test_request_ids_are_fresh_uuid4_hex() -> None:
-    ids = {signing.new_request_id() for _ in range(5000)}  # crosses several pool refills
-    assert len(ids) == 5000
-    for request_id in ids:
-        parsed = uuid.UUID(request_id)
-        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
-        assert request_id == parsed.hex
-
-
-def test_a_forked_worker_never_repeats_its_parents_request_ids() -> None:
-    signing.new_request_id()  # the pool now holds unused random bytes
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        os.write(write, signing.new_request_id().encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(child, 0)
-    from_child = os.read(read, 64).decode()
-    os.close(read)
-    assert from_child != signing.new_request_id()
-
-
 @pytest.mark.parametrize(
     ("fields", "problems"),
     [
@@ -435,46 +409,6 @@ def test_aleaccs_unrolled_string_is_the_generic_loops(
     generic = plan.values(request, signing.Context(*context))
     expected = plan.separator.join(value for value in generic if value is not None)
     assert plan.string_to_sign(request, signing.Context(*context)) == expected
-
-
-@pytest.mark.parametrize(
-    ("form", "pattern"),
-    [
-        ("hex32", r"^[0-9a-f]{32}$"),
-        ("decimal", r"^[1-9][0-9]{0,9}$"),
-        ("uuid", r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"),
-    ],
-)
-def test_each_request_id_format_makes_ids_of_its_form(form: str, pattern: str) -> None:
-    plan = signing.compile_scheme(signing.Scheme(request_id_format=form))
-    ids = [plan.new_request_id() for _ in range(2000)]  # crosses pool refills
-    for request_id in ids:
-        assert re.match(pattern, request_id), request_id
-        assert signing.request_id_format(request_id) == form
-    if form == "decimal":
-        # Fits a signed 32-bit integer, and is never 0.
-        assert all(1 <= int(i) <= 2**31 - 1 for i in ids)
-        assert max(map(int, ids)) > 2**30  # the whole range is used, not a corner of it
-    else:
-        assert len(set(ids)) == len(ids)
-
-
-@pytest.mark.parametrize(
-    ("request_id", "form"),
-    [
-        ("1", "decimal"),
-        ("2147483647", "decimal"),
-        ("2147483648", None),  # beyond a signed 32-bit integer
-        ("0", None),
-        ("01", None),
-        ("0123456789abcdef0123456789abcdef", "hex32"),
-        ("0123456789ABCDEF0123456789ABCDEF", None),
-        ("01234567-89ab-4def-8123-456789abcdef", "uuid"),
-        ("req-1", None),
-    ],
-)
-def test_request_id_format_reads_an_ids_form(request_id: str, form: str | None) -> None:
-    assert signing.request_id_format(request_id) == form
 
 
 def test_an_unknown_request_id_format_is_a_scheme_problem() -> None:

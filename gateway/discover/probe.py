@@ -17,7 +17,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .. import signing
+from .. import request_ids, signing
 from ..config import Settings, TenantSettings, base_path, host_header
 from ..forwarding import upstream_path_and_query
 from .candidates import CANDIDATES, INCOMING_LABEL
@@ -118,7 +118,8 @@ async def _send(
     )
     plan = signing.compile_scheme(scheme)
     credentials = signing.Credentials(to.api_id, key)
-    signed = plan.sign(parts, credentials, plan.new_request_id(), plan.timestamp(time.time()))
+    request_id = request_ids.MAKERS[scheme.request_id_format]()
+    signed = plan.sign(parts, credentials, request_id, plan.timestamp(time.time()))
     headers["Authorization"] = signed.authorization
     async with client.request(
         parts.method, url, headers=headers, data=body or None, allow_redirects=False
