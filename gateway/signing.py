@@ -517,6 +517,3 @@ def parse_authorization(value: str) -> Authorization | None:
     if not _REQUEST_ID.match(request_id):
         return None
     return Authorization(api_id, sig, request_id, int(ts))
-
-
-DEFAULT_PLAN = compile_scheme(Scheme())
