@@ -24,6 +24,7 @@ from yarl import URL
 
 from . import environment, signing
 from .client_ip import Network, parse_network
+from .toml_writer import toml_string
 
 MAX_RETRIES = 5
 DEFAULT_TENANT = "default"  # [signing]'s credential, in labels and logs
@@ -1405,7 +1406,7 @@ def _toml(value: Any) -> str:
         return "[" + ", ".join(map(_toml, value)) + "]"
     if isinstance(value, frozenset):
         return "[" + ", ".join(map(_toml, sorted(value, key=str))) + "]"
-    return signing.toml_string(str(value))
+    return toml_string(str(value))
 
 
 def _first_line(text: str | None) -> str:

@@ -61,31 +61,6 @@ class Scheme:
     timestamp_unit: str = "s"
     request_id_format: str = "hex32"
 
-    def toml(self) -> str:
-        """The ``[signing]`` table's scheme keys, ready to paste into a config file."""
-        fields = ", ".join(toml_string(f) for f in self.fields)
-        return "\n".join(
-            [
-                "[signing]",
-                f"fields = [{fields}]",
-                f"separator = {toml_string(self.separator)}",
-                f"secret_encoding = {toml_string(self.secret_encoding)}",
-                f"signature_encoding = {toml_string(self.signature_encoding)}",
-                f"timestamp_unit = {toml_string(self.timestamp_unit)}",
-                f"request_id_format = {toml_string(self.request_id_format)}",
-            ]
-        )
-
-
-def toml_string(value: str) -> str:
-    # A TOML basic string: JSON's escapes are a subset TOML reads the same way.
-    escaped = "".join(
-        {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c)
-        or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
-        for c in value
-    )
-    return f'"{escaped}"'
-
 
 @dataclass(frozen=True, slots=True)
 class Credentials:

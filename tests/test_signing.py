@@ -365,21 +365,6 @@ def test_explain_marks_left_out_fields_escapes_values_and_never_shows_the_secret
     assert all(HEX_SECRET.decode() not in line for line in lines)
 
 
-def test_scheme_toml_reads_back_as_the_same_scheme() -> None:
-    import tomllib
-
-    scheme = signing.Scheme(
-        fields=("api_id", 'header:X-"Odd"?', "body|md5|base64"),
-        separator="\n\t\\\x01",
-        secret_encoding="base64",
-        signature_encoding="hex",
-        timestamp_unit="ms",
-    )
-    table = tomllib.loads(scheme.toml())["signing"]
-    table["fields"] = tuple(table["fields"])
-    assert signing.Scheme(**table) == scheme
-
-
 header_text = st.text(
     st.characters(codec="utf-8", exclude_characters="\r\n") | st.just("\udce9"),
     max_size=12,

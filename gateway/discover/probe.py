@@ -20,6 +20,7 @@ from yarl import URL
 from .. import request_ids, signing
 from ..config import Settings, TenantSettings, base_path, host_header
 from ..forwarding import upstream_path_and_query
+from ..toml_writer import signing_table
 from .candidates import CANDIDATES, INCOMING_LABEL
 
 FOUND, NONE = 0, 1
@@ -82,7 +83,7 @@ async def probe(
             tried.append(Attempt(label, status))
             print(f"{number:3}. {label}: {status}")
             if status != 403:
-                print(f"\nAccepted (status {status}, not 403):\n\n{scheme.toml()}")
+                print(f"\nAccepted (status {status}, not 403):\n\n{signing_table(scheme)}")
                 return FOUND
     print(
         f"probe: none of the {len(tried)} scheme(s) tried was accepted; see above.",
