@@ -318,7 +318,8 @@ class Plan:
         self.fields = fields
         # The request path's loop: plain tuples, no method call per field.
         self._steps = tuple((f.get, f.apply, f.optional) for f in fields)
-        # Aleacc's field list, the default, is built by one function with no per-field call.
+        # Aleacc's field list, the default, is built by one function with no per-field call
+        # (what it saves: bench/README.md).
         self._aleacc = scheme.fields == DEFAULT_FIELDS
         # The request headers the fields read, lower-case: all the proxy collects for it.
         self.header_names = frozenset(
