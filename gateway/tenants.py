@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import request_ids, signing
-from .client_ip import TrustedNetworks, parse_address
+from .client_ip import NetworkSet, parse_address
 from .config import DEFAULT_TENANT, Settings, TenantSettings, base_path, host_header, host_name
 from .counts import RequestCounts
 from .egress import EgressProxy, dialer
@@ -90,9 +90,7 @@ class Tenant:
         self.new_request_id = request_ids.MAKERS[settings.scheme.request_id_format]
         self._credentials: signing.Credentials | None = None
         self.allowed = (
-            TrustedNetworks(settings.allowed_clients)
-            if settings.allowed_clients is not None
-            else None
+            NetworkSet(settings.allowed_clients) if settings.allowed_clients is not None else None
         )
         self.client_names = settings.client_names
         limited = settings.rate_per_s is not None or players is not None
@@ -200,7 +198,7 @@ class Tenants:
                 )
                 host = host_header(url)
                 self.upstreams[str(url)] = Upstream(
-                    pool, url.scheme, host, b"Host: " + signing.text(host), base_path(url)
+                    pool, url.scheme, host, b"Host: " + signing.wire_bytes(host), base_path(url)
                 )
         limits = settings.limits
         players = (
