@@ -25,7 +25,6 @@ from . import signing
 from .admin import Lifecycle
 from .client_ip import NetworkSet, derive_client_ip
 from .config import DEFAULT_TENANT, Settings
-from .counts import add
 from .edge import (
     client_name,
     client_names,
@@ -57,7 +56,7 @@ from .forwarding import (
     upstream_path_and_query,
 )
 from .logs import AccessLog, session_tag
-from .metrics import Metrics, method_label
+from .metrics import Metrics, add, method_label
 from .pool import framed_head
 from .ratelimit_store import LimitStore
 from .response import Response

@@ -18,11 +18,10 @@ from prometheus_client import CollectorRegistry
 from .admin import Lifecycle, create_admin_app
 from .client_ip import NetworkSet
 from .config import ListenAddress, Settings
-from .counts import add
 from .edge import EdgeGuard, EdgeLimits
 from .egress import egress_proxy
 from .logs import flush_periodically
-from .metrics import Metrics
+from .metrics import Metrics, add
 from .preflight import Preflight
 from .proxy import Clock, Proxy
 from .ratelimit_store import LimitStore, store_password

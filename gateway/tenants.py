@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from . import request_ids, signing
 from .client_ip import NetworkSet, parse_address
 from .config import DEFAULT_TENANT, Settings, TenantSettings, base_path, host_header, host_name
-from .counts import RequestCounts
 from .egress import EgressProxy, dialer
 from .errors import ClientNotAllowed, RateLimited, TenantUnknown
+from .metrics import RequestCounts
 from .pool import Pool
 from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
 from .ratelimit_store import LimitStore, SharedBuckets, bucket

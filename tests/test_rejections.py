@@ -17,7 +17,7 @@ import pytest
 from yarl import URL
 
 from gateway import signing
-from gateway.counts import RequestCounts
+from gateway.metrics import RequestCounts
 from gateway.mock.upstream import (
     DEMO_API_ID,
     DEMO_SECRET,
