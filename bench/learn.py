@@ -49,13 +49,14 @@ def three_samples() -> list[str]:
         ("POST", "/api/player/signout", b"{}", {"X-Player-Session-Id": "f00d" * 8}),
     ]
     credentials = signing.Credentials(API_ID, bytes.fromhex(SECRET))
+    plan = signing.compile_scheme(signing.Scheme())
     curls = []
     for number, (method, target, body, extra) in enumerate(requests, 1):
         headers = CIMultiDict({"X-Client-Ip": "203.0.113.7", **extra})
         if body:
             headers["Content-Type"] = "application/json"
         parts = signing.RequestParts(method, "https", HOST, target, headers, body)
-        signed = signing.DEFAULT_PLAN.sign(parts, credentials, f"{number:032x}", 1796054400)
+        signed = plan.sign(parts, credentials, f"{number:032x}", 1796054400)
         words = [f"curl 'https://{HOST}{target}' -X {method}"]
         words += [f"-H '{name}: {value}'" for name, value in headers.items()]
         words.append(f"-H 'Authorization: {signed.authorization}'")

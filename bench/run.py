@@ -404,6 +404,7 @@ def verify_signatures(upstream_log: Path, servers: list[Server]) -> dict[str, tu
                     answer.read()
     time.sleep(0.5)  # nginx writes its access log line after the answer
     results: dict[str, tuple[int, int]] = {}
+    plan = signing.compile_scheme(signing.Scheme())
     for line in upstream_log.read_text().splitlines():
         method, target, _content_type, client_ip, header = line.split("\t")
         tag = re.search(r"bench=([^&]+)", target).group(1)  # type: ignore[union-attr]
@@ -416,7 +417,7 @@ def verify_signatures(upstream_log: Path, servers: list[Server]) -> dict[str, tu
             headers={"X-Client-Ip": "" if client_ip == "-" else client_ip},
             body=POST_BODY if method == "POST" else b"",
         )
-        ok = auth is not None and signing.DEFAULT_PLAN.verify(parts, KEY, auth)
+        ok = auth is not None and plan.verify(parts, KEY, auth)
         good, total = results.get(tag, (0, 0))
         results[tag] = (good + int(ok), total + 1)
     return results

@@ -77,12 +77,13 @@ class ClientIp(NamedTuple):
     source: Source
 
 
-class TrustedNetworks:
-    """A fixed set of networks, asked whether an address belongs to one of them.
+class NetworkSet:
+    """A fixed set of networks, asked whether an address belongs to one of them: the
+    proxies trusted to write X-Forwarded-For, or the clients a listener or tenant admits.
 
     Answers are remembered per address (up to KNOWN_ADDRESSES, then forgotten at once):
-    the same few ingress and proxy addresses come with every request, and testing one
-    against the networks costs a microsecond.
+    the same few ingress and proxy addresses come with every request, and walking the
+    networks for each would cost more than a dict lookup.
     """
 
     __slots__ = ("_known", "_networks")
@@ -112,7 +113,7 @@ def _text(address: Address) -> str:
 
 
 def derive_client_ip(
-    peer: str | None, forwarded_for: Sequence[str], trusted: TrustedNetworks
+    peer: str | None, forwarded_for: Sequence[str], trusted: NetworkSet
 ) -> ClientIp:
     """Apply the rule of docs/signing.md, "What the gateway does with headers".
 

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from .client_ip import TrustedNetworks, parse_address
+from .client_ip import NetworkSet, parse_address
 from .errors import ClientNotAllowed, error_body
 from .tls import certificate_names, name_allowed
 
@@ -34,7 +34,7 @@ class EdgeLimits:
     header_timeout_s: float
     # From accept to a request's first byte, and from an answer to the next request's.
     idle_timeout_s: float
-    allowed: TrustedNetworks
+    allowed: NetworkSet
     # With client certificates: the names allowed (None: any the CA issued).
     allowed_names: frozenset[str] | None = None
     # After an early answer (413, 408) aiohttp keeps reading the unsent rest of the body

@@ -181,7 +181,7 @@ def screen_headers(
 
 
 def _decoded(value: bytes) -> str:
-    # The HTTP parser's decoding (UTF-8, surrogateescape): signing.text() encodes it back.
+    # The HTTP parser's decoding (UTF-8, surrogateescape): signing.wire_bytes() encodes it back.
     return value.decode("utf-8", "surrogateescape")
 
 

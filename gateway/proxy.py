@@ -25,9 +25,8 @@ from multidict import CIMultiDict
 
 from . import signing
 from .admin import Lifecycle
-from .client_ip import TrustedNetworks, derive_client_ip
+from .client_ip import NetworkSet, derive_client_ip
 from .config import DEFAULT_TENANT, Settings
-from .counts import add
 from .edge import (
     SentAnswer,
     client_name,
@@ -62,7 +61,7 @@ from .forwarding import (
     whole_answer_head,
 )
 from .logs import AccessLog, session_tag
-from .metrics import Metrics, method_label
+from .metrics import Metrics, add, method_label
 from .pool import framed_head
 from .ratelimit_store import LimitStore
 from .response import Response
@@ -149,7 +148,7 @@ class Proxy:
         self._body_timeout_s = limits.body_timeout_s
         self._send_timeout_s = limits.send_timeout_s
         self._max_body = limits.max_body_bytes
-        self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
+        self._trusted = NetworkSet(settings.client_ip.trusted_proxies)
         self._tracing: Tracing | None = None
         if settings.tracing.otlp_endpoint is not None:
             # The otel extra, loaded only when tracing is on: without it nothing of it is
@@ -270,7 +269,7 @@ class Proxy:
         lines = [
             target.host_line,
             *incoming.lines,
-            b"X-Client-Ip: " + signing.text(client_ip.address),
+            b"X-Client-Ip: " + signing.wire_bytes(client_ip.address),
         ]
         upstream = await self._send(request, tenant, parts, lines, exchange)
         try:
@@ -422,7 +421,7 @@ class Proxy:
         for attempt in range(1, self._attempts + 1):
             signed = self._sign(tenant, parts)
             exchange.request_id = signed.request_id
-            authorization = b"Authorization: " + signing.text(signed.authorization)
+            authorization = b"Authorization: " + signing.wire_bytes(signed.authorization)
             head = framed_head(
                 parts.method, parts.path_and_query, [*lines, authorization], len(parts.body)
             )

@@ -39,9 +39,8 @@ from redis.exceptions import TimeoutError as StoreTimeout
 from redis.retry import Retry
 
 from .config import LimitsSettings
-from .counts import add
 from .errors import RateLimited, RateLimitStoreUnavailable
-from .metrics import Metrics
+from .metrics import Metrics, add
 from .ratelimit import bucket_size
 from .secret import SecretStore
 

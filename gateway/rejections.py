@@ -24,8 +24,8 @@ from typing import Any, Literal
 import structlog
 
 from . import signing
-from .counts import RequestCounts, add
 from .logs import session_tag
+from .metrics import RequestCounts, add
 from .ratelimit import TokenBucket
 from .skew import parse_http_date
 

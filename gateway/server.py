@@ -16,13 +16,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .admin import Lifecycle, create_admin_app
-from .client_ip import TrustedNetworks
+from .client_ip import NetworkSet
 from .config import ListenAddress, Settings
-from .counts import add
 from .edge import EdgeGuard, EdgeLimits
 from .egress import egress_proxy
 from .logs import flush_periodically
-from .metrics import Metrics
+from .metrics import Metrics, add
 from .preflight import Preflight
 from .proxy import Clock, Proxy
 from .ratelimit_store import LimitStore, store_password
@@ -299,7 +298,7 @@ class GatewayServer:
                 max_connections=limits.max_connections,
                 header_timeout_s=limits.header_timeout_s,
                 idle_timeout_s=limits.idle_timeout_s,
-                allowed=TrustedNetworks(self.settings.access.allowed_clients),
+                allowed=NetworkSet(self.settings.access.allowed_clients),
                 allowed_names=self.settings.access.allowed_client_names,
             ),
             on_close=lambda reason: add(self.metrics.counts.connections_closed, reason),

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import structlog
 from prometheus_client import Gauge
 
-from .counts import RequestCounts, add
+from .metrics import RequestCounts, add
 
 WARN_EVERY_S = 60.0
 # The median of this many answers' offsets is the correction: one odd Date moves nothing.

@@ -17,13 +17,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import signing
-from .client_ip import TrustedNetworks, parse_address
+from . import request_ids, signing
+from .client_ip import NetworkSet, parse_address
 from .config import DEFAULT_TENANT, Settings, TenantSettings
-from .counts import RequestCounts
 from .egress import EgressProxy, dialer
 from .errors import ClientNotAllowed, RateLimited, TenantUnknown
 from .forwarding import base_path, host_header, host_name
+from .metrics import RequestCounts
 from .pool import Pool
 from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
 from .ratelimit_store import LimitStore, SharedBuckets, bucket
@@ -88,12 +88,10 @@ class Tenant:
         self.secrets = secrets
         # Compiled once: the request path runs the plan, never re-parses the scheme.
         self.plan = signing.compile_scheme(settings.scheme)
-        self.new_request_id = self.plan.new_request_id
+        self.new_request_id = request_ids.MAKERS[settings.scheme.request_id_format]
         self._credentials: signing.Credentials | None = None
         self.allowed = (
-            TrustedNetworks(settings.allowed_clients)
-            if settings.allowed_clients is not None
-            else None
+            NetworkSet(settings.allowed_clients) if settings.allowed_clients is not None else None
         )
         self.client_names = settings.client_names
         limited = settings.rate_per_s is not None or players is not None
@@ -201,7 +199,7 @@ class Tenants:
                 )
                 host = host_header(url)
                 self.upstreams[str(url)] = Upstream(
-                    pool, url.scheme, host, b"Host: " + signing.text(host), base_path(url)
+                    pool, url.scheme, host, b"Host: " + signing.wire_bytes(host), base_path(url)
                 )
         limits = settings.limits
         players = (

@@ -8,13 +8,13 @@ import pytest
 
 from gateway.client_ip import (
     KNOWN_ADDRESSES,
-    TrustedNetworks,
+    NetworkSet,
     derive_client_ip,
     parse_address,
     parse_network,
 )
 
-TRUSTED = TrustedNetworks(
+TRUSTED = NetworkSet(
     map(parse_network, ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "2001:db8:ffff::/48"])
 )
 
@@ -89,7 +89,7 @@ def test_unparseable_peer_is_passed_as_is() -> None:
 
 
 def test_remembered_answers_stay_right_past_the_limit() -> None:
-    trusted = TrustedNetworks([parse_network("10.0.0.0/8")])
+    trusted = NetworkSet([parse_network("10.0.0.0/8")])
     for n in range(KNOWN_ADDRESSES + 10):  # past the limit: forgotten once, asked again
         inside = ipaddress.ip_address(f"10.0.{n // 256}.{n % 256}")
         outside = ipaddress.ip_address(f"11.0.{n // 256}.{n % 256}")

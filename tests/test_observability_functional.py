@@ -464,3 +464,39 @@ async def test_demo_summary_reads_real_metrics(
         "upstream 401s 1, upstream 403s 0",
         "signing failures 0",
     ]
+
+
+# Every family /metrics shows, in its order, with its type: the contract dashboards and
+# alerts are written against, whatever the code that builds them looks like.
+EXPOSED = [
+    ("aleacc_gateway_requests", "counter"),
+    ("aleacc_gateway_upstream_responses", "counter"),
+    ("aleacc_gateway_client_ip", "counter"),
+    ("aleacc_gateway_signing_failures", "counter"),
+    ("aleacc_gateway_upstream_errors", "counter"),
+    ("aleacc_gateway_connections_closed", "counter"),
+    ("aleacc_gateway_tls_refusals", "counter"),
+    ("aleacc_gateway_secret_reloads", "counter"),
+    ("aleacc_gateway_rate_limited", "counter"),
+    ("aleacc_gateway_spans_dropped", "counter"),
+    ("aleacc_gateway_tls_reloads", "counter"),
+    ("aleacc_gateway_rejections_suppressed", "counter"),
+    ("aleacc_gateway_clock_disagreements", "counter"),
+    ("aleacc_gateway_rate_limit_store_errors", "counter"),
+    ("aleacc_gateway_request_duration_seconds", "histogram"),
+    ("aleacc_gateway_upstream_duration_seconds", "histogram"),
+    ("aleacc_gateway_rate_limit_store_duration_seconds", "histogram"),
+    ("aleacc_gateway_in_flight_requests", "gauge"),
+    ("aleacc_gateway_clock_skew_seconds", "gauge"),
+    ("aleacc_gateway_clock_correction_seconds", "gauge"),
+    ("aleacc_gateway_tls_certificate_expiry_seconds", "gauge"),
+]
+
+
+async def test_metrics_shows_every_family_with_its_type(
+    gateway: Gateway, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(gateway.admin_url / "metrics") as r:
+        text = await r.text()
+    families = [(f.name, f.type) for f in text_string_to_metric_families(text)]
+    assert [f for f in families if f[0].startswith("aleacc_gateway_")] == EXPOSED

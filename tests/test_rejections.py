@@ -17,7 +17,7 @@ import pytest
 from yarl import URL
 
 from gateway import signing
-from gateway.counts import RequestCounts
+from gateway.metrics import RequestCounts
 from gateway.mock.upstream import (
     DEMO_API_ID,
     DEMO_SECRET,
@@ -50,6 +50,7 @@ from .support import (
 
 WRONG = {SECRET_ENV: "ab" * 32}  # a valid key, but not the one the stand-in holds
 T = 1_800_000_000
+DEFAULT_PLAN = signing.compile_scheme(signing.Scheme())
 
 
 def http_date(seconds: float) -> str:
@@ -81,7 +82,7 @@ def test_the_explained_fields_hold_no_session_and_no_body() -> None:
         "POST", "https", "h", "/api/player/signin?x=" + "y" * 600,
         {"X-Player-Session-Id": SESSION_ID, "X-Client-Ip": "192.0.2.1"}, body,
     )  # fmt: skip
-    plan = signing.DEFAULT_PLAN
+    plan = DEFAULT_PLAN
     lines = explained_fields(plan, parts, signing.Context("id", "1", "2"))
     text = "\n".join(lines)
     assert SESSION_ID not in text
@@ -152,7 +153,7 @@ def test_100000_refusals_to_distinct_paths_write_a_bounded_log(logs: io.StringIO
     timers, counts = Timers(), RequestCounts()
     cap = RejectionCap(5, 5, counts, clock=timers.clock, schedule=timers.schedule)
     explain = RejectionLog(
-        signing.DEFAULT_PLAN,
+        DEFAULT_PLAN,
         10.0,
         lambda: None,
         cap,

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from gateway import signing
-from gateway.counts import RequestCounts
+from gateway.metrics import RequestCounts
 from gateway.mock.upstream import MockSettings, create_mock_app, journal
 from gateway.skew import SkewWatch
 

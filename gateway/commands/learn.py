@@ -35,6 +35,7 @@ from ..discover.samples import (
 )
 from ..forwarding import base_path
 from ..secret import SecretError, read_secret
+from ..toml_writer import signing_table
 from .common import Commands, config_tenant
 
 FOUND, NONE, SEVERAL = 0, 1, 2
@@ -208,7 +209,7 @@ def report(
     classes = result.classes
     base = result.bases.get(classes[0][0], "") if classes else ""
     if toml_only and len(classes) == 1 and not result.unseen:
-        print(classes[0][0].toml())
+        print(signing_table(classes[0][0]))
         if base:
             print(f"learn: {base_path_note(base, config_base)}", file=sys.stderr)
         return FOUND
@@ -219,7 +220,7 @@ def report(
         print("The nearest candidates, the string to sign of the first sample under each:",
               file=out)  # fmt: skip
         for _, scheme in CANDIDATES[:2]:
-            print(f"\n{scheme.toml()}", file=out)
+            print(f"\n{signing_table(scheme)}", file=out)
             for line in explain_first(scheme, samples):
                 print(f"  {line}", file=out)
         print("\nWhat usually causes a miss:", file=out)
@@ -232,7 +233,7 @@ def report(
     ]
     if len(classes) == 1 and not result.unseen:
         print(f"learn: one scheme fits every sample ({size}):\n")
-        print(classes[0][0].toml())
+        print(signing_table(classes[0][0]))
         if base:
             print(f"\n{base_path_note(base, config_base)}")
         print("\nThe first sample's string to sign (as `sign --explain` shows it):")
@@ -243,5 +244,5 @@ def report(
     print(f"learn: {kinds} every sample, and the samples cannot settle it ({size}).")
     print("To tell them apart: " + "; ".join(advice) + ".")
     for number, group in enumerate(classes[:3], 1):
-        print(f"\n# fit {number} of {len(classes)}\n{group[0].toml()}")
+        print(f"\n# fit {number} of {len(classes)}\n{signing_table(group[0])}")
     return SEVERAL

@@ -12,7 +12,7 @@ from typing import Any
 from multidict import CIMultiDict
 from yarl import URL
 
-from .. import signing
+from .. import request_ids, signing
 from ..config import DEFAULT_TENANT, TenantSettings
 from ..forwarding import base_path, host_header, upstream_path_and_query
 from ..secret import SecretError, load_key
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         body=body,
         base_path=base if (url.raw_path or "/").startswith(base + "/") else "",
     )
-    request_id = args.request_id or plan.new_request_id()
+    request_id = args.request_id or request_ids.MAKERS[plan.scheme.request_id_format]()
     timestamp = args.timestamp if args.timestamp is not None else plan.timestamp(time.time())
     signed = plan.sign(parts, signing.Credentials(api_id, key), request_id, timestamp)
     if args.explain:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import signing
+from ..toml_writer import toml_string
 from .declare import declared_keys, value_of
 from .load import Effective
 from .settings import SCHEME_KEYS, TenantSettings, tables
@@ -101,7 +101,7 @@ def _toml(value: Any) -> str:
         return "[" + ", ".join(map(_toml, value)) + "]"
     if isinstance(value, frozenset):
         return "[" + ", ".join(map(_toml, sorted(value, key=str))) + "]"
-    return signing.toml_string(str(value))
+    return toml_string(str(value))
 
 
 def _first_line(text: str | None) -> str:

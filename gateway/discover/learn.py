@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from multidict import CIMultiDict
 
+from ..request_ids import form_of
 from ..signing import (
     SECRET_ENCODINGS,
     Context,
@@ -33,7 +34,6 @@ from ..signing import (
     compile_scheme,
     decode_secret,
     parse_field,
-    request_id_format,
 )
 from .samples import Sample
 
@@ -136,7 +136,7 @@ def read_facts(samples: Sequence[Sample]) -> Facts:
     for what, found in (("api_id", api_ids), ("timestamp unit", units), ("signature encoding", encodings)):  # fmt: skip # noqa: E501
         if len(found) > 1:
             raise LearnError(f"the samples disagree on the {what}: {', '.join(sorted(found))}")
-    forms = {request_id_format(s.auth.request_id) for s in samples}
+    forms = {form_of(s.auth.request_id) for s in samples}
     form = forms.pop() if len(forms) == 1 else None
     return Facts(api_ids.pop(), units.pop(), encodings.pop(), form or "hex32")
 

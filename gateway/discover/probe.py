@@ -17,9 +17,10 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .. import signing
+from .. import request_ids, signing
 from ..config import Settings, TenantSettings
 from ..forwarding import base_path, host_header, upstream_path_and_query
+from ..toml_writer import signing_table
 from .candidates import CANDIDATES, INCOMING_LABEL
 
 FOUND, NONE = 0, 1
@@ -82,7 +83,7 @@ async def probe(
             tried.append(Attempt(label, status))
             print(f"{number:3}. {label}: {status}")
             if status != 403:
-                print(f"\nAccepted (status {status}, not 403):\n\n{scheme.toml()}")
+                print(f"\nAccepted (status {status}, not 403):\n\n{signing_table(scheme)}")
                 return FOUND
     print(
         f"probe: none of the {len(tried)} scheme(s) tried was accepted; see above.",
@@ -118,7 +119,8 @@ async def _send(
     )
     plan = signing.compile_scheme(scheme)
     credentials = signing.Credentials(to.api_id, key)
-    signed = plan.sign(parts, credentials, plan.new_request_id(), plan.timestamp(time.time()))
+    request_id = request_ids.MAKERS[scheme.request_id_format]()
+    signed = plan.sign(parts, credentials, request_id, plan.timestamp(time.time()))
     headers["Authorization"] = signed.authorization
     async with client.request(
         parts.method, url, headers=headers, data=body or None, allow_redirects=False

@@ -202,7 +202,7 @@ def _explain(step: Step, seen: Seen, upstream: URL) -> list[str]:
         headers={"X-Client-Ip": seen.client_ip or ""},
         body=_body(step) or b"",
     )
-    plan = signing.DEFAULT_PLAN
+    plan = signing.compile_scheme(signing.Scheme())  # the demo signs with the default
     context = signing.Context(auth.api_id, auth.request_id, str(auth.timestamp))
     key = bytes.fromhex(DEMO_SECRET.decode())
     same = plan.signature(key, plan.string_to_sign(parts, context)) == auth.signature

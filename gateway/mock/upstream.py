@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import signing
+from .. import request_ids, signing
 from ..client_ip import parse_address
 
 REPLAY_WINDOW_S = 300
@@ -209,7 +209,7 @@ def verify(
     if verifier is None:
         raise Refused(403, "unknown_api_id")
     if verifier.request_id_format and (
-        signing.request_id_format(auth.request_id) != verifier.request_id_format
+        request_ids.form_of(auth.request_id) != verifier.request_id_format
     ):
         raise Refused(403, "malformed_request_id")
     clock = now(settings)

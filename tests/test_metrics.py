@@ -14,9 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway import counts as c
-from gateway.counts import CountsCollector, RequestCounts, SharedCounts
-from gateway.metrics import Metrics
+from gateway import metrics as m
+from gateway.metrics import CountsCollector, Metrics, RequestCounts, SharedCounts
 
 TENANTS = ("default", "brand-b")
 
@@ -33,7 +32,7 @@ class Event:
 
 
 durations = st.one_of(
-    st.sampled_from(c.DURATION_BUCKETS),  # exactly on a bound: "less than or equal"
+    st.sampled_from(m.DURATION_BUCKETS),  # exactly on a bound: "less than or equal"
     st.floats(min_value=0, max_value=120, allow_nan=False),
 )
 events = st.lists(
@@ -43,7 +42,7 @@ events = st.lists(
         method=st.sampled_from(["GET", "POST", "OTHER"]),
         status=st.sampled_from([200, 403, 502]),
         duration=durations,
-        source=st.sampled_from(c.CLIENT_IP_SOURCES),
+        source=st.sampled_from(m.CLIENT_IP_SOURCES),
         upstream=st.none() | st.tuples(st.sampled_from([200, 401, 403]), durations),
         fold_after=st.booleans(),
     ),
@@ -64,20 +63,27 @@ def reference(history: list[Event], in_flight: int) -> str:
     registry = CollectorRegistry()
     counters = {
         count.attribute: Counter(count.name, count.documentation, count.labels, registry=registry)
-        for count in c.COUNTERS
+        for count in m.COUNTERS
     }
-    for count in c.COUNTERS:
+    for count in m.COUNTERS:
         for key in count.zero_keys(TENANTS):
             if count.labels:  # a counter without labels shows its one series by itself
                 counters[count.attribute].labels(*(key if isinstance(key, tuple) else (key,)))
     requests, responses = counters["requests"], counters["upstream_responses"]
     client_ip = counters["client_ip"]
-    request_duration = Histogram(*c.REQUEST_DURATION, buckets=c.DURATION_BUCKETS, registry=registry)
-    upstream_duration = Histogram(
-        *c.UPSTREAM_DURATION, buckets=c.DURATION_BUCKETS, registry=registry
+    histograms = {
+        d.attribute: Histogram(
+            d.name, d.documentation, buckets=m.DURATION_BUCKETS, registry=registry
+        )
+        for d in m.DECLARED
+        if d.kind == "histogram"
+    }
+    request_duration, upstream_duration = (
+        histograms["request_duration"],
+        histograms["upstream_duration"],
     )
-    Histogram(*c.STORE_DURATION, buckets=c.DURATION_BUCKETS, registry=registry)
-    Gauge(*c.IN_FLIGHT, registry=registry).set(in_flight)
+    (in_flight_gauge,) = (d for d in m.DECLARED if d.kind == "gauge")
+    Gauge(in_flight_gauge.name, in_flight_gauge.documentation, registry=registry).set(in_flight)
     for event in history:
         requests.labels(event.tenant, event.method, str(event.status)).inc()
         request_duration.observe(event.duration)
@@ -158,7 +164,7 @@ def test_every_name_is_registered_once() -> None:
         "aleacc_gateway_upstream_duration_seconds",
         "aleacc_gateway_in_flight_requests",
         "aleacc_gateway_client_ip",
-        *(count.name for count in c.COUNTERS),
+        *(count.name for count in m.COUNTERS),
     } <= names
     with pytest.raises(ValueError, match="Duplicated timeseries"):  # describe() names it
         Counter("aleacc_gateway_requests", "again", registry=registry)
