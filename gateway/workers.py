@@ -155,16 +155,24 @@ class Supervisor:
         ours.setblocking(False)
         with theirs:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "serve",
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
                 *(["--config", str(self.config)] if self.config is not None else []),
-                "--log-format", self.log_format, "--worker", str(number),
-                "--link-fd", str(theirs.fileno()),
-                env=environ, pass_fds=(theirs.fileno(),),
+                "--log-format",
+                self.log_format,
+                "--worker",
+                str(number),
+                "--link-fd",
+                str(theirs.fileno()),
+                env=environ,
+                pass_fds=(theirs.fileno(),),
                 # Its own session (uvloop has no process_group): a terminal's Ctrl-C
                 # reaches the supervisor only, which passes it on once; a worker that got
                 # it from both would take the first Ctrl-C as two and skip the drain delay.
                 start_new_session=True,
-            )  # fmt: skip
+            )
         log.info("worker_spawned", worker=number, pid=process.pid)
         self.workers[number] = process
         self._links[number] = ours

@@ -57,24 +57,52 @@ def add_parser(commands: Commands) -> None:
         help="find the signing scheme from requests Aleacc accepted (offline)",
         description="Search the signing schemes for the one that reproduces every sample.",
     )
-    learn.add_argument("--curl", action="append", default=[], metavar="CMD",
-                       help="a 'Copy as cURL' command line (repeatable)")  # fmt: skip
-    learn.add_argument("--har", action="append", default=[], type=Path, metavar="FILE",
-                       help="a HAR export: every amx-signed entry (repeatable)")  # fmt: skip
-    learn.add_argument("--raw", action="append", default=[], type=Path, metavar="FILE",
-                       help="an HTTP/1.1 request as bytes (repeatable)")  # fmt: skip
-    learn.add_argument("--raw-scheme", choices=("https", "http"), default="https",
-                       help="the scheme of --raw requests' URLs (default: https)")  # fmt: skip
+    learn.add_argument(
+        "--curl",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="a 'Copy as cURL' command line (repeatable)",
+    )
+    learn.add_argument(
+        "--har",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a HAR export: every amx-signed entry (repeatable)",
+    )
+    learn.add_argument(
+        "--raw",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="an HTTP/1.1 request as bytes (repeatable)",
+    )
+    learn.add_argument(
+        "--raw-scheme",
+        choices=("https", "http"),
+        default="https",
+        help="the scheme of --raw requests' URLs (default: https)",
+    )
     source = learn.add_mutually_exclusive_group(required=True)
     source.add_argument("--secret-env", metavar="NAME", help="variable holding the secret")
     source.add_argument("--secret-file", type=Path, metavar="PATH")
     source.add_argument("--config", type=Path, help="take the secret from this gateway config")
-    learn.add_argument("--tenant", metavar="NAME",
-                       help="with --config: this tenant's secret (default: [signing])")  # fmt: skip
+    learn.add_argument(
+        "--tenant", metavar="NAME", help="with --config: this tenant's secret (default: [signing])"
+    )
     learn.add_argument("--toml", action="store_true", help="print only the [signing] table")
-    learn.add_argument("--max-fields", type=int, default=MAX_FIELDS, choices=range(4, 10),
-                       metavar="N", help=f"the longest field list searched, 4-9 (default: "
-                       f"{MAX_FIELDS}; each more is about seven times the time)")  # fmt: skip
+    learn.add_argument(
+        "--max-fields",
+        type=int,
+        default=MAX_FIELDS,
+        choices=range(4, 10),
+        metavar="N",
+        help=f"the longest field list searched, 4-9 (default: "
+        f"{MAX_FIELDS}; each more is about seven times the time)",
+    )
     learn.set_defaults(run=run)
 
 
@@ -217,8 +245,9 @@ def report(
     size = f"{len(samples)} sample(s), {result.tried:,} strings signed in {elapsed:.1f} s"
     if not classes:
         print(f"learn: no scheme reproduces every sample ({size}).", file=out)
-        print("The nearest candidates, the string to sign of the first sample under each:",
-              file=out)  # fmt: skip
+        print(
+            "The nearest candidates, the string to sign of the first sample under each:", file=out
+        )
         for _, scheme in CANDIDATES[:2]:
             print(f"\n{signing_table(scheme)}", file=out)
             for line in explain_first(scheme, samples):

@@ -31,12 +31,18 @@ def add_parser(commands: Commands) -> None:
     command.add_argument("--max-requests", type=int, default=16, help="default: 16")
     command.add_argument("--interval-s", type=float, default=1.0, help="pause between requests")
     command.add_argument("--session-id", help="send X-Player-Session-Id, to place it too")
-    command.add_argument("--client-ip", default=DEFAULT_CLIENT_IP,
-                       help=f"X-Client-Ip to send (default: {DEFAULT_CLIENT_IP})")  # fmt: skip
+    command.add_argument(
+        "--client-ip",
+        default=DEFAULT_CLIENT_IP,
+        help=f"X-Client-Ip to send (default: {DEFAULT_CLIENT_IP})",
+    )
     command.add_argument("--data", help="a body to send (none by default)")
-    command.add_argument("--tenant", default=DEFAULT_TENANT, metavar="NAME",
-                         help="sign with this tenant's credential, to its upstream "
-                         "(default: [signing]'s)")  # fmt: skip
+    command.add_argument(
+        "--tenant",
+        default=DEFAULT_TENANT,
+        metavar="NAME",
+        help="sign with this tenant's credential, to its upstream (default: [signing]'s)",
+    )
     command.set_defaults(run=run)
 
 

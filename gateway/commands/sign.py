@@ -29,8 +29,9 @@ def add_parser(commands: Commands) -> None:
         "a target such as /player/balance?a=1 below its upstream.url",
     )
     sign.add_argument("--config", type=Path, help="take api_id, secret and scheme from here")
-    sign.add_argument("--tenant", metavar="NAME",
-                      help="with --config: this tenant's (default: [signing]'s)")  # fmt: skip
+    sign.add_argument(
+        "--tenant", metavar="NAME", help="with --config: this tenant's (default: [signing]'s)"
+    )
     sign.add_argument("--api-id", help="instead of --config")
     source = sign.add_mutually_exclusive_group()
     source.add_argument("--secret-file", type=Path, help="instead of --config")

@@ -14,8 +14,7 @@ from ..signing import DEFAULT_FIELDS, Scheme
 _HEAD = ("api_id", "request_id", "timestamp")
 _SESSION = "header:X-Player-Session-Id?"
 _IP = "header:X-Client-Ip?"
-_CLASSIC = ("api_id", "method", "url|lower|urlencode", "timestamp", "request_id",
-            "body|md5|base64")  # fmt: skip
+_CLASSIC = ("api_id", "method", "url|lower|urlencode", "timestamp", "request_id", "body|md5|base64")
 
 # Aleacc's fields with the caller's path (below upstream.url's base path) signed instead.
 INCOMING_FIELDS = tuple(

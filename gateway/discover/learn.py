@@ -133,7 +133,11 @@ def read_facts(samples: Sequence[Sample]) -> Facts:
     units = {"ms" if s.auth.timestamp >= 10**11 else "s" for s in samples}
     encodings = {s.auth.signature_encoding for s in samples}
     api_ids = {s.auth.api_id for s in samples}
-    for what, found in (("api_id", api_ids), ("timestamp unit", units), ("signature encoding", encodings)):  # fmt: skip # noqa: E501
+    for what, found in (
+        ("api_id", api_ids),
+        ("timestamp unit", units),
+        ("signature encoding", encodings),
+    ):
         if len(found) > 1:
             raise LearnError(f"the samples disagree on the {what}: {', '.join(sorted(found))}")
     forms = {form_of(s.auth.request_id) for s in samples}

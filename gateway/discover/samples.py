@@ -405,8 +405,14 @@ def usable(samples: list[Sample]) -> list[Sample]:
     kept = []
     for sample in samples:
         parts = sample.parts
-        key = (parts.method, parts.host, parts.path_and_query, parts.body,
-               tuple(parts.headers.items()), sample.auth)  # fmt: skip
+        key = (
+            parts.method,
+            parts.host,
+            parts.path_and_query,
+            parts.body,
+            tuple(parts.headers.items()),
+            sample.auth,
+        )
         if key not in seen:
             seen.add(key)
             kept.append(sample)

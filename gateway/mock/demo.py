@@ -136,8 +136,12 @@ async def run_demo(out: Callable[[str], None] = print, log: io.StringIO | None =
             out("A second brand in the same gateway, chosen by the Host its frontend calls:")
             other = Step(
                 "echo as brand-b, its own credential (step 7 left it alone)",
-                "GET", "/echo", 200, with_session=False, host="brand-b.demo",
-            )  # fmt: skip
+                "GET",
+                "/echo",
+                200,
+                with_session=False,
+                host="brand-b.demo",
+            )
             status, _ = await _call(client, other, "")
             failures += _report(out, 8, other, status, journal(mock_app)[-1])
             out("")
