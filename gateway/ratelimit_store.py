@@ -18,20 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import hmac
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from secrets import token_bytes
 from typing import Any
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    NoScriptError,
     RedisError,
     ResponseError,
 )
@@ -78,6 +81,8 @@ for i = 1, 2 do
 end
 return {0, 0}
 """
+# Redis names a script by its SHA-1 (EVALSHA): an identifier, not a digest anyone trusts.
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest().encode()
 SCOPES = ("player", "tenant")
 
 # While the store is down, a process tries it again after this, doubled on each failure
@@ -90,6 +95,30 @@ HEALTH_EVERY_S = 5.0
 CONNECTIONS = 32
 # What a player's key is made of, besides the tenant's secret (the HMAC key derived from it).
 PLAYER_KEY_CONTEXT = b"aleacc-gateway rate-limit player key"
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class ScriptCall:
+    """One tenant's EVALSHA of SCRIPT, packed in RESP once but for the player's key.
+
+    Packing all nine arguments per request, through redis-py's command layers, was
+    most of what a limited request cost the gateway (bench/README.md): only the
+    player's key changes from one check to the next."""
+
+    __slots__ = ("_head", "_tail", "tenant_only")
+
+    def __init__(self, tenant_key: str, args: Sequence[float]) -> None:
+        self._head = b"*9\r\n" + _bulk(b"EVALSHA") + _bulk(SCRIPT_SHA) + _bulk(b"2")
+        self._tail = _bulk(tenant_key.encode()) + b"".join(_bulk(str(a).encode()) for a in args)
+        self.tenant_only = self.with_player(tenant_key)
+
+    def with_player(self, player_key: str) -> bytes:
+        """The command over ``player_key``'s bucket and the tenant's."""
+        return self._head + _bulk(player_key.encode()) + self._tail
 
 
 class StoreConfigError(Exception):
@@ -162,15 +191,24 @@ class LimitStore:
             # One attempt: the pause between tries is this module's, not the client's.
             "retry": Retry(NoBackoff(), 0),
             "socket_connect_timeout": max(self.timeout_s, 1.0),
-            "socket_timeout": max(self.timeout_s, 1.0),
-            "max_connections": CONNECTIONS,
-            "timeout": None,  # waiting for a free connection: bounded by each call's timeout
         }
         if limits.store_ca_file is not None:
             options["ssl_ca_certs"] = str(limits.store_ca_file)
-        # from_pool: closing the client closes its connections too.
-        self._client = Redis.from_pool(BlockingConnectionPool.from_url(limits.store_url, **options))
-        self._script = self._client.register_script(SCRIPT)
+        # The client for the watch's PING and the probe. from_pool: closing the client
+        # closes its connections too.
+        self._client = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                limits.store_url, **options, socket_timeout=max(self.timeout_s, 1.0)
+            )
+        )
+        # The checks' own connections, from the same URL: each check sends its packed
+        # command on an idle one and reads the reply, past the client's per-command
+        # layers (its pool's locks, retries, events). No socket timeout: every check is
+        # bounded by store_timeout_ms already.
+        self._factory = ConnectionPool.from_url(limits.store_url, **options, socket_timeout=None)
+        self._idle: list[AbstractConnection] = []
+        self._connections: list[AbstractConnection] = []
+        self._slots = asyncio.Semaphore(CONNECTIONS)
         self._metrics = metrics
         self.up = True  # until it fails: the first request tries it
         self.reason: str | None = None  # why it is down
@@ -187,16 +225,16 @@ class LimitStore:
         state["since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
         return state
 
-    async def check(self, keys: list[str], args: list[float]) -> tuple[int, int]:
-        """Run the script over ``keys``: (0, 0) when admitted, else (1 or 2, µs to wait).
-        Raises RateLimitStoreUnavailable when refusing without the store, and answers
-        (0, 0) when letting through without it."""
+    async def check(self, command: bytes) -> tuple[int, int]:
+        """Run the script (``command``, a ScriptCall's): (0, 0) when admitted, else
+        (1 or 2, µs to wait). Raises RateLimitStoreUnavailable when refusing without the
+        store, and answers (0, 0) when letting through without it."""
         if not self.up:
             return self._unchecked(self.reason or "other")
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout_s):
-                scope, wait = await self._script(keys=keys, args=args)
+            async with asyncio.timeout(self.timeout_s), self._slots:
+                scope, wait = await self._run(command)
         except (RedisError, OSError, TimeoutError) as exc:
             self._observe(started)
             reason = error_reason(exc)
@@ -204,6 +242,34 @@ class LimitStore:
             return self._unchecked(reason)
         self._observe(started)
         return int(scope), int(wait)
+
+    async def _run(self, command: bytes) -> Any:
+        """Send ``command`` on an idle connection (or a new one) and read its reply. A
+        connection that fails mid-way is closed by redis-py and opened again on its next
+        use."""
+        connection = self._idle.pop() if self._idle else self._connection()
+        try:
+            if connection.is_connected and await connection.can_read():
+                # An idle connection with data or EOF: the store closed it (a restart).
+                # Opened afresh, as redis-py's own pool does, so the check still counts.
+                await connection.disconnect()
+            try:
+                await connection.send_packed_command(command, check_health=False)
+                return await connection.read_response()
+            except NoScriptError:
+                # The store lost its scripts (restarted, or SCRIPT FLUSH): load, ask again.
+                await connection.send_command("SCRIPT", "LOAD", SCRIPT, check_health=False)
+                await connection.read_response()
+                await connection.send_packed_command(command, check_health=False)
+                return await connection.read_response()
+        finally:
+            self._idle.append(connection)
+
+    def _connection(self) -> AbstractConnection:
+        factory = self._factory
+        connection = factory.connection_class(**factory.connection_kwargs)
+        self._connections.append(connection)
+        return connection
 
     def _observe(self, started: float) -> None:
         if self._metrics is not None:
@@ -272,6 +338,8 @@ class LimitStore:
         return version, latency
 
     async def close(self) -> None:
+        for connection in self._connections:
+            await connection.disconnect()
         await self._client.aclose()
 
 
@@ -298,7 +366,7 @@ class SharedBuckets:
     """
 
     __slots__ = (
-        "_args",
+        "_call",
         "_hash_key",
         "_limits_players",
         "_secret",
@@ -321,12 +389,8 @@ class SharedBuckets:
         self.tenant_key = f"{store.prefix}:tenant:{tenant}"
         self.player_prefix = f"{store.prefix}:player:{tenant}:"
         none = Bucket(1.0, 0)
-        self._args = [
-            (players or none).rate,
-            (players or none).size,
-            (rate or none).rate,
-            (rate or none).size,
-        ]
+        player, own = players or none, rate or none
+        self._call = ScriptCall(self.tenant_key, [player.rate, player.size, own.rate, own.size])
         self._limits_players = players is not None
         # Until the tenant's secret is there (its requests fail to sign meanwhile): a key
         # of this process's own, so an address is never hashed with a key anyone knows.
@@ -345,7 +409,10 @@ class SharedBuckets:
     async def take(self, client_ip: str) -> None:
         """Take a token from the player's bucket, then the tenant's; RateLimited when one
         is empty, RateLimitStoreUnavailable when the store cannot say (and that refuses)."""
-        player = self.player_key(client_ip) if self._limits_players else self.tenant_key
-        scope, wait_us = await self._store.check([player, self.tenant_key], self._args)
+        if self._limits_players:
+            command = self._call.with_player(self.player_key(client_ip))
+        else:
+            command = self._call.tenant_only
+        scope, wait_us = await self._store.check(command)
         if scope:
             raise RateLimited(SCOPES[scope - 1], wait_us / 1_000_000)

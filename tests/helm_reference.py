@@ -26,6 +26,7 @@ OWNED = {
     "server": {"listen", "admin_listen", "tls_cert_file", "tls_key_file", "tls_client_ca_file"},
     "upstream": {"proxy_url", "proxy_auth_file"},
     "signing": {"secret_file", "secret_env"},
+    "limits": {"store_url", "store_password_file", "store_password_env", "store_ca_file"},
     "tenants": {"name", "secret_file", "secret_env", "listen"},
 }
 JSON_TYPE = {"list": "array", "bool": "boolean", "int": "integer", "float": "number"}

@@ -23,6 +23,7 @@ import yaml
 from gateway.config import AccessSettings, Settings, load_mapping
 
 from .helm_reference import CHART, OPERATIONS, ROOT, SCHEMA, generated_schema, operations_page
+from .test_deploy_components import pod_and_settings, render_with
 from .test_deploy_kubernetes import VERSIONS, Obj, gateway_container, of_kind
 from .test_deploy_kubernetes import render as kustomize
 
@@ -48,6 +49,15 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     "null-drops-a-default": {"settings": {"client_ip": None, "access": {"allowed_clients": None}}},
     "escapes": {
         "settings": {"signing": {"separator": SEPARATOR}, "limits": {"max_body_bytes": 2**24}}
+    },
+    # A managed Redis over TLS outside the cluster: a user name, its CA, its addresses.
+    "limits-store-tls": {
+        "limitsStore": {
+            "url": "rediss://gateway@redis1.example.internal:6380/0",
+            "ca": {"configMap": "redis-ca"},
+            "cidrs": ["10.30.0.0/24"],
+        },
+        "settings": {"limits": {"on_store_error": "refuse", "store_key_prefix": "casino"}},
     },
 }
 # Objects of other projects' CRDs have no offline schema: the tests below check them.
@@ -122,6 +132,7 @@ def test_the_examples_are_the_layouts_documented() -> None:
     assert sorted(EXAMPLES) == [
         "egress-proxy",
         "external-secrets",
+        "redis-limits",
         "secrets-store-csi",
         "tenants",
         "tls",
@@ -184,6 +195,7 @@ def test_every_file_the_configuration_names_is_mounted(layout: str) -> None:
     if settings.server.tls is not None:
         files += settings.server.tls.files
     files.append(settings.upstream.proxy_auth_file)
+    files += [settings.limits.store_password_file, settings.limits.store_ca_file]
     mounts = {Path(m["mountPath"]): m for m in gateway["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     for file in files:
@@ -195,7 +207,7 @@ def test_every_file_the_configuration_names_is_mounted(layout: str) -> None:
         mount = mounts[file.parent]
         assert "subPath" not in mount  # a subPath mount never sees a rotation
         volume = volumes[mount["name"]]
-        items = volume.get("secret", {}).get("items")
+        items = volume.get("secret", volume.get("configMap", {})).get("items")
         if items is not None:
             assert file.name in [item["path"] for item in items], file
     # Secrets only as files: never in the environment.
@@ -436,6 +448,91 @@ def test_egress_proxy_and_tracing_reach_the_configuration_and_the_policy() -> No
     assert policy["spec"]["egress"][-1]["ports"] == [{"port": 4318, "protocol": "TCP"}]
 
 
+def store_volume_and_mount(spec: Obj, name: str) -> tuple[Obj, Obj]:
+    (volume,) = (v for v in spec["volumes"] if v["name"] == name)
+    (mount,) = (m for m in gateway_container(spec)["volumeMounts"] if m["name"] == name)
+    return volume, mount
+
+
+@needs_helm
+def test_the_limits_store_is_the_redis_components(tmp_path: Path) -> None:
+    chart = render("redis-limits")
+    overlay = render_with("standalone", "redis-limits", tmp_path)
+    limits = settings_of(chart).limits
+    component = pod_and_settings(overlay)[2].limits
+    assert limits.store_url == component.store_url
+    assert limits.store_password_file == component.store_password_file
+    assert limits.player_rate_per_s == 2
+    # The password's Secret, mounted as a directory, as the component mounts it.
+    spec = deployment_of(chart)["spec"]["template"]["spec"]
+    volume, mount = store_volume_and_mount(spec, "redis-password")
+    overlay_volume, overlay_mount = store_volume_and_mount(
+        deployment_of(overlay)["spec"]["template"]["spec"], "redis-password"
+    )
+    assert mount == overlay_mount
+    assert {**volume["secret"], "defaultMode": None} == {
+        **overlay_volume["secret"],
+        "defaultMode": None,
+    }
+    # Egress to the same pods on the same port, after the same rules.
+    (policy,) = of_kind(chart, "NetworkPolicy")
+    (overlay_policy,) = of_kind(overlay, "NetworkPolicy")
+    assert policy["spec"]["egress"] == overlay_policy["spec"]["egress"]
+    # Without a store, none of it.
+    defaults = render("defaults")
+    assert settings_of(defaults).limits.store_url is None
+    names = [v["name"] for v in deployment_of(defaults)["spec"]["template"]["spec"]["volumes"]]
+    assert "redis-password" not in names
+
+
+@needs_helm
+def test_a_tls_store_gets_its_ca_and_its_addresses() -> None:
+    objects = render("limits-store-tls")
+    limits = settings_of(objects).limits
+    assert limits.store_url == "rediss://gateway@redis1.example.internal:6380/0"
+    assert limits.store_ca_file == Path("/run/secrets/aleacc-redis-ca/ca.crt")
+    assert limits.on_store_error == "refuse"
+    spec = deployment_of(objects)["spec"]["template"]["spec"]
+    volume, mount = store_volume_and_mount(spec, "redis-ca")
+    assert volume["configMap"] == {
+        "name": "redis-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert mount["mountPath"] == str(limits.store_ca_file.parent)
+    (policy,) = of_kind(objects, "NetworkPolicy")
+    assert policy["spec"]["egress"][-1] == {
+        "to": [{"ipBlock": {"cidr": "10.30.0.0/24"}}],
+        "ports": [{"port": 6380, "protocol": "TCP"}],
+    }
+    # No port in the URL: Redis's, not the host name's last digit.
+    (policy,) = of_kind(render_values({"limitsStore": {"url": "redis://redis1"}}), "NetworkPolicy")
+    assert policy["spec"]["egress"][-1]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+@needs_helm
+def test_store_values_the_gateway_would_refuse_fail_the_install() -> None:
+    import helm_python
+
+    store = "redis://redis.redis:6379/0"
+    wrong: list[tuple[dict[str, Any], str]] = [
+        ({"url": "redis://:hunter2@redis:6379"}, "limitsStore.url: never a password in the URL"),
+        ({"url": store, "ca": {"secret": "ca"}}, "limitsStore.ca: needs a rediss://"),
+        (
+            {"url": "rediss://r:6379", "ca": {"secret": "ca", "configMap": "ca"}},
+            "limitsStore.ca: set secret or configMap, not both",
+        ),
+        (
+            {"url": store, "namespaceSelector": None, "podSelector": None},
+            "limitsStore: the store's cidrs, or a namespaceSelector or podSelector",
+        ),
+    ]
+    for values, message in wrong:
+        with pytest.raises(helm_python.HelmRenderError) as refused:
+            render_values({"limitsStore": values})
+        assert message in str(refused.value), values
+        assert "hunter2" not in str(refused.value)
+
+
 @needs_helm
 def test_the_kyverno_policy_injects_the_examples_container() -> None:
     (policy,) = of_kind(render("kyverno-sidecar"), "ClusterPolicy")
@@ -480,6 +577,12 @@ def test_a_config_change_rolls_the_pods_and_a_secret_change_does_not() -> None:
     assert of_kind(first, "ExternalSecret") != of_kind(second, "ExternalSecret")
     tls = {"tls": {"enabled": True}}
     assert checksum({"tls": {"enabled": True, "secretName": "renewed"}}) == checksum(tls)
+    # The store's URL is configuration; which Secret holds its password is not.
+    store = {"url": "redis://redis-master.redis:6379/0"}
+    assert checksum({"limitsStore": store}) != base
+    assert checksum({"limitsStore": {**store, "passwordSecret": "new", "passwordKey": "pw"}}) == (
+        checksum({"limitsStore": store})
+    )
 
 
 @needs_helm
@@ -499,6 +602,8 @@ def test_the_schema_refuses_a_misspelt_or_mistyped_value() -> None:
         ),
         # A key the chart writes from other values is not a setting.
         ({"settings": {"server": {"listen": "0.0.0.0:80"}}}, "properties 'listen' not allowed"),
+        ({"settings": {"limits": {"store_url": "redis://r"}}}, "'store_url' not allowed"),
+        ({"limitsStore": {"url": "http://redis:6379"}}, "at '/limitsStore/url'"),
     ]
     for values, message in wrong:
         with pytest.raises(helm_python.HelmValuesError) as refused:

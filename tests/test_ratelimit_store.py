@@ -206,6 +206,25 @@ async def test_a_store_that_dies_lets_through_or_refuses_and_limits_return_with_
     assert gw.sample("aleacc_gateway_rate_limit_store_up") == 1
 
 
+async def test_a_connection_the_store_closed_is_opened_afresh_and_the_check_counts(
+    raw_upstream: RawUpstream,
+    start_gateway: StartGateway,
+    redis_server: StartRedis,
+    client: aiohttp.ClientSession,
+) -> None:
+    store = await redis_server()
+    limits = stored(store, on_store_error="refuse")
+    gw = await start_gateway(
+        settings_for(raw_upstream.url, limits=limits, signing={"rate_per_s": 0.01})
+    )
+    assert await status(client, gw) == (200, None)  # its connection to the store is idle
+    async with store.client() as redis:  # as a failover or an idle timeout would
+        assert await redis.client_kill_filter(_type="normal", skipme=True) >= 1
+    assert await status(client, gw) == (429, "rate_limited")
+    errors = gw.sample("aleacc_gateway_rate_limit_store_errors_total", reason="other")
+    assert errors == 0
+
+
 async def test_a_stalled_store_never_holds_a_request_past_its_timeout(
     raw_upstream: RawUpstream,
     start_gateway: StartGateway,

@@ -52,6 +52,33 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end }}
 
+{{/* A URL's port, or .default when it names none. */}}
+{{- define "aleacc-gateway.urlPort" -}}
+{{- regexFind ":[0-9]+$" (urlParse .url).host | trimPrefix ":" | default .default | int }}
+{{- end }}
+
+{{/* "secret" or "configMap": where the limits store's CA comes from ("" for none). */}}
+{{- define "aleacc-gateway.storeCa" -}}
+{{- with .Values.limitsStore }}
+{{- if and .url .ca.secret }}secret{{ else if and .url .ca.configMap }}configMap{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* Refuses the limits store values check-config would refuse, naming the values. */}}
+{{- define "aleacc-gateway.checkLimitsStore" -}}
+{{- with .Values.limitsStore }}
+{{- if regexMatch "^[a-z]+://[^/@]*:[^/@]*@" .url }}
+{{- fail "limitsStore.url: never a password in the URL: put it in the Secret limitsStore.passwordSecret" }}
+{{- end }}
+{{- if and .ca.secret .ca.configMap }}
+{{- fail "limitsStore.ca: set secret or configMap, not both" }}
+{{- end }}
+{{- if and .url (or .ca.secret .ca.configMap) (not (hasPrefix "rediss://" .url)) }}
+{{- fail "limitsStore.ca: needs a rediss:// limitsStore.url" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The Service names a tenant's Host may carry: short, namespaced and full. */}}
 {{- define "aleacc-gateway.serviceHosts" -}}
 {{- $name := .name }}
@@ -91,6 +118,18 @@ also TOML, and whole numbers stay whole (toToml would write Helm's float64 as 5.
 {{- $_ := set $upstream "proxy_auth_file" "/run/secrets/proxy/credentials" }}
 {{- end }}
 {{- $_ := set $s "upstream" (merge $upstream (get $s "upstream" | default (dict))) }}
+{{- end }}
+{{- with .Values.limitsStore }}
+{{- if .url }}
+{{- $limits := dict "store_url" .url }}
+{{- if .passwordSecret }}
+{{- $_ := set $limits "store_password_file" "/run/secrets/aleacc-redis/password" }}
+{{- end }}
+{{- if include "aleacc-gateway.storeCa" $ }}
+{{- $_ := set $limits "store_ca_file" "/run/secrets/aleacc-redis-ca/ca.crt" }}
+{{- end }}
+{{- $_ := set $s "limits" (merge $limits (get $s "limits" | default (dict))) }}
+{{- end }}
 {{- end }}
 {{- range $table, $keys := $s }}
 {{- with $keys }}
@@ -192,6 +231,16 @@ volumeMounts:
   {{- if $v.egressProxy.credentialsSecret }}
   - name: proxy-credentials
     mountPath: /run/secrets/proxy
+    readOnly: true
+  {{- end }}
+  {{- if and $v.limitsStore.url $v.limitsStore.passwordSecret }}
+  - name: redis-password
+    mountPath: /run/secrets/aleacc-redis
+    readOnly: true
+  {{- end }}
+  {{- if include "aleacc-gateway.storeCa" $root }}
+  - name: redis-ca
+    mountPath: /run/secrets/aleacc-redis-ca
     readOnly: true
   {{- end }}
   {{- with $v.extraVolumeMounts }}
