@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .ratelimit_store import LimitStore
 from .secret import SecretStore
 from .tls import CertificateStore
+
+if TYPE_CHECKING:
+    from .redis_store import LimitStore
 
 
 @dataclass(slots=True)

@@ -63,13 +63,13 @@ from .forwarding import (
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, add, method_label
 from .pool import framed_head
-from .ratelimit_store import LimitStore
 from .response import Response
 from .secret import SecretStore
 from .skew import SkewWatch
 from .tenants import Tenant, Tenants
 
 if TYPE_CHECKING:
+    from .redis_store import LimitStore
     from .tracing import Tracing
 
 Clock = Callable[[], float]

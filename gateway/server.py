@@ -24,7 +24,7 @@ from .logs import flush_periodically
 from .metrics import Metrics, add
 from .preflight import Preflight
 from .proxy import Clock, Proxy
-from .ratelimit_store import LimitStore, store_password
+from .ratelimit_store import open_store, store_password
 from .reloading import ReloadResult
 from .secret import SecretStore, secret_stores
 from .tls import CertificateStore
@@ -176,7 +176,7 @@ class GatewayServer:
         )
         # StoreConfigError here: the password cannot be read (serve's pre-flight says so first).
         self.store = (
-            LimitStore(
+            open_store(
                 limits,
                 loaded.store_password if loaded else store_password(limits, environ),
                 self.metrics,

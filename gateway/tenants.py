@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import request_ids, signing
 from .client_ip import NetworkSet, parse_address
@@ -26,10 +27,13 @@ from .forwarding import base_path, host_header, host_name
 from .metrics import RequestCounts
 from .pool import Pool
 from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
-from .ratelimit_store import LimitStore, SharedBuckets, bucket
+from .ratelimit_store import SharedBuckets, bucket
 from .rejections import RejectionCap, RejectionLog
 from .secret import SecretStore
 from .tls import name_allowed
+
+if TYPE_CHECKING:
+    from .redis_store import LimitStore
 
 
 @dataclass(frozen=True, slots=True)

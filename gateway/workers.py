@@ -31,7 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from .admin import Lifecycle, create_admin_app
 from .preflight import Preflight
-from .ratelimit_store import LimitStore
+from .ratelimit_store import open_store
 from .secret import SecretStore, secret_stores
 from .server import (
     SKIP_DELAY_HINT,
@@ -100,7 +100,7 @@ class Supervisor:
         tasks = start_housekeeping(secrets, self.settings.signing.secret_poll_s, certificates)
         # Only for /readyz too: the workers check their requests with their own.
         limits = self.settings.limits
-        store = LimitStore(limits, self._store_password) if limits.store_url else None
+        store = open_store(limits, self._store_password) if limits.store_url else None
         if store is not None:
             tasks.append(asyncio.create_task(store.watch(), name="rate-limit-store"))
         try:

@@ -9,8 +9,6 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from redis.exceptions import RedisError
-
 from .. import tls
 from ..config import (
     DEFAULT_TENANT,
@@ -22,7 +20,6 @@ from ..config import (
     load_file,
 )
 from ..preflight import Preflight, preflight
-from ..ratelimit_store import LimitStore, error_reason
 from .common import Commands, config_option, report, source
 
 
@@ -92,6 +89,11 @@ def probe_store(loaded: Preflight) -> int:
     if (limits.store_password_file or limits.store_password_env) and not loaded.store_password:
         print(f"store {limits.store_url}: its password is not there to try", file=sys.stderr)
         return 2
+
+    # The client is loaded only here: check-config without --probe-store never needs it.
+    from redis.exceptions import RedisError
+
+    from ..redis_store import LimitStore, error_reason
 
     async def probe() -> tuple[str, float]:
         store = LimitStore(limits, loaded.store_password)
