@@ -78,12 +78,19 @@ def _base_value(name: str, request: RefRequest, api_id: str, rid: str, ts: str) 
     if name.startswith("header:"):
         return header.get(name[7:].lower(), "").encode()
     values = {
-        "api_id": api_id, "request_id": rid, "timestamp": ts,
-        "method": request.method.upper(), "path_and_query": target,
-        "content_type": header.get("content-type", ""), "url": request.url,
-        "host": split.netloc, "path": split.path, "query": split.query,
-        "incoming_path_and_query": incoming, "incoming_path": incoming.partition("?")[0],
-    }  # fmt: skip
+        "api_id": api_id,
+        "request_id": rid,
+        "timestamp": ts,
+        "method": request.method.upper(),
+        "path_and_query": target,
+        "content_type": header.get("content-type", ""),
+        "url": request.url,
+        "host": split.netloc,
+        "path": split.path,
+        "query": split.query,
+        "incoming_path_and_query": incoming,
+        "incoming_path": incoming.partition("?")[0],
+    }
     if name == "body":
         return request.body
     return values[name].encode()

@@ -42,9 +42,15 @@ class Terminal:
         termios.tcsetattr(slave, termios.TCSANOW, attributes)
         os.set_blocking(master, False)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _SESSION, *args,
-            stdin=slave, stdout=slave, stderr=slave, env={**os.environ, **(env or {})},
-        )  # fmt: skip
+            sys.executable,
+            "-c",
+            _SESSION,
+            *args,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**os.environ, **(env or {})},
+        )
         os.close(slave)
         return cls(master, process)
 

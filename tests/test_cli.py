@@ -78,8 +78,13 @@ def test_check_config_lists_every_problem(tmp_path: Path, main: Main) -> None:
     code, _, err = main("check-config", "--config", str(config))
     assert code == 1
     assert "5 problem(s)" in err
-    for key in ("server.listen", "upstream.url", "upstream.timout_s: unknown key",
-                "signing.fields", "signing: set exactly one"):  # fmt: skip
+    for key in (
+        "server.listen",
+        "upstream.url",
+        "upstream.timout_s: unknown key",
+        "signing.fields",
+        "signing: set exactly one",
+    ):
         assert f"  - {key}" in err
 
 
@@ -116,13 +121,24 @@ def test_serve_refuses_a_bad_config(tmp_path: Path, main: Main) -> None:
 
 async def test_sign_prints_aleaccs_example_header_and_explains_without_the_secret() -> None:
     code, out, _ = await run(
-        "sign", "POST", "https://aleacc.example.com/player/signin",
-        "--api-id", "12345678901234567890123456789012", "--secret-env", "KAT_SECRET",
-        "--request-id", "1", "--timestamp", "1433313039",
-        "-H", "Content-Type: application/json", "--data", EXAMPLE_BODY,
+        "sign",
+        "POST",
+        "https://aleacc.example.com/player/signin",
+        "--api-id",
+        "12345678901234567890123456789012",
+        "--secret-env",
+        "KAT_SECRET",
+        "--request-id",
+        "1",
+        "--timestamp",
+        "1433313039",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        EXAMPLE_BODY,
         "--explain",
         env={"KAT_SECRET": EXAMPLE_SECRET},
-    )  # fmt: skip
+    )
     assert code == 0
     assert out.splitlines()[-1] == EXAMPLE_HEADER
     assert out.splitlines()[1:-1] == [
@@ -140,12 +156,28 @@ async def test_sign_prints_aleaccs_example_header_and_explains_without_the_secre
 
 def test_sign_takes_the_scheme_from_flags(main: Main) -> None:
     code, out, _ = main(
-        "sign", "GET", "https://h/x", "--api-id", "a", "--secret-env", "KAT_SECRET",
-        "--request-id", "1", "--timestamp", "1433313039", "--fields", "api_id,method|lower",
-        "--separator", "\\t", "--secret-encoding", "utf-8", "--signature-encoding", "hex",
+        "sign",
+        "GET",
+        "https://h/x",
+        "--api-id",
+        "a",
+        "--secret-env",
+        "KAT_SECRET",
+        "--request-id",
+        "1",
+        "--timestamp",
+        "1433313039",
+        "--fields",
+        "api_id,method|lower",
+        "--separator",
+        "\\t",
+        "--secret-encoding",
+        "utf-8",
+        "--signature-encoding",
+        "hex",
         "--explain",
         env={"KAT_SECRET": "kat-secret"},
-    )  # fmt: skip
+    )
     assert code == 0, out
     # printf 'a\tget' | openssl dgst -sha256 -hmac kat-secret
     signature = "b6046eb6e2be2909a7a664a35e0bef07c676b99ef78d3d938f17a0446db0891d"
@@ -203,9 +235,17 @@ async def test_a_secret_file_that_is_a_directory_is_a_problem(tmp_path: Path) ->
 def test_sign_makes_a_fresh_id_of_the_form_asked_for(main: Main) -> None:
     for form, pattern in (("decimal", r"[1-9][0-9]*"), ("uuid", r"[0-9a-f-]{36}")):
         code, out, err = main(
-            "sign", "GET", "https://h/x", "--api-id", "a", "--secret-env", "KAT_SECRET",
-            "--request-id-format", form, env={"KAT_SECRET": EXAMPLE_SECRET},
-        )  # fmt: skip
+            "sign",
+            "GET",
+            "https://h/x",
+            "--api-id",
+            "a",
+            "--secret-env",
+            "KAT_SECRET",
+            "--request-id-format",
+            form,
+            env={"KAT_SECRET": EXAMPLE_SECRET},
+        )
         assert code == 0, err
         request_id = out.strip().split(":")[3]
         assert re.fullmatch(pattern, request_id), out
@@ -213,11 +253,20 @@ def test_sign_makes_a_fresh_id_of_the_form_asked_for(main: Main) -> None:
 
 def test_sign_explains_the_incoming_path_below_the_base_path(main: Main) -> None:
     code, out, err = main(
-        "sign", "GET", "https://h/api/player/balance?a=1", "--api-id", "a",
-        "--secret-env", "KAT_SECRET", "--base-path", "/api", "--explain",
-        "--fields", "api_id,incoming_path_and_query,path_and_query",
+        "sign",
+        "GET",
+        "https://h/api/player/balance?a=1",
+        "--api-id",
+        "a",
+        "--secret-env",
+        "KAT_SECRET",
+        "--base-path",
+        "/api",
+        "--explain",
+        "--fields",
+        "api_id,incoming_path_and_query,path_and_query",
         env={"KAT_SECRET": EXAMPLE_SECRET},
-    )  # fmt: skip
+    )
     assert code == 0, err
     assert "  incoming_path_and_query: /player/balance?a=1" in out.splitlines()
     assert "  path_and_query: /api/player/balance?a=1" in out.splitlines()
@@ -249,9 +298,16 @@ async def test_demo_walks_a_player_and_exits_0() -> None:
 
 async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
     mock = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "mock-upstream", "--listen", "127.0.0.1:0",
-        "--base-path", "/api", stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "gateway",
+        "mock-upstream",
+        "--listen",
+        "127.0.0.1:0",
+        "--base-path",
+        "/api",
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert mock.stdout is not None
     started = json.loads(await mock.stdout.readline())
     assert started["event"] == "mock_upstream_started"
@@ -264,9 +320,14 @@ async def test_serve_proxies_and_stops_on_sigterm(tmp_path: Path) -> None:
         f'[signing]\napi_id = "12345678901234567890123456789012"\nsecret_file = "{secret_file}"\n'
     )
     gateway = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
         stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert gateway.stdout is not None
     try:
         lines = [json.loads(await gateway.stdout.readline()) for _ in range(2)]
@@ -301,9 +362,16 @@ async def test_the_stand_in_serves_below_the_configs_base_path(tmp_path: Path) -
         tmp_path / "gateway.toml", URL(f"http://127.0.0.1:{port}/api"), secret_file
     )
     mock = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "mock-upstream", "--config", str(config),
-        "--listen", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "gateway",
+        "mock-upstream",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         assert mock.stdout is not None
         started = json.loads(await mock.stdout.readline())
@@ -332,9 +400,18 @@ async def test_an_explicit_base_path_wins_over_the_configs(tmp_path: Path) -> No
     secret_file.write_bytes(DEMO_SECRET)
     config = config_file(tmp_path / "gateway.toml", URL("http://127.0.0.1:1/api"), secret_file)
     mock = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "mock-upstream", "--config", str(config),
-        "--base-path", "", "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "gateway",
+        "mock-upstream",
+        "--config",
+        str(config),
+        "--base-path",
+        "",
+        "--listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         assert mock.stdout is not None
         started = json.loads(await mock.stdout.readline())
@@ -397,8 +474,11 @@ def test_check_config_lists_the_tenants_and_how_each_is_chosen(tmp_path: Path, m
 
 
 async def test_check_config_prints_one_warning_a_line(tmp_path: Path) -> None:
-    config = tenants_config(tmp_path, '[[tenants]]\nname = "d"\napi_id = "d"\nhosts = ["d"]\n'
-                            'secret_file = "/run/secrets/d/api-secret"\n')  # fmt: skip
+    config = tenants_config(
+        tmp_path,
+        '[[tenants]]\nname = "d"\napi_id = "d"\nhosts = ["d"]\n'
+        'secret_file = "/run/secrets/d/api-secret"\n',
+    )
     code, out, err = await run("check-config", "--config", str(config), env=TENANT_ENV)
     assert (code, err) == (0, "")
     lines = out.splitlines()
@@ -522,16 +602,33 @@ def test_a_target_without_a_config_says_it_needs_one(main: Main) -> None:
 def test_sign_with_a_tenants_credential(tmp_path: Path, main: Main) -> None:
     config = str(tenants_config(tmp_path))
     fixed = ("--request-id", "1", "--timestamp", "1433313039")
-    code, out, _ = main("sign", "GET", "https://b.aleacc.example.com/api/x", "--config", config,
-                        "--tenant", "brand-b", *fixed, env=TENANT_ENV)  # fmt: skip
+    code, out, _ = main(
+        "sign",
+        "GET",
+        "https://b.aleacc.example.com/api/x",
+        "--config",
+        config,
+        "--tenant",
+        "brand-b",
+        *fixed,
+        env=TENANT_ENV,
+    )
     assert code == 0
-    code, default, _ = main("sign", "GET", "https://b.aleacc.example.com/api/x", "--config",
-                            config, *fixed, env=TENANT_ENV)  # fmt: skip
+    code, default, _ = main(
+        "sign",
+        "GET",
+        "https://b.aleacc.example.com/api/x",
+        "--config",
+        config,
+        *fixed,
+        env=TENANT_ENV,
+    )
     assert out.startswith("Authorization: amx b-id:")
     assert default.startswith("Authorization: amx a-id:")
     assert out.split(":")[2] != default.split(":")[2]  # a different secret
-    code, _, err = main("sign", "GET", "https://h/x", "--config", config, "--tenant", "brand-x",
-                        env=TENANT_ENV)  # fmt: skip
+    code, _, err = main(
+        "sign", "GET", "https://h/x", "--config", config, "--tenant", "brand-x", env=TENANT_ENV
+    )
     assert (code, err) == (
         2,
         f"sign: {config}: --tenant: no tenant 'brand-x' (there are: default, brand-b, brand-c)\n",
@@ -541,8 +638,18 @@ def test_sign_with_a_tenants_credential(tmp_path: Path, main: Main) -> None:
 def test_learn_checks_samples_with_the_tenants_secret(tmp_path: Path, main: Main) -> None:
     config = str(tenants_config(tmp_path))
     url = "https://b.aleacc.example.com/api/player/balance"
-    _, header, _ = main("sign", "GET", url, "--config", config, "--tenant", "brand-b",
-                        "-H", "X-Client-Ip: 192.0.2.1", env=TENANT_ENV)  # fmt: skip
+    _, header, _ = main(
+        "sign",
+        "GET",
+        url,
+        "--config",
+        config,
+        "--tenant",
+        "brand-b",
+        "-H",
+        "X-Client-Ip: 192.0.2.1",
+        env=TENANT_ENV,
+    )
     curl = f"curl '{url}' -H '{header.strip()}' -H 'X-Client-Ip: 192.0.2.1'"
     learn = ("learn", "--curl", curl, "--config", config, "--max-fields", "4", "--toml")
     code, out, err = main(*learn, "--tenant", "brand-b", env=TENANT_ENV)

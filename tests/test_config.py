@@ -596,8 +596,10 @@ def test_a_variable_is_read_as_its_key_would_be(variable: str, text: str, read: 
 
 
 def test_the_environment_overrides_the_file_and_says_so() -> None:
-    effective = load_mapping(merged(server={"workers": 2, "listen": "127.0.0.1:8080"}),
-                             {"ALEACC_GATEWAY_SERVER_WORKERS": "3"})  # fmt: skip
+    effective = load_mapping(
+        merged(server={"workers": 2, "listen": "127.0.0.1:8080"}),
+        {"ALEACC_GATEWAY_SERVER_WORKERS": "3"},
+    )
     assert effective.settings.server.workers == 3
     assert effective.origins["server.workers"] == "environment ALEACC_GATEWAY_SERVER_WORKERS"
     assert effective.origins["server.listen"] == "file"

@@ -183,6 +183,14 @@ def test_the_kyverno_example_injects_the_sidecar_overlays_container() -> None:
     # that is not ours).
     mounts = {m["mountPath"]: m.get("readOnly") for m in injected["volumeMounts"]}
     assert mounts == {m["mountPath"]: m.get("readOnly") for m in sidecar["volumeMounts"]}
-    same = ("args", "image", "ports", "livenessProbe", "readinessProbe", "resources",
-            "securityContext", "restartPolicy")  # fmt: skip
+    same = (
+        "args",
+        "image",
+        "ports",
+        "livenessProbe",
+        "readinessProbe",
+        "resources",
+        "securityContext",
+        "restartPolicy",
+    )
     assert {k: injected[k] for k in same} == {k: sidecar[k] for k in same}

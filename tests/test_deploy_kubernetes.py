@@ -143,10 +143,16 @@ def test_standalone_has_its_service_objects() -> None:
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
         [
-            "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-            "PodDisruptionBudget", "PodMonitor", "Service", "ServiceAccount",
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "PodMonitor",
+            "Service",
+            "ServiceAccount",
         ]
-    )  # fmt: skip
+    )
     (hpa,) = of_kind(objects, "HorizontalPodAutoscaler")
     (deployment,) = of_kind(objects, "Deployment")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]

@@ -41,8 +41,9 @@ async def test_over_the_cap_a_real_process_answers_503(
 ) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(DEMO_SECRET)
-    config = config_file(tmp_path / "gw.toml", raw_upstream.url, secret,
-                         limits={"max_connections": 2})  # fmt: skip
+    config = config_file(
+        tmp_path / "gw.toml", raw_upstream.url, secret, limits={"max_connections": 2}
+    )
     gateway: GatewayProcess = await gateway_process(config)  # type: ignore[operator]
     port = gateway.proxy.port or 0
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]

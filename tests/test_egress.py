@@ -61,15 +61,28 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
         config = tmp_path / f"tinyproxy-{port}.conf"
         config.write_text(
             "\n".join(
-                [f"Port {port}", "Listen 127.0.0.1", "Timeout 30", "LogLevel Connect",
-                 f"LogFile \"{log}\"", "MaxClients 50", "DisableViaHeader Yes",
-                 *([f"BasicAuth {USER} {PASSWORD}"] if auth else []), *lines]
-            ) + "\n"
-        )  # fmt: skip
+                [
+                    f"Port {port}",
+                    "Listen 127.0.0.1",
+                    "Timeout 30",
+                    "LogLevel Connect",
+                    f'LogFile "{log}"',
+                    "MaxClients 50",
+                    "DisableViaHeader Yes",
+                    *([f"BasicAuth {USER} {PASSWORD}"] if auth else []),
+                    *lines,
+                ]
+            )
+            + "\n"
+        )
         process = await asyncio.create_subprocess_exec(
-            binary, "-d", "-c", str(config),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+            binary,
+            "-d",
+            "-c",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         processes.append(process)
         # Ready once it accepts a connection (it logs nothing when it starts listening).
         async with asyncio.timeout(10):

@@ -36,8 +36,11 @@ async def test_serve_runs_from_the_environment_alone(
 
 
 async def test_a_misspelt_variable_stops_serve_with_its_name() -> None:
-    env = {**ENVIRONMENT, "ALEACC_GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
-           "ALEACC_GATEWAY_UPSTREAM_TIMEOUT": "5"}  # fmt: skip
+    env = {
+        **ENVIRONMENT,
+        "ALEACC_GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
+        "ALEACC_GATEWAY_UPSTREAM_TIMEOUT": "5",
+    }
     code, out, err = await run_cli("serve", env=env)
     assert (code, out) == (1, "")
     assert err == (
@@ -67,8 +70,11 @@ async def test_a_list_nested_too_deeply_is_one_problem_naming_the_variable(
 ) -> None:
     # json (and tomllib) recurse once per level: this depth ran out of stack.
     nested = "[" * 60_000 + "]" * 60_000
-    env = {**ENVIRONMENT, "ALEACC_GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
-           "ALEACC_GATEWAY_ACCESS_ALLOWED_CLIENTS": nested}  # fmt: skip
+    env = {
+        **ENVIRONMENT,
+        "ALEACC_GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
+        "ALEACC_GATEWAY_ACCESS_ALLOWED_CLIENTS": nested,
+    }
     expected = (
         "environment: 1 problem(s):\n"
         "  - ALEACC_GATEWAY_ACCESS_ALLOWED_CLIENTS (access.allowed_clients): "

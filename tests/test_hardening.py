@@ -51,8 +51,13 @@ def test_the_corpus_is_large_and_named() -> None:
     names = [case["name"] for case in CORPUS]
     assert len(names) == len(set(names))
     assert {case["category"] for case in CORPUS} == {
-        "smuggling", "headers", "request-line", "target", "body", "slow",
-    }  # fmt: skip
+        "smuggling",
+        "headers",
+        "request-line",
+        "target",
+        "body",
+        "slow",
+    }
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["name"] for c in CORPUS])

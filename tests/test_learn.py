@@ -47,9 +47,12 @@ CLASSIC_SECRET = b"a2F0LXNlY3JldC1mb3ItdGVzdHM="
 
 def gateway_scheme(scheme: RefScheme) -> signing.Scheme:
     return signing.Scheme(
-        scheme.fields, scheme.separator, scheme.secret_encoding, scheme.signature_encoding,
+        scheme.fields,
+        scheme.separator,
+        scheme.secret_encoding,
+        scheme.signature_encoding,
         scheme.timestamp_unit,
-    )  # fmt: skip
+    )
 
 
 def as_curl(request: RefRequest) -> str:
@@ -107,17 +110,24 @@ class StandIn:
         request.headers["Authorization"] = auth
         async with (
             aiohttp.ClientSession() as client,
-            client.request(method, URL(request.url, encoded=True), headers=request.headers,
-                           data=body or None) as r,
-        ):  # fmt: skip
+            client.request(
+                method, URL(request.url, encoded=True), headers=request.headers, data=body or None
+            ) as r,
+        ):
             assert r.status == status, (await r.text(), journal(self.app)[-1])
         return as_curl(request)
 
 
 async def learn(secret: bytes, curls: list[str], *extra: str) -> tuple[int, str, str]:
     args = [a for c in curls for a in ("--curl", c)]
-    return await run_cli("learn", "--secret-env", "LEARN_SECRET", *args, *extra,
-                     env={"LEARN_SECRET": secret.decode()})  # fmt: skip
+    return await run_cli(
+        "learn",
+        "--secret-env",
+        "LEARN_SECRET",
+        *args,
+        *extra,
+        env={"LEARN_SECRET": secret.decode()},
+    )
 
 
 async def gateway_accepted(
@@ -213,9 +223,15 @@ async def test_headers_each_sample_lacks_are_placed_from_the_samples_that_carry_
     # Neither sample carries both optional headers, so whichever the search signs leaves
     # one out: its place is found from the other sample.
     scheme = RefScheme(
-        fields=("api_id", "header:X-Player-Session-Id?", "request_id", "timestamp",
-                "path_and_query", "header:X-Client-Ip?"),
-    )  # fmt: skip
+        fields=(
+            "api_id",
+            "header:X-Player-Session-Id?",
+            "request_id",
+            "timestamp",
+            "path_and_query",
+            "header:X-Client-Ip?",
+        ),
+    )
     async with StandIn(scheme, DEMO_SECRET) as stand_in:
         curls = [
             await stand_in.accepted_sample("GET", "/echo?a=1", X_Player_Session_Id=SESSION),
@@ -252,9 +268,15 @@ async def test_a_scheme_that_signs_the_path_below_the_base_is_learned_and_checke
         assert "  incoming_path_and_query: /player/signup" in out  # the first sample's string
         # Checked against a config whose upstream URL has no base path: said, as a warning.
         config = probe_config(tmp_path, stand_in.url, DEMO_SECRET, path="")
-        code, out, err = await run_cli("learn", "--config", str(config), "--toml",
-                                       "--max-fields", "4",
-                                       *(a for c in curls for a in ("--curl", c)))  # fmt: skip
+        code, out, err = await run_cli(
+            "learn",
+            "--config",
+            str(config),
+            "--toml",
+            "--max-fields",
+            "4",
+            *(a for c in curls for a in ("--curl", c)),
+        )
         assert code == 0, out + err
         assert f"warning: {config}: upstream.url has no path, not /api" in err
         await gateway_accepted(stand_in, table, start_gateway)
@@ -337,8 +359,9 @@ async def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: s
     har.write_text('{"log": {"entries": []}}')
     names = {"har": str(har), "missing": str(tmp_path / "missing.http")}
     args = [a.format(**names) for a in args]
-    code, out, err = await run_cli("learn", "--secret-env", "LEARN_SECRET", *args,
-                               env={"LEARN_SECRET": "00ff"})  # fmt: skip
+    code, out, err = await run_cli(
+        "learn", "--secret-env", "LEARN_SECRET", *args, env={"LEARN_SECRET": "00ff"}
+    )
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
     assert message.format(**names) in err
@@ -369,9 +392,16 @@ async def test_probe_finds_the_stand_ins_scheme_and_stops_there(tmp_path: Path) 
     async with StandIn(SESSION_AFTER_PATH, DEMO_SECRET) as stand_in:
         config = probe_config(tmp_path, stand_in.url, DEMO_SECRET)
         code, out, err = await run_cli(
-            "probe", "--config", str(config), "--path", "/echo", "--interval-s", "0",
-            "--session-id", SESSION,
-        )  # fmt: skip
+            "probe",
+            "--config",
+            str(config),
+            "--path",
+            "/echo",
+            "--interval-s",
+            "0",
+            "--session-id",
+            SESSION,
+        )
         seen = journal(stand_in.app)
     assert code == 0, out + err
     lines = out.splitlines()
@@ -395,9 +425,16 @@ async def test_probe_without_a_fit_says_what_it_tried(tmp_path: Path) -> None:
     async with StandIn(outside, DEMO_SECRET) as stand_in:
         config = probe_config(tmp_path, stand_in.url, DEMO_SECRET)
         code, out, err = await run_cli(
-            "probe", "--config", str(config), "--path", "/echo", "--interval-s", "0",
-            "--max-requests", "3",
-        )  # fmt: skip
+            "probe",
+            "--config",
+            str(config),
+            "--path",
+            "/echo",
+            "--interval-s",
+            "0",
+            "--max-requests",
+            "3",
+        )
         seen = journal(stand_in.app)
     assert code == 1
     assert len(seen) == 3

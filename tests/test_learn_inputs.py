@@ -44,9 +44,15 @@ def unsigned_entry() -> dict[str, object]:
 
 async def learn_on(option: str, path: Path) -> tuple[int, str, str]:
     return await run_cli(
-        "learn", "--secret-env", "LEARN_SECRET", option, str(path), "--max-fields", "4",
+        "learn",
+        "--secret-env",
+        "LEARN_SECRET",
+        option,
+        str(path),
+        "--max-fields",
+        "4",
         env=SECRET,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(

@@ -313,8 +313,11 @@ async def test_one_access_line_per_request_with_its_fields(
     ok, failed = access
     assert ok["request_id"] == request_id
     assert (ok["method"], ok["path"], ok["status"], ok["upstream_status"]) == (
-        "POST", "/echo", 200, 200,
-    )  # fmt: skip
+        "POST",
+        "/echo",
+        200,
+        200,
+    )
     assert ok["client_ip"] == "198.51.100.7"
     assert ok["bytes_in"] == 5
     assert ok["bytes_out"] > 0
@@ -324,8 +327,10 @@ async def test_one_access_line_per_request_with_its_fields(
     assert SESSION_ID not in logs.getvalue()
     assert "player-data" not in logs.getvalue()  # the query is never logged
     assert (failed["status"], failed["error"], failed["upstream_status"]) == (
-        502, "upstream_unavailable", None,
-    )  # fmt: skip
+        502,
+        "upstream_unavailable",
+        None,
+    )
     assert failed["session"] is None
 
 

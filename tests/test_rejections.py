@@ -79,9 +79,13 @@ def test_the_likeliest_cause(
 def test_the_explained_fields_hold_no_session_and_no_body() -> None:
     body = b'{"Username": "ann", "Password": "s3cret-pw"}'
     parts = signing.RequestParts(
-        "POST", "https", "h", "/api/player/signin?x=" + "y" * 600,
-        {"X-Player-Session-Id": SESSION_ID, "X-Client-Ip": "192.0.2.1"}, body,
-    )  # fmt: skip
+        "POST",
+        "https",
+        "h",
+        "/api/player/signin?x=" + "y" * 600,
+        {"X-Player-Session-Id": SESSION_ID, "X-Client-Ip": "192.0.2.1"},
+        body,
+    )
     plan = DEFAULT_PLAN
     lines = explained_fields(plan, parts, signing.Context("id", "1", "2"))
     text = "\n".join(lines)

@@ -101,11 +101,15 @@ def test_har_takes_every_amx_entry() -> None:
             request["postData"] = {"mimeType": "application/json", "text": body}
         return {"request": request}
 
-    har = {"log": {"entries": [
-        entry("GET", "https://h/static.js", None),
-        entry("POST", "https://h/api/player/signin", AUTH, '{"a": 1}'),
-        entry("GET", "https://h/api/player/balance?c=EUR", AUTH),
-    ]}}  # fmt: skip
+    har = {
+        "log": {
+            "entries": [
+                entry("GET", "https://h/static.js", None),
+                entry("POST", "https://h/api/player/signin", AUTH, '{"a": 1}'),
+                entry("GET", "https://h/api/player/balance?c=EUR", AUTH),
+            ]
+        }
+    }
     samples = parse_har(json.dumps(har), "x.har")
     assert [s.source for s in samples] == ["x.har entry 2", "x.har entry 3"]
     assert samples[0].parts.body == b'{"a": 1}'

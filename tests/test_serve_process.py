@@ -81,9 +81,15 @@ async def test_a_closed_log_pipe_is_no_traceback(tmp_path: Path, raw_upstream: R
     secret.write_bytes(DEMO_SECRET)
     config = config_file(tmp_path / "gw.toml", raw_upstream.url, secret)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert process.stdout is not None
     assert process.stderr is not None
     while json.loads(await process.stdout.readline())["event"] != "started":

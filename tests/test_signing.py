@@ -217,10 +217,20 @@ def test_known_answers(
 
 def test_the_default_is_aleaccs_scheme() -> None:
     assert signing.Scheme() == signing.Scheme(
-        fields=("api_id", "request_id", "timestamp", "header:X-Player-Session-Id?",
-                "header:X-Client-Ip?", "path_and_query", "body"),
-        separator="\n", secret_encoding="hex", signature_encoding="base64", timestamp_unit="s",
-    )  # fmt: skip
+        fields=(
+            "api_id",
+            "request_id",
+            "timestamp",
+            "header:X-Player-Session-Id?",
+            "header:X-Client-Ip?",
+            "path_and_query",
+            "body",
+        ),
+        separator="\n",
+        secret_encoding="hex",
+        signature_encoding="base64",
+        timestamp_unit="s",
+    )
 
 
 def test_aleacc_example_header_parses() -> None:

@@ -186,11 +186,37 @@ def openssl_client_cert(ca: trustme.CA, root: Path, subject: str, san: str | Non
     extensions = root / "client.ext"
     extensions.write_text(f"subjectAltName = {san}\n" if san else "basicConstraints = CA:FALSE\n")
     for args in (
-        ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(key), "-subj", subject, "-out", str(csr)],
-        ["x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-         "-days", "2", "-extfile", str(extensions), "-out", str(cert)],
-    ):  # fmt: skip
+        [
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-subj",
+            subject,
+            "-out",
+            str(csr),
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_cert),
+            "-CAkey",
+            str(ca_key),
+            "-days",
+            "2",
+            "-extfile",
+            str(extensions),
+            "-out",
+            str(cert),
+        ],
+    ):
         subprocess.run([system_tool("openssl"), *args], check=True, capture_output=True)
     cert.write_bytes(cert.read_bytes() + key.read_bytes())
     return cert

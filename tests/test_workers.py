@@ -138,8 +138,10 @@ async def test_a_killed_worker_is_replaced(
     os.kill(victim["pid"], signal.SIGKILL)
     exited = await supervisor.wait_for("worker_exited")
     assert (exited["worker"], exited["pid"], exited["code"]) == (
-        victim["worker"], victim["pid"], -signal.SIGKILL,
-    )  # fmt: skip
+        victim["worker"],
+        victim["pid"],
+        -signal.SIGKILL,
+    )
     async with aiohttp.ClientSession() as client:
         # Down until the replacement listens (the restart waits a second first).
         async with client.get(supervisor.admin / "readyz") as r:
