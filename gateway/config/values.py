@@ -100,8 +100,8 @@ def upstream_url(value: Any) -> URL:
     return url
 
 
-def proxy_url(value: Any) -> URL:
-    example = "like 'http://proxy.internal:3128'"
+def _url(value: Any, example: str) -> URL:
+    """``value`` as a URL with a valid port, or ValueError naming ``example``."""
     if not isinstance(value, str):
         raise ValueError(f"must be a string {example}")
     try:
@@ -109,6 +109,12 @@ def proxy_url(value: Any) -> URL:
         url.port  # noqa: B018 - an out-of-range port raises here
     except ValueError:
         raise ValueError(f"must be a URL {example}") from None
+    return url
+
+
+def proxy_url(value: Any) -> URL:
+    example = "like 'http://proxy.internal:3128'"
+    url = _url(value, example)
     if url.scheme != "http" or not url.raw_host:
         raise ValueError(f"must be an http:// URL {example}")
     if url.raw_user or url.raw_password:
@@ -248,13 +254,7 @@ _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 def store_url(value: Any) -> str:
     example = "like 'redis://redis.cache:6379/0' or 'unix:///run/redis/redis.sock'"
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string {example}")
-    try:
-        url = URL(value, encoded=True)
-        url.port  # noqa: B018 - an out-of-range port raises here
-    except ValueError:
-        raise ValueError(f"must be a URL {example}") from None
+    url = _url(value, example)
     if url.scheme not in STORE_SCHEMES:
         raise ValueError(f"must be a redis://, rediss:// or unix:// URL, {example}")
     # A password in the URL would be in the file, the environment and every log of it.
@@ -269,7 +269,7 @@ def store_url(value: Any) -> str:
         raise ValueError(f"needs a host, {example}")
     if url.scheme != "unix" and not re.fullmatch(r"/?\d*", url.raw_path):
         raise ValueError(f"the path can only be a database number, {example}")
-    return value  # as written: yarl would shorten unix:///path to unix:/path
+    return str(value)  # as written: yarl would shorten unix:///path to unix:/path
 
 
 def key_prefix(value: Any) -> str:
