@@ -1,5 +1,5 @@
-"""One proxied request, told top-down: admission -> body -> client IP -> sign -> send ->
-relay -> record.
+"""One proxied request, told top-down: admission -> tenant -> client IP -> the tenant's
+own admission -> body -> sign -> send -> relay -> record.
 
 aiohttp's low-level server calls ``Proxy.handle`` for every request on the proxy
 listener. No web.Application, router or middleware chain: every request takes the same
@@ -28,15 +28,7 @@ from .admin import Lifecycle
 from .client_ip import TrustedNetworks, derive_client_ip
 from .config import DEFAULT_TENANT, Settings
 from .counts import add
-from .edge import (
-    SentAnswer,
-    client_name,
-    client_names,
-    listener_tenant,
-    mark_request_finished,
-    mark_request_started,
-    send_whole,
-)
+from .edge import Connection, GatewayProtocol, SentAnswer, send_whole
 from .egress import EgressProxy
 from .errors import (
     BodyTooLarge,
@@ -86,6 +78,7 @@ WHOLE_ANSWER_BYTES = 64 * 1024
 class Exchange:
     """What one request did, filled in as it goes; read once, by ``Proxy._record``."""
 
+    connection: Connection  # where it came from
     request_id: str | None = None
     tenant: str | None = None  # its name, once chosen
     client_ip: str | None = None
@@ -177,13 +170,15 @@ class Proxy:
     ) -> web.StreamResponse:
         """Answer one request; count, time and log it exactly once. ``exchange``: the
         record to fill in, when the caller reads it afterwards (tracing)."""
+        edge = request.protocol
+        assert isinstance(edge, GatewayProtocol)  # noqa: S101 - server.py serves us through it
         if exchange is None:
-            exchange = Exchange()
+            exchange = Exchange(edge.connection)
         started = time.perf_counter()
         status = 500
         keep_alive = False
         self._counts.in_flight += 1
-        mark_request_started(request)
+        edge.request_started()
         try:
             response = await self._answer(request, exchange)
             status = response.status
@@ -204,7 +199,7 @@ class Proxy:
             status, exchange.error = 499, exchange.error or "client_disconnected"
             raise
         finally:
-            mark_request_finished(request, keep_alive)
+            edge.request_finished(keep_alive)
             self._record(request, exchange, status, time.perf_counter() - started)
 
     async def _answer(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
@@ -237,17 +232,20 @@ class Proxy:
             forward_proxy_headers=self._forward_proxy_headers,
             signed=self._signed_headers,
         )
+        connection = exchange.connection
         tenant = self._only or self.tenants.choose(
-            listener_tenant(request), request.headers.get("Host"), client_names(request)
+            connection.tenant, request.headers.get("Host"), connection.client_names
         )
         exchange.tenant = tenant.name
         if not route_allowed(self._routes, request.method, request.raw_path):
             raise RouteNotAllowed()
-        client_ip = derive_client_ip(request.remote, incoming.forwarded_for, self._trusted)
+        client_ip = derive_client_ip(connection.peer, incoming.forwarded_for, self._trusted)
         exchange.client_ip = client_ip.address
         exchange.client_ip_source = client_ip.source
         if tenant.guarded:  # its own allowlist and rate limits: checked before the body
-            tenant.admit(request.remote, client_names(request), client_ip.address, time.monotonic())
+            tenant.admit(
+                connection.peer, connection.client_names, client_ip.address, time.monotonic()
+            )
             if tenant.shared is not None:  # the fleet's buckets: one round trip to the store
                 await tenant.shared.take(client_ip.address)
         body = await self._read_body(request, exchange) if request.body_exists else b""
@@ -307,7 +305,7 @@ class Proxy:
                 "upstream_status": exchange.upstream_status,
                 "duration_ms": round(duration * 1000, 3),
                 "client_ip": exchange.client_ip,
-                "client_name": client_name(request),
+                "client_name": exchange.connection.client_name,
                 "bytes_in": exchange.bytes_in,
                 "bytes_out": exchange.bytes_out,
                 "error": exchange.error,
@@ -324,7 +322,9 @@ class Proxy:
         """``handle`` inside a server span that continues the caller's trace."""
         tracing = self._tracing
         assert tracing is not None  # noqa: S101 - the handler only with tracing on
-        exchange = Exchange()
+        edge = request.protocol
+        assert isinstance(edge, GatewayProtocol)  # noqa: S101 - server.py serves us through it
+        exchange = Exchange(edge.connection)
         span = tracing.server_span(method_label(request.method), request.headers)
         exchange.span = span
         status = 500
