@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +26,9 @@ from multidict import CIMultiDict
 from . import signing
 from .admin import Lifecycle
 from .client_ip import TrustedNetworks, derive_client_ip
-from .config import DEFAULT_TENANT, Settings
+from .config import Settings
 from .counts import add
 from .edge import Connection, GatewayProtocol, SentAnswer, send_whole
-from .egress import EgressProxy
 from .errors import (
     BodyTooLarge,
     FaultKind,
@@ -56,9 +55,7 @@ from .forwarding import (
 from .logs import AccessLog, session_tag
 from .metrics import Metrics, method_label
 from .pool import framed_head
-from .ratelimit_store import LimitStore
 from .response import Response
-from .secret import SecretStore
 from .skew import SkewWatch
 from .tenants import Tenant, Tenants
 
@@ -100,24 +97,17 @@ class Proxy:
         self,
         settings: Settings,
         *,
-        secrets: Mapping[str, SecretStore],
+        tenants: Tenants,
         metrics: Metrics,
         lifecycle: Lifecycle,
-        egress: EgressProxy | None = None,
         clock: Clock = time.time,
-        share: int = 1,
-        store: LimitStore | None = None,
     ) -> None:
-        """``secrets``: each tenant's, by name; ``share``: how many worker processes
-        split the rate limits; ``store``: where the buckets are kept for the fleet."""
+        """``tenants``: every tenant, with its upstream and limits (built by the server)."""
         upstream, limits = settings.upstream, settings.limits
-        self.tenants = Tenants(
-            settings, secrets, egress=egress, share=share, counts=metrics.counts, store=store
-        )
-        self.pool = self.tenants.upstreams[str(upstream.url)].pool  # upstream.url's
-        self._only = self.tenants.only
+        self._tenants = tenants
+        self._only = self._tenants.only
         # The label of a request refused before its tenant was known.
-        self._unchosen = DEFAULT_TENANT if self._only else "unknown"
+        self._unchosen = self._only.name if self._only else "unknown"
         self._counts = metrics.counts
         self._lifecycle = lifecycle
         self._clock = clock
@@ -133,7 +123,7 @@ class Proxy:
         # The incoming headers any tenant's scheme reads (header:<Name>, content_type),
         # lower-case; each plan reads only its own of them.
         self._signed_headers = frozenset().union(
-            *(t.plan.header_names for t in self.tenants.by_name.values())
+            *(t.plan.header_names for t in self._tenants.by_name.values())
         )
         self._forward_proxy_headers = upstream.forward_proxy_headers
         self._attempts = 1 + upstream.retries
@@ -159,7 +149,6 @@ class Proxy:
         return web.Server(handler, handler_cancellation=True)
 
     async def close(self) -> None:
-        await self.tenants.close()
         if self._tracing is not None:
             await self._tracing.shutdown()
 
@@ -233,7 +222,7 @@ class Proxy:
             signed=self._signed_headers,
         )
         connection = exchange.connection
-        tenant = self._only or self.tenants.choose(
+        tenant = self._only or self._tenants.choose(
             connection.tenant, request.headers.get("Host"), connection.client_names
         )
         exchange.tenant = tenant.name

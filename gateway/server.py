@@ -28,6 +28,7 @@ from .proxy import Clock, Proxy
 from .ratelimit_store import LimitStore, store_password
 from .reloading import ReloadResult
 from .secret import SecretStore, secret_stores
+from .tenants import Tenants
 from .tls import CertificateStore
 
 log = structlog.get_logger("aleacc_gateway")
@@ -202,15 +203,21 @@ class GatewayServer:
         )
         if self.certificates is not None:
             self.metrics.tls_certificate_expiry.set(self.certificates.not_after.timestamp())
+        # Each tenant with its upstream's pool and its limits, split among the workers.
+        self.tenants = Tenants(
+            settings,
+            self.secrets,
+            egress=loaded.egress if loaded else egress_proxy(settings.upstream, environ),
+            share=settings.server.workers if worker else 1,
+            counts=self.metrics.counts,
+            store=self.store,
+        )
         self.proxy = Proxy(
             settings,
-            secrets=self.secrets,
+            tenants=self.tenants,
             metrics=self.metrics,
             lifecycle=self.lifecycle,
-            egress=loaded.egress if loaded else egress_proxy(settings.upstream, environ),
             clock=clock,
-            share=settings.server.workers if worker else 1,
-            store=self.store,
         )
         self.admin_app = create_admin_app(
             secrets=self.secrets,
@@ -359,6 +366,7 @@ class GatewayServer:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        await self.tenants.close()
         await self.proxy.close()
         await cancel_all(self._tasks)
         if self.store is not None:

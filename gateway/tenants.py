@@ -12,7 +12,6 @@ B's Host. With a single tenant none of this runs: every request is the default t
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from .egress import EgressProxy, dialer
 from .errors import ClientNotAllowed, RateLimited, TenantUnknown
 from .forwarding import base_path, host_header, host_name
 from .pool import Pool
-from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
+from .ratelimit import PlayerBuckets, TokenBucket, worker_share
 from .ratelimit_store import LimitStore, SharedBuckets, bucket
 from .rejections import RejectionCap, RejectionLog
 from .secret import SecretStore
@@ -164,11 +163,6 @@ class Tenant:
             wait = self.rate.take(now)
             if wait:
                 raise RateLimited("tenant", wait)
-
-
-def worker_share(rate: float, burst: int | None, share: int) -> tuple[float, int]:
-    """One process's part of a rate and its bucket: 1/share of each (the bucket at least 1)."""
-    return rate / share, max(1, math.ceil(bucket_size(rate, burst) / share))
 
 
 class Tenants:
