@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import ClassVar
 
 import structlog
 from aiohttp import web
@@ -59,9 +59,6 @@ from .response import Response
 from .skew import SkewWatch
 from .tenants import Tenant, Tenants
 
-if TYPE_CHECKING:
-    from .tracing import Tracing
-
 Clock = Callable[[], float]
 
 log = structlog.get_logger("aleacc_gateway")
@@ -87,11 +84,17 @@ class Exchange:
     bytes_out: int = 0
     error: str | None = None
     streaming: bool = False
-    span: Any = None  # the server span, with tracing on
 
 
 class Proxy:
-    """The proxy listeners' one handler: every request to its tenant's upstream, signed."""
+    """The proxy listeners' one handler: every request to its tenant's upstream, signed.
+
+    tracing.py's TracedProxy adds spans by overriding ``_answer``, ``_send`` and
+    ``_record``; the server picks the class once, so without tracing no request tests it.
+    """
+
+    # The record each request fills in (a traced one also holds its spans).
+    _exchange_type: ClassVar[type[Exchange]] = Exchange
 
     def __init__(
         self,
@@ -133,36 +136,22 @@ class Proxy:
         self._send_timeout_s = limits.send_timeout_s
         self._max_body = limits.max_body_bytes
         self._trusted = TrustedNetworks(settings.client_ip.trusted_proxies)
-        self._tracing: Tracing | None = None
-        if settings.tracing.otlp_endpoint is not None:
-            # The otel extra, loaded only when tracing is on: without it nothing of it is
-            # imported and no request tests for it (server() picks the handler once).
-            from .tracing import Tracing
-
-            self._tracing = Tracing(settings.tracing, self._spans_dropped)
-            self._send = self._send_traced  # type: ignore[method-assign]
 
     def server(self) -> web.Server:
-        """aiohttp's low-level server for ``handle`` (in a span with tracing on)."""
-        handler = self.handle if self._tracing is None else self._traced
+        """aiohttp's low-level server for ``handle``."""
         # handler_cancellation: a caller who hangs up cancels its upstream call.
-        return web.Server(handler, handler_cancellation=True)
+        return web.Server(self.handle, handler_cancellation=True)
 
     async def close(self) -> None:
-        if self._tracing is not None:
-            await self._tracing.shutdown()
+        """Release what the proxy itself holds (the server closes the tenants' pools)."""
 
     # ---------------------------------------------------------------- the request
 
-    async def handle(
-        self, request: web.BaseRequest, exchange: Exchange | None = None
-    ) -> web.StreamResponse:
-        """Answer one request; count, time and log it exactly once. ``exchange``: the
-        record to fill in, when the caller reads it afterwards (tracing)."""
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request; count, time and log it exactly once."""
         edge = request.protocol
         assert isinstance(edge, GatewayProtocol)  # noqa: S101 - server.py serves us through it
-        if exchange is None:
-            exchange = Exchange(edge.connection)
+        exchange = self._exchange_type(edge.connection)
         started = time.perf_counter()
         status = 500
         keep_alive = False
@@ -304,65 +293,6 @@ class Proxy:
                 "trace_id": trace_id(request.headers.get("traceparent")),
             }
         )
-
-    # ---------------------------------------------------------------- tracing (optional)
-
-    async def _traced(self, request: web.BaseRequest) -> web.StreamResponse:
-        """``handle`` inside a server span that continues the caller's trace."""
-        tracing = self._tracing
-        assert tracing is not None  # noqa: S101 - the handler only with tracing on
-        edge = request.protocol
-        assert isinstance(edge, GatewayProtocol)  # noqa: S101 - server.py serves us through it
-        exchange = Exchange(edge.connection)
-        span = tracing.server_span(method_label(request.method), request.headers)
-        exchange.span = span
-        status = 500
-        try:
-            response = await self.handle(request, exchange)
-            status = response.status
-            return response
-        except asyncio.CancelledError:
-            status = 499
-            raise
-        finally:
-            tracing.end(
-                span,
-                status,
-                exchange.error,
-                request_id=exchange.request_id,
-                tenant=exchange.tenant,
-                upstream_status=exchange.upstream_status,
-            )
-
-    async def _send_traced(
-        self,
-        request: web.BaseRequest,
-        tenant: Tenant,
-        parts: signing.RequestParts,
-        lines: list[bytes],
-        exchange: Exchange,
-    ) -> Response:
-        """``_send`` inside a client span, whose context goes upstream in traceparent."""
-        tracing = self._tracing
-        assert tracing is not None  # noqa: S101 - only called with tracing on
-        if not exchange.span.is_recording():
-            # Not sampled: nothing is recorded, so no client span either; the upstream
-            # still gets the trace's context (sampled off), to decide alike.
-            lines = tracing.upstream_lines(exchange.span, lines)
-            return await Proxy._send(self, request, tenant, parts, lines, exchange)
-        span = tracing.client_span(exchange.span, parts.method, parts.host)
-        error = None
-        try:
-            lines = tracing.upstream_lines(span, lines)
-            return await Proxy._send(self, request, tenant, parts, lines, exchange)
-        except UpstreamError as exc:
-            error = f"upstream_{exc.kind}"
-            raise
-        finally:
-            tracing.end(span, exchange.upstream_status, error, request_id=exchange.request_id)
-
-    def _spans_dropped(self, reason: str, count: int) -> None:
-        add(self._counts.spans_dropped, reason, count)
 
     # ---------------------------------------------------------------- the stages
 

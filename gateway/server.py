@@ -212,7 +212,14 @@ class GatewayServer:
             counts=self.metrics.counts,
             store=self.store,
         )
-        self.proxy = Proxy(
+        proxy_class: type[Proxy] = Proxy
+        if settings.tracing.otlp_endpoint is not None:
+            # The otel extra, loaded only with tracing on: without it nothing of it is
+            # imported, and no request tests for it.
+            from .tracing import TracedProxy
+
+            proxy_class = TracedProxy
+        self.proxy = proxy_class(
             settings,
             tenants=self.tenants,
             metrics=self.metrics,
