@@ -48,7 +48,6 @@ from .forwarding import (
     downstream_headers,
     route_allowed,
     screen_headers,
-    trace_id,
     upstream_path_and_query,
     whole_answer_head,
 )
@@ -58,6 +57,7 @@ from .pool import framed_head
 from .response import Response
 from .skew import SkewWatch
 from .tenants import Tenant, Tenants
+from .trace_context import trace_id
 
 Clock = Callable[[], float]
 

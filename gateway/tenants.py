@@ -57,7 +57,7 @@ class Tenant:
         "players",
         "rate",
         "rejections",
-        "secrets",
+        "secret",
         "settings",
         "shared",
         "upstream",
@@ -67,7 +67,7 @@ class Tenant:
         self,
         settings: TenantSettings,
         upstream: Upstream,
-        secrets: SecretStore,
+        secret: SecretStore,
         *,
         players: tuple[float, int | None] | None,
         explain_every_s: float,
@@ -84,7 +84,7 @@ class Tenant:
         self.name = settings.name
         self.api_id = settings.api_id
         self.upstream = upstream
-        self.secrets = secrets
+        self.secret = secret  # .current: the decoded key, once loaded
         # Compiled once: the request path runs the plan, never re-parses the scheme.
         self.plan = signing.compile_scheme(settings.scheme)
         self.new_request_id = self.plan.new_request_id
@@ -101,7 +101,7 @@ class Tenant:
             SharedBuckets(
                 store,
                 self.name,
-                secrets,
+                secret,
                 bucket(settings.rate_per_s, settings.burst),
                 bucket(*players) if players is not None else None,
             )
@@ -126,7 +126,7 @@ class Tenant:
             RejectionLog(
                 self.plan,
                 explain_every_s,
-                lambda: secrets.rotated_at,
+                lambda: secret.rotated_at,
                 rejections,
                 tenant=self.name,
                 api_id=self.api_id,
@@ -137,7 +137,7 @@ class Tenant:
 
     def credentials(self) -> signing.Credentials | None:
         """The api_id with the current key; None while no secret is loaded."""
-        secret = self.secrets.current
+        secret = self.secret.current
         if secret is None:
             return None
         credentials = self._credentials
