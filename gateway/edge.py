@@ -6,6 +6,8 @@ requests) and how long a client may take to send a request's headers, and how a 
 that aiohttp's parser rejects is answered (as JSON, without quoting the request back).
 With TLS on the listener the event loop runs the handshake (tls.py gives it the current
 certificate) and a connection arrives here once it is done: the client name check is here.
+What a request's handler needs of its connection (the peer, the listener's tenant, the
+certificate's names) is one record, made when the connection is.
 """
 
 from __future__ import annotations
@@ -62,6 +64,24 @@ _HEADER_TIMEOUT = _raw_error(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What a connection tells about every request on it: read once, when it is made."""
+
+    peer: str | None  # the peer's address, as aiohttp's request.remote gives it
+    tenant: str | None  # whose own listener it came to (None: the shared one)
+    client_names: tuple[str, ...] = ()  # the client certificate's (DNS or URI SANs, or CN)
+    client_name: str | None = None  # the first of them: the access line's
+
+
+def _peer(transport: asyncio.BaseTransport) -> str | None:
+    """The peer's address as aiohttp's ``request.remote`` gives it."""
+    peername = transport.get_extra_info("peername")
+    if peername is None:
+        return None
+    return str(peername[0]) if isinstance(peername, (list, tuple)) else str(peername)
+
+
 class EdgeGuard:
     """Shared by every connection of one listener: the open-connection count."""
 
@@ -115,19 +135,13 @@ class GatewayProtocol(RequestHandler):
         self._awaiting_headers = True
         self._header_started = False
         self._rejected = False
-        # The client certificate's names (DNS or URI SANs, or CN); the first one is the
-        # access line's.
-        self.client_names: tuple[str, ...] = ()
-
-    @property
-    def tenant(self) -> str | None:
-        """The tenant of the listener this connection came to (None: the shared one)."""
-        return self._guard.tenant
+        self.connection = Connection(None, guard.tenant)  # its facts, once it is made
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
         guard.open_connections += 1
         refusal = None
+        names: tuple[str, ...] = ()
         if guard.open_connections > guard.limits.max_connections:
             refusal = "overloaded", _OVERLOADED
         elif not self._peer_allowed(transport):
@@ -136,11 +150,15 @@ class GatewayProtocol(RequestHandler):
             refusal = "not_allowed", _NOT_ALLOWED
         if guard.tls and refusal is None:
             # The loop has done the handshake (and verified a client certificate).
-            names = self.client_names = certificate_names(transport.get_extra_info("peercert"))
+            names = certificate_names(transport.get_extra_info("peercert"))
             if not name_allowed(names, guard.limits.allowed_names):
                 guard.on_tls_refused("name")
                 log.info("tls_client_not_allowed", client_name=names[0] if names else None)
                 refusal = "not_allowed", _NOT_ALLOWED
+        if refusal is None:
+            self.connection = Connection(
+                _peer(transport), guard.tenant, names, names[0] if names else None
+            )
         self._open(transport, refusal)
 
     def _open(self, transport: asyncio.BaseTransport, refusal: tuple[str, bytes] | None) -> None:
@@ -319,35 +337,3 @@ async def send_whole(
         async with asyncio.timeout(timeout_s):
             await protocol._drain_helper()
     return SentAnswer(status, keep_alive)
-
-
-def mark_request_started(request: web.BaseRequest) -> None:
-    """Tell the connection its request headers are in (no-op on other protocols)."""
-    protocol = request.protocol
-    if isinstance(protocol, GatewayProtocol):
-        protocol.request_started()
-
-
-def mark_request_finished(request: web.BaseRequest, keep_alive: bool) -> None:
-    """Tell the connection its request is answered (no-op on other protocols)."""
-    protocol = request.protocol
-    if isinstance(protocol, GatewayProtocol):
-        protocol.request_finished(keep_alive)
-
-
-def client_names(request: web.BaseRequest) -> tuple[str, ...]:
-    """The names in the caller's client certificate (none without one)."""
-    protocol = request.protocol
-    return protocol.client_names if isinstance(protocol, GatewayProtocol) else ()
-
-
-def client_name(request: web.BaseRequest) -> str | None:
-    """The first name in the caller's client certificate (None without one)."""
-    names = client_names(request)
-    return names[0] if names else None
-
-
-def listener_tenant(request: web.BaseRequest) -> str | None:
-    """The tenant whose own listener the request arrived on (None: the shared one)."""
-    protocol = request.protocol
-    return protocol.tenant if isinstance(protocol, GatewayProtocol) else None

@@ -1,5 +1,5 @@
-"""One proxied request, told top-down: admission -> body -> client IP -> sign -> send ->
-relay -> record.
+"""One proxied request, told top-down: admission -> tenant -> client IP -> the tenant's
+own admission -> body -> sign -> send -> relay -> record.
 
 aiohttp's low-level server calls ``Proxy.handle`` for every request on the proxy
 listener. No web.Application, router or middleware chain: every request takes the same
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import ClassVar
 
 import structlog
 from aiohttp import web
@@ -26,17 +26,8 @@ from multidict import CIMultiDict
 from . import signing
 from .admin import Lifecycle
 from .client_ip import NetworkSet, derive_client_ip
-from .config import DEFAULT_TENANT, Settings
-from .edge import (
-    SentAnswer,
-    client_name,
-    client_names,
-    listener_tenant,
-    mark_request_finished,
-    mark_request_started,
-    send_whole,
-)
-from .egress import EgressProxy
+from .config import Settings
+from .edge import Connection, GatewayProtocol, SentAnswer, send_whole
 from .errors import (
     BodyTooLarge,
     FaultKind,
@@ -56,7 +47,6 @@ from .forwarding import (
     downstream_headers,
     route_allowed,
     screen_headers,
-    trace_id,
     upstream_path_and_query,
     whole_answer_head,
 )
@@ -64,13 +54,9 @@ from .logs import AccessLog, session_tag
 from .metrics import Metrics, add, method_label
 from .pool import framed_head
 from .response import Response
-from .secret import SecretStore
 from .skew import SkewWatch
 from .tenants import Tenant, Tenants
-
-if TYPE_CHECKING:
-    from .redis_store import LimitStore
-    from .tracing import Tracing
+from .trace_context import trace_id
 
 Clock = Callable[[], float]
 
@@ -85,6 +71,7 @@ WHOLE_ANSWER_BYTES = 64 * 1024
 class Exchange:
     """What one request did, filled in as it goes; read once, by ``Proxy._record``."""
 
+    connection: Connection  # where it came from
     request_id: str | None = None
     tenant: str | None = None  # its name, once chosen
     client_ip: str | None = None
@@ -96,34 +83,33 @@ class Exchange:
     bytes_out: int = 0
     error: str | None = None
     streaming: bool = False
-    span: Any = None  # the server span, with tracing on
 
 
 class Proxy:
-    """The proxy listeners' one handler: every request to its tenant's upstream, signed."""
+    """The proxy listeners' one handler: every request to its tenant's upstream, signed.
+
+    tracing.py's TracedProxy adds spans by overriding ``_answer``, ``_send`` and
+    ``_record``; the server picks the class once, so without tracing no request tests it.
+    """
+
+    # The record each request fills in (a traced one also holds its spans).
+    _exchange_type: ClassVar[type[Exchange]] = Exchange
 
     def __init__(
         self,
         settings: Settings,
         *,
-        secrets: Mapping[str, SecretStore],
+        tenants: Tenants,
         metrics: Metrics,
         lifecycle: Lifecycle,
-        egress: EgressProxy | None = None,
         clock: Clock = time.time,
-        share: int = 1,
-        store: LimitStore | None = None,
     ) -> None:
-        """``secrets``: each tenant's, by name; ``share``: how many worker processes
-        split the rate limits; ``store``: where the buckets are kept for the fleet."""
+        """``tenants``: every tenant, with its upstream and limits (built by the server)."""
         upstream, limits = settings.upstream, settings.limits
-        self.tenants = Tenants(
-            settings, secrets, egress=egress, share=share, counts=metrics.counts, store=store
-        )
-        self.pool = self.tenants.upstreams[str(upstream.url)].pool  # upstream.url's
-        self._only = self.tenants.only
+        self._tenants = tenants
+        self._only = self._tenants.only
         # The label of a request refused before its tenant was known.
-        self._unchosen = DEFAULT_TENANT if self._only else "unknown"
+        self._unchosen = self._only.name if self._only else "unknown"
         self._counts = metrics.counts
         self._lifecycle = lifecycle
         self._clock = clock
@@ -139,7 +125,7 @@ class Proxy:
         # The incoming headers any tenant's scheme reads (header:<Name>, content_type),
         # lower-case; each plan reads only its own of them.
         self._signed_headers = frozenset().union(
-            *(t.plan.header_names for t in self.tenants.by_name.values())
+            *(t.plan.header_names for t in self._tenants.by_name.values())
         )
         self._forward_proxy_headers = upstream.forward_proxy_headers
         self._attempts = 1 + upstream.retries
@@ -149,40 +135,27 @@ class Proxy:
         self._send_timeout_s = limits.send_timeout_s
         self._max_body = limits.max_body_bytes
         self._trusted = NetworkSet(settings.client_ip.trusted_proxies)
-        self._tracing: Tracing | None = None
-        if settings.tracing.otlp_endpoint is not None:
-            # The otel extra, loaded only when tracing is on: without it nothing of it is
-            # imported and no request tests for it (server() picks the handler once).
-            from .tracing import Tracing
-
-            self._tracing = Tracing(settings.tracing, self._spans_dropped)
-            self._send = self._send_traced  # type: ignore[method-assign]
 
     def server(self) -> web.Server:
-        """aiohttp's low-level server for ``handle`` (in a span with tracing on)."""
-        handler = self.handle if self._tracing is None else self._traced
+        """aiohttp's low-level server for ``handle``."""
         # handler_cancellation: a caller who hangs up cancels its upstream call.
-        return web.Server(handler, handler_cancellation=True)
+        return web.Server(self.handle, handler_cancellation=True)
 
     async def close(self) -> None:
-        await self.tenants.close()
-        if self._tracing is not None:
-            await self._tracing.shutdown()
+        """Release what the proxy itself holds (the server closes the tenants' pools)."""
 
     # ---------------------------------------------------------------- the request
 
-    async def handle(
-        self, request: web.BaseRequest, exchange: Exchange | None = None
-    ) -> web.StreamResponse:
-        """Answer one request; count, time and log it exactly once. ``exchange``: the
-        record to fill in, when the caller reads it afterwards (tracing)."""
-        if exchange is None:
-            exchange = Exchange()
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request; count, time and log it exactly once."""
+        edge = request.protocol
+        assert isinstance(edge, GatewayProtocol)  # noqa: S101 - server.py serves us through it
+        exchange = self._exchange_type(edge.connection)
         started = time.perf_counter()
         status = 500
         keep_alive = False
         self._counts.in_flight += 1
-        mark_request_started(request)
+        edge.request_started()
         try:
             response = await self._answer(request, exchange)
             status = response.status
@@ -203,7 +176,7 @@ class Proxy:
             status, exchange.error = 499, exchange.error or "client_disconnected"
             raise
         finally:
-            mark_request_finished(request, keep_alive)
+            edge.request_finished(keep_alive)
             self._record(request, exchange, status, time.perf_counter() - started)
 
     async def _answer(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
@@ -236,17 +209,20 @@ class Proxy:
             forward_proxy_headers=self._forward_proxy_headers,
             signed=self._signed_headers,
         )
-        tenant = self._only or self.tenants.choose(
-            listener_tenant(request), request.headers.get("Host"), client_names(request)
+        connection = exchange.connection
+        tenant = self._only or self._tenants.choose(
+            connection.tenant, request.headers.get("Host"), connection.client_names
         )
         exchange.tenant = tenant.name
         if not route_allowed(self._routes, request.method, request.raw_path):
             raise RouteNotAllowed()
-        client_ip = derive_client_ip(request.remote, incoming.forwarded_for, self._trusted)
+        client_ip = derive_client_ip(connection.peer, incoming.forwarded_for, self._trusted)
         exchange.client_ip = client_ip.address
         exchange.client_ip_source = client_ip.source
         if tenant.guarded:  # its own allowlist and rate limits: checked before the body
-            tenant.admit(request.remote, client_names(request), client_ip.address, time.monotonic())
+            tenant.admit(
+                connection.peer, connection.client_names, client_ip.address, time.monotonic()
+            )
             if tenant.shared is not None:  # the fleet's buckets: one round trip to the store
                 await tenant.shared.take(client_ip.address)
         body = await self._read_body(request, exchange) if request.body_exists else b""
@@ -306,7 +282,7 @@ class Proxy:
                 "upstream_status": exchange.upstream_status,
                 "duration_ms": round(duration * 1000, 3),
                 "client_ip": exchange.client_ip,
-                "client_name": client_name(request),
+                "client_name": exchange.connection.client_name,
                 "bytes_in": exchange.bytes_in,
                 "bytes_out": exchange.bytes_out,
                 "error": exchange.error,
@@ -316,63 +292,6 @@ class Proxy:
                 "trace_id": trace_id(request.headers.get("traceparent")),
             }
         )
-
-    # ---------------------------------------------------------------- tracing (optional)
-
-    async def _traced(self, request: web.BaseRequest) -> web.StreamResponse:
-        """``handle`` inside a server span that continues the caller's trace."""
-        tracing = self._tracing
-        assert tracing is not None  # noqa: S101 - the handler only with tracing on
-        exchange = Exchange()
-        span = tracing.server_span(method_label(request.method), request.headers)
-        exchange.span = span
-        status = 500
-        try:
-            response = await self.handle(request, exchange)
-            status = response.status
-            return response
-        except asyncio.CancelledError:
-            status = 499
-            raise
-        finally:
-            tracing.end(
-                span,
-                status,
-                exchange.error,
-                request_id=exchange.request_id,
-                tenant=exchange.tenant,
-                upstream_status=exchange.upstream_status,
-            )
-
-    async def _send_traced(
-        self,
-        request: web.BaseRequest,
-        tenant: Tenant,
-        parts: signing.RequestParts,
-        lines: list[bytes],
-        exchange: Exchange,
-    ) -> Response:
-        """``_send`` inside a client span, whose context goes upstream in traceparent."""
-        tracing = self._tracing
-        assert tracing is not None  # noqa: S101 - only called with tracing on
-        if not exchange.span.is_recording():
-            # Not sampled: nothing is recorded, so no client span either; the upstream
-            # still gets the trace's context (sampled off), to decide alike.
-            lines = tracing.upstream_lines(exchange.span, lines)
-            return await Proxy._send(self, request, tenant, parts, lines, exchange)
-        span = tracing.client_span(exchange.span, parts.method, parts.host)
-        error = None
-        try:
-            lines = tracing.upstream_lines(span, lines)
-            return await Proxy._send(self, request, tenant, parts, lines, exchange)
-        except UpstreamError as exc:
-            error = f"upstream_{exc.kind}"
-            raise
-        finally:
-            tracing.end(span, exchange.upstream_status, error, request_id=exchange.request_id)
-
-    def _spans_dropped(self, reason: str, count: int) -> None:
-        add(self._counts.spans_dropped, reason, count)
 
     # ---------------------------------------------------------------- the stages
 

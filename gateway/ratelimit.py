@@ -20,6 +20,11 @@ def bucket_size(rate_per_s: float, burst: int | None) -> int:
     return burst if burst is not None else max(1, math.ceil(rate_per_s))
 
 
+def worker_share(rate: float, burst: int | None, share: int) -> tuple[float, int]:
+    """One process's part of a rate and its bucket: 1/share of each (the bucket at least 1)."""
+    return rate / share, max(1, math.ceil(bucket_size(rate, burst) / share))
+
+
 class TokenBucket:
     """``size`` tokens at most, ``rate`` more a second."""
 

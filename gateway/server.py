@@ -27,6 +27,7 @@ from .proxy import Clock, Proxy
 from .ratelimit_store import open_store, store_password
 from .reloading import ReloadResult
 from .secret import SecretStore, secret_stores
+from .tenants import Tenants
 from .tls import CertificateStore
 
 log = structlog.get_logger("aleacc_gateway")
@@ -201,15 +202,28 @@ class GatewayServer:
         )
         if self.certificates is not None:
             self.metrics.tls_certificate_expiry.set(self.certificates.not_after.timestamp())
-        self.proxy = Proxy(
+        # Each tenant with its upstream's pool and its limits, split among the workers.
+        self.tenants = Tenants(
             settings,
-            secrets=self.secrets,
+            self.secrets,
+            egress=loaded.egress if loaded else egress_proxy(settings.upstream, environ),
+            share=settings.server.workers if worker else 1,
+            counts=self.metrics.counts,
+            store=self.store,
+        )
+        proxy_class: type[Proxy] = Proxy
+        if settings.tracing.otlp_endpoint is not None:
+            # The otel extra, loaded only with tracing on: without it nothing of it is
+            # imported, and no request tests for it.
+            from .tracing import TracedProxy
+
+            proxy_class = TracedProxy
+        self.proxy = proxy_class(
+            settings,
+            tenants=self.tenants,
             metrics=self.metrics,
             lifecycle=self.lifecycle,
-            egress=loaded.egress if loaded else egress_proxy(settings.upstream, environ),
             clock=clock,
-            share=settings.server.workers if worker else 1,
-            store=self.store,
         )
         self.admin_app = create_admin_app(
             secrets=self.secrets,
@@ -358,6 +372,7 @@ class GatewayServer:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        await self.tenants.close()
         await self.proxy.close()
         await cancel_all(self._tasks)
         if self.store is not None:

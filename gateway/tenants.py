@@ -12,7 +12,6 @@ B's Host. With a single tenant none of this runs: every request is the default t
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from .errors import ClientNotAllowed, RateLimited, TenantUnknown
 from .forwarding import base_path, host_header, host_name
 from .metrics import RequestCounts
 from .pool import Pool
-from .ratelimit import PlayerBuckets, TokenBucket, bucket_size
+from .ratelimit import PlayerBuckets, TokenBucket, worker_share
 from .ratelimit_store import SharedBuckets, bucket
 from .rejections import RejectionCap, RejectionLog
 from .secret import SecretStore
@@ -62,7 +61,7 @@ class Tenant:
         "players",
         "rate",
         "rejections",
-        "secrets",
+        "secret",
         "settings",
         "shared",
         "upstream",
@@ -72,7 +71,7 @@ class Tenant:
         self,
         settings: TenantSettings,
         upstream: Upstream,
-        secrets: SecretStore,
+        secret: SecretStore,
         *,
         players: tuple[float, int | None] | None,
         explain_every_s: float,
@@ -89,7 +88,7 @@ class Tenant:
         self.name = settings.name
         self.api_id = settings.api_id
         self.upstream = upstream
-        self.secrets = secrets
+        self.secret = secret  # .current: the decoded key, once loaded
         # Compiled once: the request path runs the plan, never re-parses the scheme.
         self.plan = signing.compile_scheme(settings.scheme)
         self.new_request_id = request_ids.MAKERS[settings.scheme.request_id_format]
@@ -104,7 +103,7 @@ class Tenant:
             SharedBuckets(
                 store,
                 self.name,
-                secrets,
+                secret,
                 bucket(settings.rate_per_s, settings.burst),
                 bucket(*players) if players is not None else None,
             )
@@ -129,7 +128,7 @@ class Tenant:
             RejectionLog(
                 self.plan,
                 explain_every_s,
-                lambda: secrets.rotated_at,
+                lambda: secret.rotated_at,
                 rejections,
                 tenant=self.name,
                 api_id=self.api_id,
@@ -140,7 +139,7 @@ class Tenant:
 
     def credentials(self) -> signing.Credentials | None:
         """The api_id with the current key; None while no secret is loaded."""
-        secret = self.secrets.current
+        secret = self.secret.current
         if secret is None:
             return None
         credentials = self._credentials
@@ -166,11 +165,6 @@ class Tenant:
             wait = self.rate.take(now)
             if wait:
                 raise RateLimited("tenant", wait)
-
-
-def worker_share(rate: float, burst: int | None, share: int) -> tuple[float, int]:
-    """One process's part of a rate and its bucket: 1/share of each (the bucket at least 1)."""
-    return rate / share, max(1, math.ceil(bucket_size(rate, burst) / share))
 
 
 class Tenants:

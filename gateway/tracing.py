@@ -4,8 +4,9 @@ in ``traceparent``. Spans go to an OTLP/HTTP collector in batches, from a thread
 SDK's: a slow or dead collector costs a request nothing but its spans, dropped from a
 bounded queue and counted.
 
-Only imported when ``[tracing] otlp_endpoint`` is set, from the ``otel`` extra; without
-it the proxy neither imports this nor tests anything per request.
+``TracedProxy`` is the Proxy the server builds when ``[tracing] otlp_endpoint`` is set;
+only then is this module imported, from the ``otel`` extra. Without it the proxy neither
+imports this nor tests anything per request.
 
 No attribute carries the path's query, a session, a body, the secret or a signature.
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
 
+from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -27,13 +31,92 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .config import TracingSettings
+from . import signing
+from .config import Settings, TracingSettings
+from .errors import UpstreamError
+from .metrics import add, method_label
+from .proxy import Exchange, Proxy
+from .response import Response
+from .tenants import Tenant
 
 QUEUE_SIZE = 2048  # spans waiting for export at most; more are dropped (and counted)
 TRACES_PATH = "/v1/traces"
 _CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate"})
 
 OnDropped = Callable[[str, int], None]  # (reason, how many spans)
+
+
+@dataclass(slots=True)
+class TracedExchange(Exchange):
+    """An exchange with its server span, set as the request is first answered."""
+
+    span: Span = field(init=False)
+
+
+class TracedProxy(Proxy):
+    """The proxy with a server span per request and a client span around its upstream
+    attempts; what the spans record is what ``Proxy._record`` records."""
+
+    _exchange_type: ClassVar[type[Exchange]] = TracedExchange
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        """As Proxy's; the spans go where ``settings.tracing`` says."""
+        super().__init__(settings, **kwargs)
+        self._tracing = Tracing(settings.tracing, self._spans_dropped)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._tracing.shutdown()
+
+    def _spans_dropped(self, reason: str, count: int) -> None:
+        add(self._counts.spans_dropped, reason, count)
+
+    async def _answer(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+        """``Proxy._answer`` in a server span that continues the caller's trace."""
+        traced = cast(TracedExchange, exchange)  # made by _exchange_type
+        traced.span = self._tracing.server_span(method_label(request.method), request.headers)
+        return await super()._answer(request, exchange)
+
+    async def _send(
+        self,
+        request: web.BaseRequest,
+        tenant: Tenant,
+        parts: signing.RequestParts,
+        lines: list[bytes],
+        exchange: Exchange,
+    ) -> Response:
+        """``Proxy._send`` in a client span, whose context goes upstream in traceparent."""
+        tracing = self._tracing
+        server = cast(TracedExchange, exchange).span
+        if not server.is_recording():
+            # Not sampled: nothing is recorded, so no client span either; the upstream
+            # still gets the trace's context (sampled off), to decide alike.
+            lines = tracing.upstream_lines(server, lines)
+            return await super()._send(request, tenant, parts, lines, exchange)
+        span = tracing.client_span(server, parts.method, parts.host)
+        error = None
+        try:
+            lines = tracing.upstream_lines(span, lines)
+            return await super()._send(request, tenant, parts, lines, exchange)
+        except UpstreamError as exc:
+            error = f"upstream_{exc.kind}"
+            raise
+        finally:
+            tracing.end(span, exchange.upstream_status, error, request_id=exchange.request_id)
+
+    def _record(
+        self, request: web.BaseRequest, exchange: Exchange, status: int, duration: float
+    ) -> None:
+        """``Proxy._record``, then the server span ended with the same status and error."""
+        super()._record(request, exchange, status, duration)
+        self._tracing.end(
+            cast(TracedExchange, exchange).span,
+            status,
+            exchange.error,
+            request_id=exchange.request_id,
+            tenant=exchange.tenant,
+            upstream_status=exchange.upstream_status,
+        )
 
 
 class Tracing:

@@ -46,6 +46,7 @@ from gateway.mock.upstream import (
     DEMO_API_ID,
     DEMO_SECRET,
 )
+from gateway.pool import Pool
 from gateway.server import Bound, GatewayServer, bind
 
 from . import reference
@@ -186,6 +187,11 @@ class Gateway:
     def sample(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
+
+    @property
+    def pool(self) -> Pool:
+        """The connection pool to ``upstream.url``."""
+        return self.server.tenants.upstreams[str(self.server.settings.upstream.url)].pool
 
 
 StartGateway = Callable[..., Awaitable[Gateway]]

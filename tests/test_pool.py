@@ -115,7 +115,7 @@ async def start(
 
 
 def open_connections(gw: Gateway) -> int:
-    return gw.server.proxy.pool.open_connections
+    return gw.pool.open_connections
 
 
 async def get(client: aiohttp.ClientSession, gw: Gateway) -> tuple[int, bytes]:

@@ -672,7 +672,7 @@ async def test_a_caller_hanging_up_cancels_the_upstream_call(
         (line,) = log_events(logs, "request")
         assert (line["status"], line["error"]) == (499, "client_disconnected")
         assert relay.open_connections == 0
-        assert gw.server.proxy.pool.open_connections == 0  # closed, not pooled
+        assert gw.pool.open_connections == 0  # closed, not pooled
         assert gw.sample("aleacc_gateway_in_flight_requests") == 0
         for _ in range(100):  # the cancelled handler task finishes on the next turns
             if len(asyncio.all_tasks()) <= baseline:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit import PlayerBuckets, TokenBucket, bucket_size
-from gateway.tenants import worker_share
+from gateway.ratelimit import PlayerBuckets, TokenBucket, bucket_size, worker_share
 
 
 def test_a_bucket_gives_its_burst_then_one_token_per_interval() -> None:

@@ -315,7 +315,7 @@ async def test_player_buckets_stay_bounded_past_their_capacity_of_client_ips(
             await reader.readexactly(length)
     writer.close()
     assert statuses == {b"200": 1, b"429": total - 1}
-    players = gw.server.proxy.tenants.by_name["default"].players
+    players = gw.server.tenants.by_name["default"].players
     assert players is not None
     assert len(players) == players.capacity == PLAYER_BUCKETS
 
