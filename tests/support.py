@@ -134,10 +134,14 @@ def networks(*cidrs: str) -> tuple[Any, ...]:
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """``aleacc-gateway ARGS`` as a real process: its exit code, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
     try:
         # A guard, not a wait: every command here ends by itself.
         async with asyncio.timeout(120):
@@ -326,10 +330,14 @@ class GatewayProcess:
     async def start(cls, config: Path | None, env: dict[str, str] | None = None) -> GatewayProcess:
         """``env``: variables added to this process's environment (None: no config file)."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve",
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
             *(["--config", str(config)] if config is not None else []),
-            stdout=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
-        )  # fmt: skip
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
         gateway = cls(process)
         started = await gateway.wait_for("started")
         gateway.proxy = URL(f"http://{started['proxy']}")

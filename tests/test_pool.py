@@ -395,9 +395,17 @@ async def test_a_pool_wait_is_not_a_connect_and_is_not_retried(
 
     runner, url = await serve_handler(hold)
     try:
-        gw = await start_gateway(settings_for(url, upstream={
-            "max_connections": 1, "timeout_s": 0.3, "retries": 1, "retry_backoff_s": 0
-        }))  # fmt: skip
+        gw = await start_gateway(
+            settings_for(
+                url,
+                upstream={
+                    "max_connections": 1,
+                    "timeout_s": 0.3,
+                    "retries": 1,
+                    "retry_backoff_s": 0,
+                },
+            )
+        )
 
         async def first_call() -> int:
             async with client.get(gw.url / "first") as r:

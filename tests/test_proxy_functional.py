@@ -151,10 +151,22 @@ async def test_headers_forwarded_dropped_and_replaced(
     recorded = raw_upstream.requests[0]
     names = [name.lower() for name, _ in recorded.headers]
     for dropped in (
-        "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded", "connection",
-        "x-hop-secret", "keep-alive", "te", "proxy-authorization", "proxy-connection",
-        "upgrade", "expect", "transfer-encoding", "user-agent", "content-type",
-    ):  # fmt: skip
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "connection",
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+        "expect",
+        "transfer-encoding",
+        "user-agent",
+        "content-type",
+    ):
         assert dropped not in names, dropped
     assert recorded.header("Host") == [f"127.0.0.1:{raw_upstream.url.port}"]
     assert recorded.header("X-Client-Ip") == ["198.51.100.23"]
@@ -505,9 +517,9 @@ async def test_a_caller_that_never_reads_is_cut_and_frees_the_upstream(
 
     runner, url = await serve_handler(endless)
     try:
-        gw = await start_gateway(settings_for(
-            url, upstream={"max_connections": 1}, limits={"send_timeout_s": 0.3}
-        ))  # fmt: skip
+        gw = await start_gateway(
+            settings_for(url, upstream={"max_connections": 1}, limits={"send_timeout_s": 0.3})
+        )
         _, writer = await asyncio.open_connection("127.0.0.1", gw.bound.proxy[1])
         writer.write(b"GET /big HTTP/1.1\r\nHost: gw\r\n\r\n")
         # Never read: the gateway gives up and closes; then the one upstream connection

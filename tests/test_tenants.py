@@ -368,8 +368,18 @@ def tenants_file(path: Path, upstream: URL) -> Path:
 
 async def test_probe_signs_with_the_tenants_credential(brands: Brands, tmp_path: Path) -> None:
     config = tenants_file(tmp_path / "gw.toml", brands.url)
-    code, out, err = await run_cli("probe", "--config", str(config), "--path", "/echo",
-                                   "--interval-s", "0", "--tenant", "brand-b", env=ENV)  # fmt: skip
+    code, out, err = await run_cli(
+        "probe",
+        "--config",
+        str(config),
+        "--path",
+        "/echo",
+        "--interval-s",
+        "0",
+        "--tenant",
+        "brand-b",
+        env=ENV,
+    )
     assert code == 0, out + err
     assert "  1. Aleacc's scheme (the default): 200" in out
     assert signed_by(brands) == [(B_ID, 200)]
@@ -382,10 +392,19 @@ async def test_the_stand_in_given_a_config_verifies_every_tenant(
     port = unused_port()
     config = tenants_file(tmp_path / "gw.toml", URL(f"http://127.0.0.1:{port}/api"))
     stand_in = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "mock-upstream", "--config", str(config),
-        "--listen", f"127.0.0.1:{port}", "--base-path", "/api",
-        stdout=asyncio.subprocess.PIPE, env={**os.environ, **ENV},
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "gateway",
+        "mock-upstream",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--base-path",
+        "/api",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **ENV},
+    )
     try:
         assert stand_in.stdout is not None
         assert json.loads(await stand_in.stdout.readline())["event"] == "mock_upstream_started"

@@ -239,9 +239,12 @@ async def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded(tmp_path: 
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')), file=sys.stderr)\n"
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-c",
+        script,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     _, err = await process.communicate()
     assert (process.returncode, err) == (0, b"[]\n")
 
@@ -262,6 +265,8 @@ async def test_an_endpoint_without_the_extra_is_a_configuration_error(tmp_path: 
     )
     assert (code, err.splitlines()[1:]) == (
         1,
-        ["  - tracing.otlp_endpoint: tracing needs the otel extra: "
-         "pip install 'aleacc-gateway[otel]'"],
-    )  # fmt: skip
+        [
+            "  - tracing.otlp_endpoint: tracing needs the otel extra: "
+            "pip install 'aleacc-gateway[otel]'"
+        ],
+    )
