@@ -152,6 +152,11 @@ class LimitStore:
                 await connection.read_response()
                 await connection.send_packed_command(command, check_health=False)
                 return await connection.read_response()
+        except BaseException:
+            # Timed out or cut mid-way, its reply may still be on its way: closed, so that
+            # it is never read as the answer to the next check sent on this connection.
+            await connection.disconnect(nowait=True)
+            raise
         finally:
             self._idle.append(connection)
 
