@@ -16,9 +16,12 @@ from pathlib import Path
 GUARD_S = 120
 CTRL_C = b"\x03"
 # The child makes the pty its controlling terminal (a session of its own, as a login
-# shell's job has), so that Ctrl-C typed there reaches its whole process group.
+# shell's job has), so that Ctrl-C typed there reaches its whole process group. SIGINT
+# is set back to its default, as a shell does for a command in the foreground: a test
+# run started in the background (nohup, `&` in a script) ignores it, and a command that
+# starts with SIGINT ignored keeps ignoring it.
 _SESSION = (
-    "import os, sys; os.login_tty(0); "
+    "import os, signal, sys; os.login_tty(0); signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.executable, [sys.executable, '-m', 'gateway', *sys.argv[1:]])"
 )
 
