@@ -205,9 +205,11 @@ class _Progress:
 
     def __call__(self, done: int, total: int) -> None:
         if self._bar is None:
-            # Ctrl-C while tqdm draws the bar would leave it on the screen with nothing to
-            # clear it: the signal waits until the bar is ours to close.
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            # Ctrl-C while tqdm draws the bar would leave it on the screen, with no bar of
+            # ours yet to clear it: heard, and raised once the bar is ours to close.
+            # (Blocking the signal would not do: the pool's threads would still take it.)
+            heard: list[int] = []
+            previous = signal.signal(signal.SIGINT, lambda signum, _: heard.append(signum))
             try:
                 self._bar = tqdm(
                     total=total,
@@ -218,7 +220,9 @@ class _Progress:
                     leave=False,
                 )
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                signal.signal(signal.SIGINT, previous)
+            if heard:
+                raise KeyboardInterrupt
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
